@@ -1,0 +1,73 @@
+"""One exception tree rooted at :class:`GeosegError`.
+
+Each subclass also inherits the matching builtin, so callers may catch either. The CLI turns
+any ``GeosegError`` into one line on stderr and exit code 2; messages must name the file and say
+what to do.
+"""
+
+from __future__ import annotations
+
+
+class GeosegError(Exception):
+    """Base of every error geoseg raises on purpose."""
+
+    exit_code = 2
+
+
+class InputError(GeosegError, ValueError):
+    """An input file or option is unusable."""
+
+
+class InputNotFoundError(GeosegError, FileNotFoundError):
+    """An input file does not exist."""
+
+
+class RasterReadError(InputError):
+    """A raster cannot be opened or read (corrupt, not a raster)."""
+
+
+class CRSError(InputError):
+    """A scene or layer has no CRS, or an unusable one."""
+
+
+class CRSMismatchError(InputError):
+    """Two inputs that must share a CRS/grid do not."""
+
+
+class LabelsError(InputError):
+    """A label layer is empty, lacks a named field, or has unusable values."""
+
+
+class DateFormatError(InputError):
+    """A date string could not be parsed."""
+
+
+class NoOverlapError(InputError):
+    """Inputs do not overlap (labels vs scenes, AOI vs scenes)."""
+
+
+class ConfigError(InputError):
+    """A configuration (options, pipeline file, config.json) is invalid."""
+
+
+class ModelError(InputError):
+    """A model directory is unreadable or incompatible with the input."""
+
+
+class DeviceError(GeosegError, RuntimeError):
+    """The requested compute device is not available."""
+
+
+class OfflineError(GeosegError, RuntimeError):
+    """Something needed the network, which is not reachable."""
+
+
+class RegistryError(GeosegError, KeyError):
+    """An unknown name was asked of a registry; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return str(self.args[0]) if self.args else ""
+
+
+class EmptyResultError(GeosegError, RuntimeError):
+    """A stage produced nothing usable (e.g. no tile passed the filters)."""

@@ -1,0 +1,188 @@
+"""The one georeferencing object passed between stages.
+
+A frozen :class:`Grid` is ``(crs, transform, width, height)``: a pixel grid in a CRS. It is the
+geoseg analogue of odc-geo's ``GeoBox``. Windows are always :class:`rasterio.windows.Window`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import rasterio.windows
+from affine import Affine
+from pyproj import CRS as ProjCRS
+from pyproj import Geod
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+
+__all__ = ["Grid", "Window"]
+
+_GEOD = Geod(ellps="WGS84")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up (or any affine) pixel grid: ``crs``, ``transform``, ``width``, ``height``.
+
+    Pixel ``(row, col)`` covers ``transform * (col, row)`` to ``transform * (col + 1, row + 1)``.
+    """
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dataset(cls, ds: Any) -> Grid:
+        """Grid of an open rasterio dataset."""
+        return cls(ds.crs, ds.transform, int(ds.width), int(ds.height))
+
+    @classmethod
+    def from_bounds(cls, crs: Any, bounds: tuple[float, float, float, float], res: float) -> Grid:
+        """North-up grid covering ``bounds`` (minx, miny, maxx, maxy) at square pixel ``res``."""
+        minx, miny, maxx, maxy = bounds
+        width = max(1, math.ceil((maxx - minx) / res - 1e-9))
+        height = max(1, math.ceil((maxy - miny) / res - 1e-9))
+        return cls(CRS.from_user_input(crs), Affine(res, 0, minx, 0, -res, maxy), width, height)
+
+    # -- basic properties ---------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return (self.height, self.width)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size ``(x, y)`` in CRS units (both positive)."""
+        return (math.hypot(self.transform.a, self.transform.d), math.hypot(self.transform.b, self.transform.e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` in the grid CRS."""
+        return rasterio.windows.bounds(self.full_window, self.transform)
+
+    @property
+    def full_window(self) -> Window:
+        return Window(0, 0, self.width, self.height)
+
+    @property
+    def footprint(self) -> BaseGeometry:
+        """The grid's extent as a polygon in its CRS."""
+        return box(*self.bounds)
+
+    def resolution_m(self) -> float:
+        """Ground sample distance in metres at the grid centre (true metres for any CRS).
+
+        For projected CRSs whose unit is the metre this is still corrected for scale distortion
+        (e.g. Web Mercator at latitude phi has a scale factor of 1/cos(phi)).
+        """
+        cx, cy = self.transform * (self.width / 2, self.height / 2)
+        rx, _ = self.res
+        lonlat = _to_lonlat(self.crs, [(cx, cy), (cx + rx, cy)])
+        (lon0, lat0), (lon1, lat1) = lonlat
+        _, _, dist = _GEOD.inv(lon0, lat0, lon1, lat1)
+        return float(dist)
+
+    # -- windows ------------------------------------------------------------------------------
+    def __getitem__(self, window: Window) -> Grid:
+        """The sub-grid of ``window`` (may extend past this grid's edges)."""
+        w = Window(*window.flatten()) if not isinstance(window, Window) else window
+        return Grid(
+            self.crs,
+            rasterio.windows.transform(w, self.transform),
+            int(w.width),
+            int(w.height),
+        )
+
+    def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of ``window`` in the grid CRS."""
+        return rasterio.windows.bounds(window, self.transform)
+
+    def window(self, bounds: tuple[float, float, float, float], clip: bool = True) -> Window:
+        """The smallest whole-pixel window covering ``bounds`` (given in the grid CRS).
+
+        With ``clip`` the window is intersected with the grid and may have zero size.
+        """
+        w = rasterio.windows.from_bounds(*bounds, transform=self.transform)
+        col0 = math.floor(w.col_off + 1e-6)
+        row0 = math.floor(w.row_off + 1e-6)
+        col1 = math.ceil(w.col_off + w.width - 1e-6)
+        row1 = math.ceil(w.row_off + w.height - 1e-6)
+        if clip:
+            col0, row0 = max(col0, 0), max(row0, 0)
+            col1, row1 = min(col1, self.width), min(row1, self.height)
+            col1, row1 = max(col1, col0), max(row1, row0)
+        return Window(col0, row0, col1 - col0, row1 - row0)
+
+    def tiles(self, size: int, stride: int | None = None, *, pad: bool = False) -> Iterator[Window]:
+        """Row-major tiles of ``size`` pixels every ``stride`` pixels (default: no overlap).
+
+        With ``pad=False`` every window lies inside the grid: the last row/column of tiles is
+        shifted back to end at the edge (so they overlap their neighbour) and grids smaller than
+        ``size`` yield nothing. With ``pad=True`` windows keep their full size and may extend past
+        the right/bottom edges (boundless reads fill them).
+        """
+        stride = stride or size
+        if size <= 0 or stride <= 0:
+            raise ValueError("tile size and stride must be positive")
+        for r in _starts(self.height, size, stride, pad):
+            for c in _starts(self.width, size, stride, pad):
+                yield Window(c, r, size, size)
+
+    def __repr__(self) -> str:
+        epsg = self.crs.to_epsg() if self.crs else None
+        crs = f"EPSG:{epsg}" if epsg else (self.crs.to_string()[:40] if self.crs else "None")
+        return f"Grid({crs}, {self.width}x{self.height}, res={self.res[0]:.6g})"
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "crs": self.crs.to_wkt() if self.crs else None,
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Grid:
+        return cls(CRS.from_user_input(d["crs"]), Affine(*d["transform"]), int(d["width"]), int(d["height"]))
+
+
+def _starts(n: int, size: int, stride: int, pad: bool) -> list[int]:
+    if pad:
+        return list(range(0, max(n - size, 0) + stride, stride)) if n > 0 else []
+    if n < size:
+        return []
+    starts = list(range(0, n - size + 1, stride))
+    if starts[-1] + size < n:
+        starts.append(n - size)
+    return starts
+
+
+def _to_lonlat(crs: CRS, pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    from pyproj import Transformer
+
+    t = Transformer.from_crs(ProjCRS.from_user_input(crs.to_wkt()), ProjCRS.from_epsg(4326), always_xy=True)
+    return [t.transform(x, y) for x, y in pts]
+
+
+def geodesic_area_m2(geom: BaseGeometry, crs: CRS) -> float:
+    """True area in square metres of ``geom`` (given in ``crs``), on the WGS84 ellipsoid.
+
+    Uses the geodesic area for geographic and non-metric or conformal (e.g. Web Mercator) CRSs,
+    so the result is right whatever the CRS.
+    """
+    from pyproj import Transformer
+    from shapely.ops import transform as shp_transform
+
+    src = ProjCRS.from_user_input(crs.to_wkt())
+    t = Transformer.from_crs(src, ProjCRS.from_epsg(4326), always_xy=True)
+    g = shp_transform(t.transform, geom)
+    area, _ = _GEOD.geometry_area_perimeter(g)
+    return abs(float(area))

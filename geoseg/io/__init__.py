@@ -1,0 +1,1 @@
+"""Raster, vector and GDAL-environment I/O."""

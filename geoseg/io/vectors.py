@@ -1,0 +1,109 @@
+"""Vector layers: read (GPKG, GeoJSON, Shapefile, GeoParquet), validate, repair, reproject."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import shapely
+from rasterio.crs import CRS
+
+from geoseg.errors import CRSError, InputNotFoundError, InputError, LabelsError
+
+log = logging.getLogger(__name__)
+
+POLYGONAL = ("Polygon", "MultiPolygon")
+
+
+def read_vector(path: str | Path, *, what: str = "layer", layer: str | None = None) -> gpd.GeoDataFrame:
+    """Read a vector file; one-line errors for missing/unreadable/empty/CRS-less layers."""
+    p = Path(path)
+    if not p.exists():
+        raise InputNotFoundError(f"{path}: {what} file not found")
+    try:
+        if p.suffix.lower() in {".parquet", ".geoparquet"}:
+            gdf = gpd.read_parquet(p)
+        else:
+            kw: dict[str, Any] = {"layer": layer} if layer else {}
+            gdf = gpd.read_file(p, engine="pyogrio", **kw)
+    except Exception as e:  # pyogrio/arrow raise many types; all mean "cannot read"
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable {what} ({msg})") from None
+    if len(gdf) == 0:
+        raise LabelsError(f"{path}: {what} has no features")
+    if gdf.crs is None:
+        raise CRSError(f"{path}: {what} has no CRS; set one (e.g. ogr2ogr -a_srs EPSG:4326)")
+    return gdf
+
+
+def clean_polygons(gdf: gpd.GeoDataFrame, *, source: str = "layer") -> tuple[gpd.GeoDataFrame, int]:
+    """Repair invalid geometries, keep polygonal parts, explode multi-parts.
+
+    Returns ``(clean frame, number of repaired geometries)``. Empty and non-polygonal geometries
+    are dropped (logged). Index is reset; original row kept in column ``src_index``.
+    """
+    gdf = gdf[gdf.geometry.notna()].copy()
+    gdf["src_index"] = range(len(gdf))
+    invalid = ~gdf.geometry.is_valid
+    n_repaired = int(invalid.sum())
+    if n_repaired:
+        gdf.loc[invalid, gdf.geometry.name] = shapely.make_valid(gdf.geometry[invalid].values)
+    # keep polygonal parts only (make_valid may return GeometryCollections)
+    gdf[gdf.geometry.name] = [_polygonal_part(g) for g in gdf.geometry.values]
+    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
+    dropped = int((~gdf.geometry.geom_type.isin(POLYGONAL)).sum())
+    gdf = gdf[gdf.geometry.geom_type.isin(POLYGONAL)]
+    if dropped:
+        log.warning("%s: dropped %d non-polygon features", source, dropped)
+    gdf = gdf.explode(index_parts=False).reset_index(drop=True)
+    return gdf, n_repaired
+
+
+def _polygonal_part(g: Any) -> Any:
+    if g is None or g.is_empty:
+        return g
+    if g.geom_type in POLYGONAL:
+        return g
+    if g.geom_type == "GeometryCollection":
+        polys = [p for p in g.geoms if p.geom_type in POLYGONAL]
+        return shapely.unary_union(polys) if polys else shapely.Polygon()
+    return shapely.Polygon()
+
+
+def to_crs(gdf: gpd.GeoDataFrame, crs: CRS) -> gpd.GeoDataFrame:
+    """Reproject ``gdf`` to a rasterio CRS (no-op when equal)."""
+    target = crs.to_wkt()
+    if gdf.crs is not None and gdf.crs.equals(target):
+        return gdf
+    return gdf.to_crs(target)
+
+
+def require_field(gdf: gpd.GeoDataFrame, field: str, *, path: str | Path, what: str = "labels") -> None:
+    if field not in gdf.columns:
+        cols = ", ".join(c for c in gdf.columns if c != gdf.geometry.name) or "(none)"
+        raise LabelsError(f"{path}: {what} have no field {field!r}; fields: {cols}")
+
+
+def read_aoi(path: str | Path | None = None, bbox: str | None = None) -> gpd.GeoDataFrame:
+    """AOI from a polygon file or ``--bbox minx,miny,maxx,maxy[,crs]`` (default CRS EPSG:4326)."""
+    if bbox:
+        parts = [p.strip() for p in bbox.split(",")]
+        if len(parts) not in (4, 5):
+            raise InputError(f"--bbox {bbox!r}: expected minx,miny,maxx,maxy[,crs]")
+        try:
+            minx, miny, maxx, maxy = (float(v) for v in parts[:4])
+        except ValueError:
+            raise InputError(f"--bbox {bbox!r}: coordinates must be numbers") from None
+        if not (minx < maxx and miny < maxy):
+            raise InputError(f"--bbox {bbox!r}: min must be below max")
+        crs = parts[4] if len(parts) == 5 else "EPSG:4326"
+        return gpd.GeoDataFrame(geometry=[shapely.box(minx, miny, maxx, maxy)], crs=crs)
+    if path is None:
+        raise InputError("give --aoi FILE or --bbox minx,miny,maxx,maxy[,crs]")
+    gdf = read_vector(path, what="AOI")
+    gdf, _ = clean_polygons(gdf, source=str(path))
+    if len(gdf) == 0:
+        raise InputError(f"{path}: AOI has no polygons")
+    return gdf

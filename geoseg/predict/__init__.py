@@ -1,0 +1,1 @@
+"""Prediction: AOI -> windows, blended sliding-window inference, streaming COG output."""

@@ -1,0 +1,1 @@
+"""Tiling: timestamp-aware rasterization, targeted sampling, zarr store."""

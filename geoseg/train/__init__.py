@@ -1,0 +1,1 @@
+"""Training: lazy zarr dataset, albumentations transforms, smp model, loop."""
