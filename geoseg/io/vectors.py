@@ -10,7 +10,7 @@ import geopandas as gpd
 import shapely
 from rasterio.crs import CRS
 
-from geoseg.errors import CRSError, InputNotFoundError, InputError, LabelsError
+from geoseg.errors import CRSError, InputError, InputNotFoundError, LabelsError
 
 log = logging.getLogger(__name__)
 

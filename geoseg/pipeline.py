@@ -1,0 +1,197 @@
+"""``geoseg run PIPELINE.yaml``: run the stages a pipeline file names, in order.
+
+A pipeline file is YAML::
+
+    name: sample_aoi
+    device: auto                 # default for train/predict (overridable per stage)
+    stages:                      # any subset, run in the order tile, train, predict, evaluate, baseline
+      tile:     {scenes: [...], labels: ..., <any TileConfig field>}
+      train:    {<any TrainConfig field>}            # dataset = the tile stage's output
+      predict:  {scenes: [...], aoi: ..., <any PredictConfig field>}   # model = the train stage's output
+      evaluate: {truth: ..., aoi: ...}               # predicted = the predict stage's output
+      baseline: {}                                   # colour classifier, predicted + evaluated likewise
+
+Relative paths are relative to the pipeline file. Everything is validated before any work starts
+(unknown stage or key, missing input file). Each stage writes under ``OUT/<stage dir>``; a stage
+whose outputs are complete and whose resolved config (and upstream configs) are unchanged is
+skipped; ``--from STAGE`` forces that stage and the ones after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geoseg.config import read_json, to_dict, write_json
+from geoseg.errors import ConfigError, InputNotFoundError
+
+log = logging.getLogger(__name__)
+
+ORDER = ("tile", "train", "predict", "evaluate", "baseline")
+OUT_DIRS = {"tile": "dataset", "train": "train", "predict": "predict", "evaluate": "evaluate", "baseline": "baseline"}
+STATE_FILE = "pipeline_state.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How the pipeline builds, runs and recognises the outputs of one stage."""
+
+    name: str
+    config_cls: Callable[[], type]  # lazily imported dataclass
+    run: Callable[[Any], Any]
+    marker: str  # file inside the stage's out dir that exists only when the stage completed
+    path_fields: tuple[str, ...]  # option names holding input paths (resolved, checked to exist)
+    implicit: Callable[[Path], dict[str, Any]]  # fields filled from upstream outputs, given OUT
+    device: bool = False
+
+
+def _lazy(module: str, attr: str) -> Callable[..., Any]:
+    def get(*args: Any) -> Any:
+        import importlib
+
+        obj = getattr(importlib.import_module(module), attr)
+        return obj(*args) if args else obj
+
+    return get
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def _register(stage: Stage) -> None:
+    STAGES[stage.name] = stage
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline file: name, defaults and the ordered stage options."""
+
+    path: Path
+    name: str
+    device: str | None
+    stages: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+        path = Path(path)
+        if not path.is_file():
+            raise InputNotFoundError(f"{path}: pipeline file not found")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: a pipeline file is a mapping with a 'stages' key")
+        unknown = sorted(set(doc) - {"name", "device", "stages", "description"})
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: name, description, device, stages")
+        stages = doc.get("stages") or {}
+        if not isinstance(stages, dict) or not stages:
+            raise ConfigError(f"{path}: 'stages' must map stage names ({', '.join(ORDER)}) to their options")
+        bad = sorted(set(stages) - set(ORDER))
+        if bad:
+            raise ConfigError(f"{path}: unknown stage(s) {', '.join(bad)}; valid: {', '.join(ORDER)}")
+        stages = {k: dict(stages[k] or {}) for k in ORDER if k in stages}
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            stage, dot, opt = key.partition(".")
+            if not sep or not dot or stage not in stages:
+                raise ConfigError(f"--set {item!r}: expected STAGE.OPTION=VALUE with STAGE one of {', '.join(stages)}")
+            stages[stage][opt] = yaml.safe_load(value)
+        return cls(path, str(doc.get("name") or path.stem), doc.get("device"), stages)
+
+    def resolve(self, stage: str, out: Path) -> Any:
+        """The stage's config object: options + implicit upstream paths + resolved paths."""
+        spec = STAGES[stage]
+        opts = dict(self.stages[stage])
+        base = self.path.parent
+        cls = spec.config_cls()
+        fields = {f.name for f in dataclasses.fields(cls)}
+        implicit = spec.implicit(out)
+        clash = sorted(set(opts) & set(implicit))
+        if clash:
+            raise ConfigError(f"{self.path}: stage {stage}: {', '.join(clash)} come(s) from the previous stage; remove")
+        unknown = sorted(set(opts) - fields)
+        if unknown:
+            valid = ", ".join(sorted(fields - set(implicit) - {"out"}))
+            raise ConfigError(f"{self.path}: stage {stage}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
+        for key in spec.path_fields:
+            if key in opts and opts[key] is not None:
+                opts[key] = _resolve_paths(opts[key], base, f"{self.path}: stage {stage}: {key}")
+        if spec.device and "device" in fields and "device" not in opts and self.device:
+            opts["device"] = self.device
+        opts.update(implicit)
+        opts["out"] = out / OUT_DIRS[stage]
+        try:
+            return cls(**opts)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{self.path}: stage {stage}: {e}") from None
+
+
+def _resolve_paths(value: Any, base: Path, what: str) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_resolve_paths(v, base, what) for v in value)
+    p = Path(str(value))
+    p = p if p.is_absolute() else (base / p).resolve()
+    if not p.exists():
+        raise InputNotFoundError(f"{what}: {p} not found")
+    return p
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = None,
+                 overrides: list[str] | None = None) -> dict[str, Any]:
+    """Validate everything, then run (or skip) each stage in order. Returns a summary dict."""
+    pipe = Pipeline.load(path, overrides)
+    out = Path(out)
+    if from_stage is not None and from_stage not in pipe.stages:
+        raise ConfigError(f"--from {from_stage}: not a stage of {pipe.path}; stages: {', '.join(pipe.stages)}")
+    configs = {name: pipe.resolve(name, out) for name in pipe.stages}  # validate all before any work
+    state_path = out / STATE_FILE
+    state = read_json(state_path, what="pipeline state").get("stages", {}) if state_path.exists() else {}
+    summary: dict[str, Any] = {"pipeline": str(pipe.path), "name": pipe.name, "out": str(out), "stages": {}}
+    forced = False
+    upstream = ""
+    for name, cfg in configs.items():
+        spec = STAGES[name]
+        forced = forced or name == from_stage
+        digest = _digest([upstream, to_dict(cfg)])
+        upstream = digest
+        marker = out / OUT_DIRS[name] / spec.marker
+        if not forced and state.get(name, {}).get("digest") == digest and marker.exists():
+            log.info("stage %s: unchanged and complete, skipped (use --from %s to force)", name, name)
+            summary["stages"][name] = {"skipped": True, "out": str(marker.parent)}
+            continue
+        forced = True  # everything downstream of a re-run stage re-runs too
+        log.info("stage %s: running -> %s", name, marker.parent)
+        t0 = time.perf_counter()
+        result = spec.run(cfg)
+        secs = time.perf_counter() - t0
+        state[name] = {"digest": digest, "seconds": round(secs, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(state_path, {"pipeline": str(pipe.path), "stages": state})
+        summary["stages"][name] = {"skipped": False, "seconds": round(secs, 1), "out": str(marker.parent),
+                                   "result": _summarise(result)}
+    write_json(out / "pipeline.json", {**summary, "config": {k: to_dict(v) for k, v in configs.items()}})
+    return summary
+
+
+def _summarise(result: Any) -> Any:
+    if result is None or isinstance(result, (str, int, float, bool)):
+        return result
+    if isinstance(result, Mapping):
+        return {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return _summarise(to_dict(result))
+    return str(result)
