@@ -8,6 +8,8 @@ achieves; the model must clearly beat it on held-out ground. Pure numpy, no extr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +69,90 @@ class ColourClassifier:
             return out
 
         return fn
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Options of the pipeline's ``baseline`` stage (no CLI of its own).
+
+    Fits :class:`ColourClassifier` on pixels of the dataset's *train* tiles (normalised with the
+    model's statistics), predicts ``scenes`` over ``aoi`` through the ordinary predict stage and
+    evaluates against ``truth`` exactly like the model: same grid, same vectorizer, same metrics.
+    """
+
+    dataset: str
+    model: str
+    scenes: tuple[str, ...]
+    truth: str
+    out: str
+    aoi: str | None = None
+    max_pixels: int = 200_000
+    seed: int = 0
+
+
+def training_pixels(
+    dataset: str | Path, mean: np.ndarray, std: np.ndarray, *, boundary_class: int | None,
+    max_pixels: int = 200_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(N, C)`` pixels and ``(N,)`` 0/1 targets from the train tiles of a dataset.
+
+    Ignore (255) and boundary pixels are left out. Memory: one tile at a time plus the sample.
+    """
+    import geopandas as gpd
+    import zarr
+
+    dataset = Path(dataset)
+    tiles = gpd.read_file(dataset / "tiles.gpkg", layer="tiles")
+    idx = sorted(int(i) for i in tiles.loc[tiles["split"] == "train", "index"])
+    root = zarr.open_group(str(dataset / "tiles.zarr"), mode="r")
+    images, masks = root["images"], root["masks"]
+    rng = np.random.default_rng(seed)
+    per_tile = max(1, max_pixels // max(len(idx), 1))
+    xs, ys = [], []
+    for i in idx:
+        img = np.asarray(images[i], dtype=np.float32)
+        m = np.asarray(masks[i])
+        ok = (m != 255) if boundary_class is None else (m != 255) & (m != boundary_class)
+        rr, cc = np.nonzero(ok)
+        if len(rr) == 0:
+            continue
+        pick = rng.choice(len(rr), size=min(per_tile, len(rr)), replace=False)
+        px = img[:, rr[pick], cc[pick]].T
+        xs.append((px - mean) / std)
+        ys.append((m[rr[pick], cc[pick]] > 0).astype(np.uint8))
+    if not xs:
+        from geoseg.errors import EmptyResultError
+
+        raise EmptyResultError(f"{dataset}: no labelled pixels in the train tiles to fit the baseline on")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def run(config: BaselineConfig) -> dict[str, Any]:
+    """Fit, predict and evaluate the colour baseline; returns the evaluation result."""
+    from geoseg import evaluate
+    from geoseg.config import write_json
+    from geoseg.predict.run import PredictConfig
+    from geoseg.predict.run import run as predict_run
+    from geoseg.train.model import read_model_config
+
+    mcfg = read_model_config(config.model)
+    mean = np.asarray(mcfg["normalisation"]["mean"], np.float32)
+    std = np.asarray(mcfg["normalisation"]["std"], np.float32)
+    boundary = mcfg.get("boundary_class")
+    x, y = training_pixels(config.dataset, mean, std, boundary_class=boundary,
+                           max_pixels=config.max_pixels, seed=config.seed)
+    clf = ColourClassifier.fit(x, y)
+    fg = next(int(c["id"]) for c in mcfg["classes"] if int(c["id"]) not in (0, boundary))
+    out = Path(config.out)
+    pred_dir = out / "predict"
+    predict_run(
+        PredictConfig(scenes=tuple(config.scenes), model=config.model, out=str(pred_dir), aoi=config.aoi,
+                      progress=False),
+        predict_fn=clf.predict_fn(int(mcfg["num_classes"]), fg),
+    )
+    result = evaluate.run(evaluate.EvaluateConfig(predicted=str(pred_dir), truth=config.truth, aoi=config.aoi,
+                                                  out=str(out / "eval.json")))
+    info = {"kind": "quadratic logistic regression on single-pixel colour", "train_pixels": len(y),
+            "train_foreground_share": float(y.mean()), "weights": clf.weights.tolist(), "config": config}
+    write_json(out / "baseline.json", info)
+    return result

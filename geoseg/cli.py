@@ -49,16 +49,302 @@ def _root(
 
 # --- stage commands (each helper owns its block; keep the markers) ------------------------------
 # >>> tile
+@app.command()
+def tile(
+    scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Label polygons (GPKG, GeoJSON, Shapefile, GeoParquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (tiles.zarr, tiles.gpkg, dataset.json).")],
+    tile_size: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 256,
+    class_field: Annotated[
+        str | None, typer.Option(help="Class field (default: 'class' if present, else one class).")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class names in id order, comma-separated (default: sorted names).")
+    ] = None,
+    date_field: Annotated[str, typer.Option(help="Label date field (label valid from this date on).")] = "date",
+    valid_from_field: Annotated[str, typer.Option(help="Optional field: label valid from.")] = "valid_from",
+    valid_to_field: Annotated[str, typer.Option(help="Optional field: label valid until.")] = "valid_to",
+    labels_layer: Annotated[str | None, typer.Option(help="Layer name in a multi-layer labels file.")] = None,
+    scene_date: Annotated[
+        list[str] | None,
+        typer.Option(help="Acquisition date (once for all scenes, or once per scene in order); else GeoTIFF tag, "
+                     "else YYYYMMDD in the file name."),
+    ] = None,
+    max_label_age: Annotated[
+        int | None, typer.Option(help="Labels older than this many days before the scene date are ignore.")
+    ] = None,
+    undated: Annotated[
+        str, typer.Option(help="Undated labels: keep (valid for every scene, warns) or drop (ignore).")
+    ] = "keep",
+    coverage: Annotated[
+        Path | None, typer.Option(help="Annotated areas: outside = ignore (255), inside unlabelled = background.")
+    ] = None,
+    hard_negatives: Annotated[
+        Path | None, typer.Option(help="Look-alike polygons: label-free tiles touching them are hard negatives.")
+    ] = None,
+    negative_ratio: Annotated[float, typer.Option(help="Negative tiles per positive tile.")] = 1.0,
+    hard_negative_share: Annotated[float, typer.Option(help="Share of the negatives that are hard.")] = 0.5,
+    min_positive_fraction: Annotated[
+        float, typer.Option(help="Labelled pixel fraction that makes a tile positive.")
+    ] = 0.01,
+    max_unusable_fraction: Annotated[
+        float, typer.Option(help="Skip tiles with more nodata + ignore pixels than this fraction.")
+    ] = 0.5,
+    val_fraction: Annotated[float, typer.Option(help="Share of positives in the validation split.")] = 0.2,
+    val_block_tiles: Annotated[int, typer.Option(help="Spatial split block edge, in tiles.")] = 8,
+    boundary_width: Annotated[
+        int, typer.Option(help="Burn a boundary class this many pixels wide inside outlines (0 = off).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same dataset).")] = 0,
+    workers: Annotated[int, typer.Option(help="Local dask workers (1 = in-process).")] = 1,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Existing dask scheduler address, e.g. tcp://host:8786.")
+    ] = None,
+    threads: Annotated[bool, typer.Option("--threads", help="Local workers as threads, not processes.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+) -> None:
+    """Chunk SCENES + dated LABELS into a sampled, labelled tile dataset (tiles.zarr + tiles.gpkg + dataset.json)."""
+    from geoseg.tile import TileConfig
+    from geoseg.tile import run as run_tile
+
+    cfg = TileConfig(
+        scenes=tuple(str(s) for s in scenes),
+        labels=str(labels),
+        out=str(out),
+        tile_size=tile_size,
+        class_field=class_field,
+        classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
+        date_field=date_field,
+        valid_from_field=valid_from_field,
+        valid_to_field=valid_to_field,
+        labels_layer=labels_layer,
+        scene_dates=tuple(scene_date or ()),
+        max_label_age=max_label_age,
+        undated=undated,
+        coverage=str(coverage) if coverage else None,
+        hard_negatives=str(hard_negatives) if hard_negatives else None,
+        negative_ratio=negative_ratio,
+        hard_negative_share=hard_negative_share,
+        min_positive_fraction=min_positive_fraction,
+        max_unusable_fraction=max_unusable_fraction,
+        val_fraction=val_fraction,
+        val_block_tiles=val_block_tiles,
+        boundary_width=boundary_width,
+        seed=seed,
+        workers=workers,
+        scheduler=scheduler,
+        processes=not threads,
+        progress=progress,
+    )
+    res = run_tile(cfg)
+    c = res.counts
+    typer.echo(f"{res.n_tiles} tiles -> {res.out}")
+    typer.echo(f"{'kind':<14} {'requested':>9} {'realised':>9}")
+    for k in ("positive", "hard_negative", "easy_negative"):
+        typer.echo(f"{k:<14} {c['requested'][k]:>9} {c['realised'][k]:>9}")
+    typer.echo(f"split: train {c['by_split']['train']}, val {c['by_split']['val']}")
+
+
 # <<< tile
 # >>> train
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Tile dataset directory written by `geoseg tile`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (model/, metrics.csv, curves.png).")],
+    arch: Annotated[str, typer.Option(help="smp architecture: unet, fpn, linknet, unetplusplus, ...")] = "unet",
+    encoder: Annotated[str, typer.Option(help="smp encoder name.")] = "tu-tf_efficientnet_lite0",
+    weights: Annotated[
+        str, typer.Option(help="imagenet | none | PATH (local state dict or smp/timm checkpoint).")
+    ] = "imagenet",
+    epochs: Annotated[int, typer.Option(help="Epochs (total, also when resuming).")] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per step (per GPU under torchrun).")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
+    loss: Annotated[str, typer.Option(help="ce | focal | dice (ce/focal get + dice-weight x Dice).")] = "ce",
+    dice_weight: Annotated[float, typer.Option("--dice-weight", help="Weight of the Dice term; 0 = off.")] = 1.0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flips, rotations, affine, B/C.")] = True,
+    balance_kinds: Annotated[
+        bool, typer.Option("--balance-kinds", help="Sample positive/hard/easy-negative tiles equally often.")
+    ] = False,
+    max_steps_per_epoch: Annotated[
+        int | None, typer.Option("--max-steps-per-epoch", help="Cap training steps per epoch (quick runs).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA).")
+    ] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default min(4, CPUs)).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an OUT that holds a run.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train a segmentation model on a tile dataset (multi-GPU: run under torchrun with the same arguments)."""
+    from geoseg.train.run import TrainConfig
+    from geoseg.train.run import run as run_train
+
+    cfg = TrainConfig(
+        dataset=dataset, out=out, arch=arch, encoder=encoder, weights=weights, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, dice_weight=dice_weight,
+        augment=augment, balance_kinds=balance_kinds, max_steps_per_epoch=max_steps_per_epoch, device=device,
+        amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, resume=resume,
+        overwrite=overwrite, progress=progress,
+    )  # fmt: skip
+    res = run_train(cfg)
+    typer.echo(
+        f"{res.model_dir}: best epoch {res.best_epoch} of {res.epochs_completed}, val mIoU {res.best_miou:.4f}",
+        err=True,
+    )
 # <<< train
 # >>> predict
+@app.command()
+def predict(
+    scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFF(s); each is predicted on its own grid.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one scene: files in it; "
+                                      "several: one sub-folder per scene stem).")],
+    aoi: Annotated[Path | None, typer.Option(help="AOI polygon layer (GeoJSON, GPKG, Shapefile...; any CRS).")] = None,
+    bbox: Annotated[str | None, typer.Option(help="AOI as minx,miny,maxx,maxy[,crs] (default EPSG:4326).")] = None,
+    overlap: Annotated[int | None, typer.Option(help="Window overlap in pixels (default: tile size / 4).")] = None,
+    tile_size: Annotated[int | None, typer.Option("--tile-size", help="Window size (default: the model's).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA.")] = True,
+    tta: Annotated[bool, typer.Option("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
+    float_output: Annotated[bool, typer.Option("--float", help="float32 probabilities (NaN nodata).")] = False,
+    blend: Annotated[str, typer.Option(help="Blend window: hann, cosine, triangular, uniform.")] = "hann",
+    bands: Annotated[str | None, typer.Option(help="1-based scene bands fed to the model, e.g. 3,2,1.")] = None,
+    threshold: Annotated[float, typer.Option(help="Minimum class probability of an instance pixel.")] = 0.5,
+    min_area: Annotated[float, typer.Option("--min-area", help="Drop instances smaller than this (m²).")] = 0.0,
+    vectorize_: Annotated[bool, typer.Option("--vectorize/--no-vectorize", help="Write instances.gpkg.")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")] = False,
+    workers: Annotated[int, typer.Option(help="Local dask workers (0 = in-process).")] = 0,
+    scheduler: Annotated[str | None, typer.Option(help="dask scheduler address (shared file system).")] = None,
+    compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Predict scenes over an AOI: probabilities.tif + classes.tif (COGs), instances.gpkg, QGIS styles."""
+    from geoseg.errors import InputError
+    from geoseg.predict.run import PredictConfig
+    from geoseg.predict.run import run as run_predict
+
+    try:
+        band_idx = tuple(int(b) for b in bands.split(",")) if bands else None
+    except ValueError:
+        raise InputError(f"--bands {bands!r}: expected 1-based integers like 3,2,1") from None
+    if aoi is None and bbox is None:
+        raise InputError("give the area of interest with --aoi FILE or --bbox minx,miny,maxx,maxy[,crs]")
+    cfg = PredictConfig(
+        scenes=tuple(str(s) for s in scenes), model=str(model), out=str(out), aoi=str(aoi) if aoi else None,
+        bbox=bbox, overlap=overlap, tile_size=tile_size, batch_size=batch_size, device=device, amp=amp, tta=tta,
+        float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
+        vectorize=vectorize_, resume=resume, workers=workers, scheduler=scheduler, compress=compress,
+        progress=progress,
+    )  # fmt: skip
+    res = run_predict(cfg)
+    for s in res.scenes:
+        typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
+                   err=True)
 # <<< predict
 # >>> vectorize
+@app.command()
+def vectorize(
+    raster: Annotated[Path, typer.Argument(help="probabilities.tif of a prediction (or the prediction directory).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoPackage (layer `instances`, styled).")],
+    threshold: Annotated[float, typer.Option(help="Minimum class probability of an object pixel.")] = 0.5,
+    min_area: Annotated[float, typer.Option("--min-area", help="Drop instances smaller than this (m²).")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="Topology-preserving simplification tolerance (pixels).")] = 0.5,
+    block_size: Annotated[int, typer.Option("--block-size", help="Pixels per block side (memory bound).")] = 1024,
+    model: Annotated[
+        Path | None, typer.Option(help="Model/run directory for class names (default: raster tags, run.json).")
+    ] = None,
+    scene: Annotated[str | None, typer.Option(help="`scene` attribute (default: from the raster tags).")] = None,
+    scene_date: Annotated[str | None, typer.Option("--scene-date", help="`scene_date` attribute (ISO).")] = None,
+) -> None:
+    """Instance polygons from an existing prediction, with other thresholds."""
+    import json as _json
+
+    from geoseg.vectorize import VectorizeConfig
+    from geoseg.vectorize import run as run_vectorize
+
+    cfg = VectorizeConfig(
+        raster=str(raster), out=str(out), threshold=threshold, min_area_m2=min_area, simplify_px=simplify,
+        block_size=block_size, model=str(model) if model else None, scene=scene, scene_date=scene_date,
+    )  # fmt: skip
+    res = run_vectorize(cfg)
+    typer.echo(_json.dumps({"out": res["out"], "polygons": res["polygons"]}))
 # <<< vectorize
 # >>> evaluate
+@app.command()
+def evaluate(
+    predicted: Annotated[
+        Path, typer.Argument(help="Prediction directory (classes.tif + instances.gpkg) or classes.tif.")
+    ],
+    truth: Annotated[Path, typer.Option("--truth", help="Truth polygons (GPKG/GeoJSON/Shapefile/GeoParquet).")],
+    aoi: Annotated[Path | None, typer.Option(help="Evaluate only inside this polygon layer.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Metrics JSON (default: eval.json next to classes.tif).")
+    ] = None,
+    error_map: Annotated[
+        Path | None, typer.Option("--error-map", help="Per-tile error GeoPackage (default: <out>_errors.gpkg).")
+    ] = None,
+    class_field: Annotated[
+        str | None, typer.Option("--class-field", help="Truth class field (default `class` if present).")
+    ] = None,
+    instances: Annotated[Path | None, typer.Option(help="Instances GeoPackage (default: in the prediction dir).")] = (
+        None
+    ),
+    iou: Annotated[float, typer.Option(help="IoU for an object match (one-to-one).")] = 0.5,
+    size_bins: Annotated[str, typer.Option("--size-bins", help="Object size-bin edges in m² (comma-separated).")] = (
+        "50,200"
+    ),
+    tile_px: Annotated[int, typer.Option("--tile-px", help="Error-map tile size in pixels.")] = 256,
+    model: Annotated[Path | None, typer.Option(help="Model/run directory for class names (default: tags).")] = None,
+) -> None:
+    """Pixel IoU/F1 per class and object precision/recall/F1 (IoU >= 0.5, one-to-one); JSON on stdout."""
+    import json as _json
+
+    from geoseg.errors import InputError
+    from geoseg.evaluate import EvaluateConfig
+    from geoseg.evaluate import run as run_evaluate
+
+    try:
+        bins = tuple(float(b) for b in size_bins.split(",") if b.strip())
+    except ValueError:
+        raise InputError(f"--size-bins {size_bins!r}: expected comma-separated numbers (m²), e.g. 50,200") from None
+    cfg = EvaluateConfig(
+        predicted=str(predicted), truth=str(truth), aoi=str(aoi) if aoi else None, out=str(out) if out else None,
+        error_map=str(error_map) if error_map else None, class_field=class_field,
+        instances=str(instances) if instances else None, iou=iou, size_bins=bins, tile_px=tile_px,
+        model=str(model) if model else None,
+    )  # fmt: skip
+    typer.echo(_json.dumps(run_evaluate(cfg), indent=2))
 # <<< evaluate
 # >>> run
+@app.command("run")
+def run_cmd(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/sample_aoi.yaml).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for every stage's outputs.")] = Path("pipeline_run"),
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="Force this stage and the ones after it to re-run.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override an option: STAGE.OPTION=VALUE (YAML value); repeatable."),
+    ] = None,
+) -> None:
+    """Run the stages a pipeline file names (tile, train, predict, evaluate, baseline), in order.
+
+    A stage whose outputs are complete and whose configuration is unchanged is skipped.
+    """
+    from geoseg.pipeline import print_summary, run_pipeline
+
+    summary = run_pipeline(pipeline, out, from_stage=from_stage, overrides=list(set_ or []))
+    print_summary(summary)
 # <<< run
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rasterio.windows
+import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Geod
@@ -184,5 +185,6 @@ def geodesic_area_m2(geom: BaseGeometry, crs: CRS) -> float:
     src = ProjCRS.from_user_input(crs.to_wkt())
     t = Transformer.from_crs(src, ProjCRS.from_epsg(4326), always_xy=True)
     g = shp_transform(t.transform, geom)
+    g = shapely.orient_polygons(g)  # exterior CCW, holes CW: pyproj sums signed ring areas
     area, _ = _GEOD.geometry_area_perimeter(g)
     return abs(float(area))

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,6 @@ from geoseg.errors import ConfigError, InputNotFoundError
 log = logging.getLogger(__name__)
 
 ORDER = ("tile", "train", "predict", "evaluate", "baseline")
-OUT_DIRS = {"tile": "dataset", "train": "train", "predict": "predict", "evaluate": "evaluate", "baseline": "baseline"}
 STATE_FILE = "pipeline_state.json"
 
 
@@ -46,29 +46,36 @@ class Stage:
     """How the pipeline builds, runs and recognises the outputs of one stage."""
 
     name: str
-    config_cls: Callable[[], type]  # lazily imported dataclass
-    run: Callable[[Any], Any]
-    marker: str  # file inside the stage's out dir that exists only when the stage completed
-    path_fields: tuple[str, ...]  # option names holding input paths (resolved, checked to exist)
-    implicit: Callable[[Path], dict[str, Any]]  # fields filled from upstream outputs, given OUT
+    module: str  # module with the config dataclass and ``run(config)``
+    config: str  # name of the config dataclass in ``module``
+    out: str  # the stage's ``out`` relative to the pipeline's --out
+    marker: str  # file (relative to --out) that exists only once the stage completed
+    path_fields: tuple[str, ...]  # options holding input paths (resolved against the YAML, must exist)
+    implicit: Mapping[str, str] = dataclasses.field(default_factory=dict)  # field -> path under --out
     device: bool = False
 
+    def config_cls(self) -> type:
+        return getattr(importlib.import_module(self.module), self.config)
 
-def _lazy(module: str, attr: str) -> Callable[..., Any]:
-    def get(*args: Any) -> Any:
-        import importlib
-
-        obj = getattr(importlib.import_module(module), attr)
-        return obj(*args) if args else obj
-
-    return get
+    def run(self, cfg: Any) -> Any:
+        return importlib.import_module(self.module).run(cfg)
 
 
-STAGES: dict[str, Stage] = {}
-
-
-def _register(stage: Stage) -> None:
-    STAGES[stage.name] = stage
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("tile", "geoseg.tile.run", "TileConfig", "dataset", "dataset/dataset.json",
+              ("scenes", "labels", "coverage", "hard_negatives")),
+        Stage("train", "geoseg.train.run", "TrainConfig", "train", "train/model/config.json",
+              ("weights",), {"dataset": "dataset"}, device=True),
+        Stage("predict", "geoseg.predict.run", "PredictConfig", "predict", "predict/run.json",
+              ("scenes", "aoi"), {"model": "train"}, device=True),
+        Stage("evaluate", "geoseg.evaluate", "EvaluateConfig", "eval.json", "eval.json",
+              ("truth", "aoi"), {"predicted": "predict"}),
+        Stage("baseline", "geoseg.baseline", "BaselineConfig", "baseline", "baseline/eval.json",
+              ("scenes", "aoi", "truth"), {"dataset": "dataset", "model": "train"}),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ class Pipeline:
         base = self.path.parent
         cls = spec.config_cls()
         fields = {f.name for f in dataclasses.fields(cls)}
-        implicit = spec.implicit(out)
+        implicit = {k: str(out / v) for k, v in spec.implicit.items()}
         clash = sorted(set(opts) & set(implicit))
         if clash:
             raise ConfigError(f"{self.path}: stage {stage}: {', '.join(clash)} come(s) from the previous stage; remove")
@@ -129,8 +136,9 @@ class Pipeline:
                 opts[key] = _resolve_paths(opts[key], base, f"{self.path}: stage {stage}: {key}")
         if spec.device and "device" in fields and "device" not in opts and self.device:
             opts["device"] = self.device
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         opts.update(implicit)
-        opts["out"] = out / OUT_DIRS[stage]
+        opts["out"] = str(out / spec.out)
         try:
             return cls(**opts)
         except (TypeError, ValueError) as e:
@@ -140,11 +148,13 @@ class Pipeline:
 def _resolve_paths(value: Any, base: Path, what: str) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_resolve_paths(v, base, what) for v in value)
+    if str(value) in {"imagenet", "none"}:  # train --weights keywords
+        return value
     p = Path(str(value))
     p = p if p.is_absolute() else (base / p).resolve()
     if not p.exists():
         raise InputNotFoundError(f"{what}: {p} not found")
-    return p
+    return str(p)
 
 
 def _digest(obj: Any) -> str:
@@ -169,7 +179,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = 
         forced = forced or name == from_stage
         digest = _digest([upstream, to_dict(cfg)])
         upstream = digest
-        marker = out / OUT_DIRS[name] / spec.marker
+        marker = out / spec.marker
         if not forced and state.get(name, {}).get("digest") == digest and marker.exists():
             log.info("stage %s: unchanged and complete, skipped (use --from %s to force)", name, name)
             summary["stages"][name] = {"skipped": True, "out": str(marker.parent)}
@@ -195,3 +205,54 @@ def _summarise(result: Any) -> Any:
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
         return _summarise(to_dict(result))
     return str(result)
+
+
+def _headline(ev: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Foreground pixel IoU/F1 and object P/R/F1 from an ``eval.json`` payload (best effort)."""
+    if not ev:
+        return {}
+    out: dict[str, Any] = {}
+    pix = ev.get("pixel", {}).get("per_class", {}) if isinstance(ev.get("pixel"), Mapping) else {}
+    for name, m in pix.items():
+        if name not in ("background", "boundary") and isinstance(m, Mapping):
+            out[f"{name} IoU"] = m.get("iou")
+            out[f"{name} pixel F1"] = m.get("f1")
+    obj = ev.get("object", {}) if isinstance(ev.get("object"), Mapping) else {}
+    overall = obj.get("overall", obj)
+    for key in ("precision", "recall", "f1"):
+        if isinstance(overall, Mapping) and key in overall:
+            out[f"object {key}"] = overall[key]
+    return out
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """Print per-stage timing and the held-out metrics of the model next to the baseline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Path(summary["out"])
+    console = Console(stderr=False)
+    t = Table(title=f"pipeline {summary['name']} -> {out}")
+    t.add_column("stage")
+    t.add_column("status")
+    t.add_column("seconds", justify="right")
+    for name, st in summary["stages"].items():
+        t.add_row(name, "skipped (unchanged)" if st.get("skipped") else "ran", str(st.get("seconds", "")))
+    console.print(t)
+    rows = {}
+    for label, path in (("model", out / "eval.json"), ("baseline (pixel colour)", out / "baseline" / "eval.json")):
+        if path.exists():
+            rows[label] = _headline(read_json(path, what="evaluation"))
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows.values() for k in r))
+        m = Table(title="held-out evaluation (eval.json)")
+        m.add_column("metric")
+        for label in rows:
+            m.add_column(label, justify="right")
+        for k in keys:
+            m.add_row(k, *[_fmt(rows[label].get(k)) for label in rows])
+        console.print(m)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))

@@ -17,7 +17,8 @@ def gdal_options(cache_mb: int = 512, threads: int | str = "ALL_CPUS") -> dict[s
     and rasterization 60-130x slower, so it is sized generously (``GDAL_CACHEMAX`` in MB).
     """
     return {
-        "GDAL_CACHEMAX": int(os.environ.get("GEOSEG_GDAL_CACHEMAX", cache_mb)),
+        # rasterio.Env passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES (512 would be 512 bytes)
+        "GDAL_CACHEMAX": int(os.environ.get("GEOSEG_GDAL_CACHEMAX", cache_mb)) * 2**20,
         "GDAL_NUM_THREADS": str(threads),
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_LOG_ERRORS": "OFF",

@@ -81,9 +81,9 @@ def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
             d = parse_date(date, source=f"--scene-date for {path}")
         else:
             d = date_from_tags(ds.tags(), source=str(path)) or date_from_name(path)
-        has_mask = any(
-            (flags & rasterio.enums.MaskFlags.per_dataset) or (flags & rasterio.enums.MaskFlags.alpha)
-            for flags in ds.mask_flag_enums[0:1]
+        has_mask = any(  # mask_flag_enums: one list of MaskFlags per band
+            f in (rasterio.enums.MaskFlags.per_dataset, rasterio.enums.MaskFlags.alpha)
+            for f in (ds.mask_flag_enums[0] if ds.count else [])
         )
         names = tuple(ds.descriptions[i] or f"band{i + 1}" for i in range(ds.count))
         return SceneInfo(

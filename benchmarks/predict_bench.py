@@ -1,0 +1,290 @@
+"""Benchmark ``geoseg predict``: memory vs scene size, throughput vs bare forward, vectorize vs gdal_polygonize.
+
+Prints three ratios, each against a baseline measured in the same run:
+
+(a) peak RSS of a predict run on an 8192² scene / on a 2048² scene (target < 1.3). Each run is a
+    separate subprocess; peak = the child's ``ru_maxrss`` (also sampled with psutil). The default
+    "model" for (a) is a cheap pointwise one (softmax of two normalised bands, ``--memory-model
+    pointwise``) so the 8192² run takes seconds on a CPU; ``--memory-model real`` uses the tiny
+    smp Unet (same code path, + constant model memory).
+(b) predict throughput (windows/s of the predict stage: read, normalise, forward, blend, write
+    chunks) / bare model forward (windows/s of ``model(x)`` on random input, same device, batch,
+    tile, AMP) on a 2048² scene (target >= 0.85 on GPU).
+(c) ``geoseg.vectorize.vectorize_prediction`` time / ``gdal_polygonize.py -f FlatGeobuf`` on the same
+    mask (target <= 1.5). gdal_polygonize runs in a subprocess; its interpreter+GDAL start-up is
+    measured and subtracted (both figures printed).
+
+Run: ``.venv/bin/python benchmarks/predict_bench.py [--device auto] [--tile 256] [--batch 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+# ------------------------------------------------------------------------------------------ data
+def write_big_scene(path: Path, size: int, block: int = 512) -> None:
+    """3-band uint16 scene written strip by strip (the generator never holds the full scene)."""
+    import rasterio
+    from affine import Affine
+
+    profile = {
+        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint16", "crs": "EPSG:32636",
+        "transform": Affine(0.5, 0, 500_000.0, 0, -0.5, 40_000.0), "tiled": True, "blockxsize": block,
+        "blockysize": block, "compress": "zstd",
+    }  # fmt: skip
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **profile) as ds:
+        for r0 in range(0, size, block):
+            h = min(block, size - r0)
+            rows, cols = np.mgrid[r0 : r0 + h, 0:size]
+            base = 100 + 60 * np.sin(rows / 37.0) * np.cos(cols / 53.0)
+            data = np.stack([base, base * 0.8 + 20, 200 - base]) + rng.normal(0, 5, (3, h, size))
+            ds.write(np.clip(data, 0, 65535).astype("uint16"), window=rasterio.windows.Window(0, r0, size, h))
+
+
+def make_model(path: Path, tile: int) -> Path:
+    import torch
+
+    from geoseg.train.model import build_model, save_model
+
+    torch.manual_seed(0)
+    net = build_model("unet", "tu-tf_efficientnet_lite0", 3, 2)
+    cfg = {
+        "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "in_channels": 3, "num_classes": 2,
+        "classes": [{"id": 0, "name": "background", "color": "#000000"},
+                    {"id": 1, "name": "object", "color": "#e31a1c"}],
+        "boundary_class": None, "ignore_index": 255, "bands": ["b1", "b2", "b3"],
+        "normalisation": {"mean": [100.0] * 3, "std": [50.0] * 3}, "tile_size": tile, "resolution_m": 0.5,
+        "dataset": "benchmark", "date_range": None,
+    }  # fmt: skip
+    return save_model(path, net, cfg)
+
+
+# ------------------------------------------------------------------------------------------ child
+def pointwise(x):  # noqa: ANN001, ANN201  (torch tensors)
+    """A cheap "model": softmax over two normalised bands (pointwise, so memory is the pipeline's)."""
+    import torch
+
+    return torch.softmax(x[:, :2], 1)
+
+
+def child(args: argparse.Namespace) -> None:
+    """One predict run; prints a JSON line with timing and peak RSS (+ bare forward when asked)."""
+    import torch
+
+    from geoseg.io.gdal_env import gdal_env
+    from geoseg.predict.run import PredictConfig, run
+
+    cfg = PredictConfig(
+        scenes=(args.scene,), model=args.model, out=args.out, bbox="-180,-90,180,90", overlap=args.overlap,
+        batch_size=args.batch, device=args.device, progress=False, vectorize=False,
+    )  # fmt: skip
+    fn = pointwise if args.child_model == "pointwise" else None
+    t0 = time.perf_counter()
+    with gdal_env():
+        res = run(cfg, predict_fn=fn)
+    total = time.perf_counter() - t0
+    sc = res.scenes[0]
+    report = {
+        "windows": sc.windows,
+        "predict_s": sc.timing_s["predict_s"],
+        "total_s": total,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if args.forward:
+        from geoseg.predict.adapter import TorchPredictor, cached_model, resolve_device
+
+        dev = resolve_device(args.device)
+        net, _ = cached_model(args.model, dev)
+        pred = TorchPredictor(net, dev, amp=True)
+        x = torch.randn(args.batch, 3, args.tile, args.tile, device=dev)
+        pred(x)  # warm-up
+        n = max(3, min(args.forward_batches, sc.windows // args.batch))
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            y = pred(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        _ = y.sum().item()
+        report["forward_windows_per_s"] = n * args.batch / (time.perf_counter() - t)
+        report["device"] = str(dev)
+    print("BENCH " + json.dumps(report), flush=True)
+
+
+def run_child(extra: list[str]) -> dict:
+    """Run a child predict; sample its RSS every 20 ms with psutil; return its report."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, __file__, "--child", *extra], stdout=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        p = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    stop.set()
+    th.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}): {out[-2000:]}")
+    line = next(ln for ln in out.splitlines() if ln.startswith("BENCH "))
+    rep = json.loads(line[6:])
+    rep["sampled_peak_mb"] = peak / 2**20
+    return rep
+
+
+# ------------------------------------------------------------------------------------------ (c)
+def bench_vectorize(tmp: Path, size: int = 2048) -> dict | None:
+    try:
+        from geoseg.vectorize import vectorize_prediction
+    except ImportError:
+        return None
+    import rasterio
+    from affine import Affine
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    field = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 6)
+    p1 = 1 / (1 + np.exp(-field * 40))
+    probs = np.stack([1 - p1, p1])
+    q = np.round(probs * 254).astype("uint8")
+    prof = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32636", "tiled": True,
+            "transform": Affine(0.5, 0, 500_000.0, 0, -0.5, 40_000.0), "compress": "zstd"}  # fmt: skip
+    prob_tif, mask_tif = tmp / "vprob.tif", tmp / "vmask.tif"
+    with rasterio.open(prob_tif, "w", count=2, dtype="uint8", nodata=255, **prof) as ds:
+        ds.write(q)
+        ds.scales = (1 / 254, 1 / 254)
+    mask = ((q[1] > q[0]) & (q[1] >= 127)).astype("uint8")
+    with rasterio.open(mask_tif, "w", count=1, dtype="uint8", nodata=0, **prof) as ds:
+        ds.write(mask, 1)
+    classes = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "object", "color": "#e31a1c"}]
+    t = time.perf_counter()
+    n_poly = vectorize_prediction(prob_tif, tmp / "v.gpkg", classes=classes, boundary_class=None, threshold=0.5,
+                                  simplify_px=0.0)  # fmt: skip
+    t_vec = time.perf_counter() - t
+    gp = shutil.which("gdal_polygonize.py") or "/usr/bin/gdal_polygonize.py"
+    py = "/usr/bin/python3"
+    t = time.perf_counter()
+    subprocess.run([py, "-c", "from osgeo import gdal, ogr"], check=True)
+    t_start = time.perf_counter() - t
+    fgb = tmp / "v.fgb"
+    t = time.perf_counter()
+    subprocess.run([py, gp, "-q", str(mask_tif), "-mask", str(mask_tif), "-f", "FlatGeobuf", str(fgb)], check=True)
+    t_gdal = time.perf_counter() - t
+    import pyogrio
+
+    n_gdal = pyogrio.read_info(fgb)["features"]
+    return {"size": size, "vectorize_s": t_vec, "polygons": n_poly, "gdal_s": t_gdal, "gdal_startup_s": t_start,
+            "gdal_polygons": n_gdal}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--scene")
+    ap.add_argument("--model")
+    ap.add_argument("--out")
+    ap.add_argument("--child-model", default="real", choices=["real", "pointwise"])
+    ap.add_argument("--forward", action="store_true")
+    ap.add_argument("--forward-batches", type=int, default=12)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--sizes", type=int, nargs=2, default=[2048, 8192])
+    ap.add_argument("--memory-model", default="pointwise", choices=["real", "pointwise"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"])
+    ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="predict_bench_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    print(f"# predict_bench: workdir {tmp}, cpus {os.cpu_count()}, tile {args.tile}, overlap {args.overlap}, "
+          f"batch {args.batch}, device {args.device}", flush=True)  # fmt: skip
+    model = make_model(tmp / "model", args.tile)
+    common = ["--model", str(model), "--device", args.device, "--tile", str(args.tile), "--overlap",
+              str(args.overlap), "--batch", str(args.batch)]  # fmt: skip
+    scenes = {}
+    if "a" not in args.skip or "b" not in args.skip:
+        for s in sorted(set(args.sizes)):
+            scenes[s] = tmp / f"scene_{s}.tif"
+            if not scenes[s].exists():
+                t = time.perf_counter()
+                write_big_scene(scenes[s], s)
+                print(f"# wrote {s}x{s} scene in {time.perf_counter() - t:.1f}s", flush=True)
+
+    if "a" not in args.skip:
+        small, big = args.sizes
+        reps = {}
+        for s in (small, big):
+            out = tmp / f"out_mem_{s}"
+            shutil.rmtree(out, ignore_errors=True)
+            reps[s] = run_child([*common, "--scene", str(scenes[s]), "--out", str(out), "--child-model",
+                                 args.memory_model])  # fmt: skip
+            r = reps[s]
+            print(f"(a) {s}x{s}: peak RSS {r['maxrss_mb']:.0f} MB (sampled {r['sampled_peak_mb']:.0f} MB), "
+                  f"{r['windows']} windows, predict {r['predict_s']:.1f}s, total {r['total_s']:.1f}s "
+                  f"[{args.memory_model} model]", flush=True)  # fmt: skip
+        ratio = reps[big]["maxrss_mb"] / reps[small]["maxrss_mb"]
+        print(f"(a) peak memory ratio {big}²/{small}² = {ratio:.3f}  (target < 1.3; "
+              f"{(big / small) ** 2:.0f}x the pixels)", flush=True)  # fmt: skip
+
+    if "b" not in args.skip:
+        s = args.sizes[0]
+        out = tmp / "out_tp"
+        shutil.rmtree(out, ignore_errors=True)
+        r = run_child([*common, "--scene", str(scenes[s]), "--out", str(out), "--child-model", "real", "--forward"])
+        pred_tp = r["windows"] / r["predict_s"]
+        e2e_tp = r["windows"] / r["total_s"]
+        fwd = r["forward_windows_per_s"]
+        print(f"(b) {s}x{s} on {r['device']}: predict {pred_tp:.2f} windows/s (end to end incl. COGs "
+              f"{e2e_tp:.2f}), bare forward {fwd:.2f} windows/s", flush=True)  # fmt: skip
+        print(f"(b) predict / bare forward = {pred_tp / fwd:.3f}  (end to end {e2e_tp / fwd:.3f}; "
+              f"target >= 0.85 on GPU)", flush=True)  # fmt: skip
+
+    if "c" not in args.skip:
+        v = bench_vectorize(tmp)
+        if v is None:
+            print("(c) skipped: geoseg.vectorize is not available in this build")
+        else:
+            net = max(v["gdal_s"] - v["gdal_startup_s"], 1e-6)
+            print(f"(c) {v['size']}² mask: vectorize_prediction {v['vectorize_s']:.2f}s ({v['polygons']} polygons), "
+                  f"gdal_polygonize.py {v['gdal_s']:.2f}s ({v['gdal_polygons']} polygons; start-up "
+                  f"{v['gdal_startup_s']:.2f}s)")  # fmt: skip
+            print(f"(c) vectorize / gdal_polygonize = {v['vectorize_s'] / v['gdal_s']:.3f} "
+                  f"(start-up excluded {v['vectorize_s'] / net:.3f}; target <= 1.5)")  # fmt: skip
+    if not args.workdir:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Torch model -> ``predict_fn``: channels_last, AMP on CUDA, softmax, optional 8-fold dihedral TTA."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import torch
+
+from geoseg.errors import DeviceError
+
+_CACHE: dict[tuple[str, str], tuple[torch.nn.Module, dict[str, Any]]] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; an unavailable CUDA request is a :class:`DeviceError`."""
+    d = (device or "auto").lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    try:
+        return torch.device(d)
+    except RuntimeError:
+        raise DeviceError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N") from None
+
+
+def cached_model(model_dir: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``load_model`` once per (model, device) per process (dask workers reuse it across tasks)."""
+    from geoseg.train.model import load_model
+
+    key = (str(model_dir), str(device))
+    with _LOCK:
+        if key not in _CACHE:
+            net, cfg = load_model(model_dir, device)
+            net = net.to(memory_format=torch.channels_last)
+            _CACHE[key] = (net, cfg)
+        return _CACHE[key]
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, dims=(2, 3)) if k else x
+    return torch.flip(x, dims=(3,)) if flip else x
+
+
+def _undo(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    y = torch.flip(y, dims=(3,)) if flip else y
+    return torch.rot90(y, -k, dims=(2, 3)) if k else y
+
+
+class TorchPredictor:
+    """``predict_fn`` for an smp model: ``(B, C, T, T)`` normalised float32 -> ``(B, K, T, T)`` softmax.
+
+    channels_last always; on CUDA autocast (bf16 where supported, else fp16) when ``amp``. With
+    ``tta`` the probabilities are the mean over the 8 rotations/flips (each undone).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, *, amp: bool = True, tta: bool = False) -> None:
+        self.model, self.device, self.tta = model, device, tta
+        self.channels_last = True
+        self.amp_dtype: torch.dtype | None = None
+        if amp and device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = (
+            torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            if not self.tta:
+                return self._forward(x)
+            total: torch.Tensor | None = None
+            for k in range(4):
+                for flip in (False, True):
+                    y = _undo(self._forward(_dihedral(x, k, flip)), k, flip)
+                    total = y if total is None else total + y
+            assert total is not None
+            return total / 8.0

@@ -1,0 +1,593 @@
+"""``geoseg predict``: the one function doing I/O around the pure planning/stitching core.
+
+Layout of ``OUT`` (documented in the README):
+
+- one scene: ``OUT/probabilities.tif``, ``OUT/classes.tif``, ``OUT/instances.gpkg``, ``*.qml``;
+- several scenes: the same files in ``OUT/<scene stem>/`` for each scene (each on its own grid,
+  overlapping scenes are predicted independently; no mosaic);
+- ``OUT/project.qgs`` and ``OUT/run.json`` (config, model config, per-scene timing) in both cases.
+
+Work happens in ``OUT/.geoseg-predict/`` (row chunks + per-band checkpoints); finished files are
+moved into place only when every scene is done, so a file with a final name is always complete.
+``--resume`` continues from the checkpoints; without it an old work folder is discarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+
+from geoseg import __version__
+from geoseg.config import read_json, to_dict, write_json
+from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
+from geoseg.grid import Window
+from geoseg.io.gdal_env import gdal_env
+from geoseg.io.rasters import SceneInfo, open_raster, scene_info
+from geoseg.io.vectors import read_aoi
+from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
+from geoseg.predict.plan import Band, ScenePlan, aoi_geometry, plan_scene
+from geoseg.predict.stitch import PredictFn, RowReader, input_width, predict_band
+from geoseg.predict.writer import CLASSES, PROBABILITIES, ChunkStore, ChunkWriter, assemble_cogs
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".geoseg-predict"
+INSTANCES = "instances.gpkg"
+COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "NONE")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of ``geoseg predict`` (written to ``run.json``).
+
+    ``overlap`` (pixels) defaults to a quarter of the tile; ``tile_size`` to the model's;
+    ``bands`` are 1-based scene band indexes fed to the model (default: all, in order);
+    ``min_area`` is in true m²; ``workers`` > 0 starts a local dask cluster, ``scheduler``
+    connects to one.
+    """
+
+    scenes: tuple[str, ...]
+    model: str
+    out: str
+    aoi: str | None = None
+    bbox: str | None = None
+    overlap: int | None = None
+    tile_size: int | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    amp: bool = True
+    tta: bool = False
+    float_output: bool = False
+    blend: str = "hann"
+    bands: tuple[int, ...] | None = None
+    threshold: float = 0.5
+    min_area: float = 0.0
+    vectorize: bool = True
+    resume: bool = False
+    workers: int = 0
+    scheduler: str | None = None
+    compress: str = "ZSTD"
+    progress: bool = True
+
+
+@dataclass
+class SceneResult:
+    scene: str
+    out_dir: str
+    date: str | None
+    windows: int
+    bands: int
+    plan: dict[str, Any]
+    timing_s: dict[str, float] = field(default_factory=dict)
+    polygons: int | None = None
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    scenes: list[SceneResult]
+    skipped: list[str]
+    run_json: Path
+
+
+@dataclass(frozen=True)
+class BandTask:
+    """Everything a (possibly remote) worker needs to predict one band of one scene (picklable)."""
+
+    scene: str
+    indexes: tuple[int, ...]
+    plan: ScenePlan
+    band: Band
+    work: str
+    model: str
+    device: str
+    amp: bool
+    tta: bool
+    batch_size: int
+    float_output: bool
+    blend: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+
+
+# --------------------------------------------------------------------------------------------
+def make_reader(ds: Any, plan: ScenePlan, indexes: tuple[int, ...], mean: np.ndarray, std: np.ndarray) -> RowReader:
+    """Row reader for the stitcher: normalised float32 over the plan's input columns + keep mask.
+
+    ``keep`` = scene valid (nodata/mask) and pixel centre inside the AOI. Invalid pixels are set
+    to 0 (the band mean) before the model sees them. Reads inside the scene are not boundless.
+    """
+    width = input_width(plan)
+    mean32 = np.asarray(mean, np.float32)[:, None, None]
+    inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)[:, None, None]
+    idx = list(indexes)
+
+    def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        h = r1 - r0
+        c0 = plan.col_lo
+        out = np.zeros((len(idx), h, width), np.float32)
+        valid = np.zeros((h, width), bool)
+        rr0, rr1 = max(r0, 0), min(r1, ds.height)
+        cc1 = min(c0 + width, ds.width)
+        if rr1 > rr0 and cc1 > c0:
+            win = Window(c0, rr0, cc1 - c0, rr1 - rr0)
+            data = ds.read(idx, window=win)
+            masks = ds.read_masks(idx, window=win)
+            v = np.all(masks > 0, axis=0)
+            x = (
+                (data.astype(np.float32) - mean32) * inv_std
+                if not _is_identity(mean32, inv_std)
+                else data.astype(np.float32)
+            )
+            x[:, ~v] = 0.0
+            out[:, rr0 - r0 : rr1 - r0, : cc1 - c0] = x
+            valid[rr0 - r0 : rr1 - r0, : cc1 - c0] = v
+        keep = valid & plan.aoi_mask((r0, r1), width)
+        return out, keep
+
+    return read
+
+
+def read_cache_bytes(ds: Any, tile: int) -> int:
+    """GDAL block cache for reading a scene strip by strip: the block rows under one strip of windows.
+
+    Sized to the work (DESIGN principle 7) so memory stays bounded by the scene width: a too-small
+    cache re-decodes blocks, a whole-scene one grows with the scene. 64 MB .. 1 GB, in bytes.
+    """
+    block_h = int(ds.block_shapes[0][0]) if ds.block_shapes else 256
+    row_bytes = ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
+    return int(min(max(row_bytes * (tile + 2 * block_h), 64 * 2**20), 2**30))
+
+
+def _is_identity(mean32: np.ndarray, inv_std: np.ndarray) -> bool:
+    return bool(np.all(mean32 == 0) and np.all(inv_std == 1))
+
+
+def run_band(
+    task: BandTask, predict_fn: PredictFn | None = None, on_windows: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Predict one band into the scene's chunk store (resumes from its checkpoint). Worker-safe."""
+    from geoseg.predict.adapter import TorchPredictor, cached_model, resolve_device
+
+    t0 = time.perf_counter()
+    store = ChunkStore(task.work)
+    if store.band_finished(task.band.index):
+        return {"band": task.band.index, "windows": 0, "seconds": 0.0, "skipped": True}
+    device = resolve_device(task.device)
+    if predict_fn is None:
+        net, _ = cached_model(task.model, device)
+        predict_fn = TorchPredictor(net, device, amp=task.amp, tta=task.tta)
+    emit_from = store.rows_done(task.band.index)
+    writer = ChunkWriter(store, task.band.index)
+    weight = weight_2d(task.blend, task.plan.tile)
+    with gdal_env(), open_raster(task.scene) as ds, rasterio.Env(GDAL_CACHEMAX=read_cache_bytes(ds, task.plan.tile)):
+        reader = make_reader(ds, task.plan, task.indexes, np.array(task.mean), np.array(task.std))
+        try:
+            n = predict_band(
+                task.plan,
+                task.band,
+                reader,
+                predict_fn,
+                writer.rows,
+                num_classes=task.num_classes,
+                weight=weight,
+                batch_size=task.batch_size,
+                device=device,
+                float_output=task.float_output,
+                emit_from=emit_from,
+                on_windows=on_windows,
+                on_done=writer.done,
+            )
+        finally:
+            writer.close()
+    store.mark(task.band.index, task.band.row_hi, finished=True)
+    return {"band": task.band.index, "windows": n, "seconds": time.perf_counter() - t0, "skipped": False}
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    cfg: PredictConfig
+    model_dir: Path
+    model_cfg: dict[str, Any]
+    infos: list[SceneInfo]
+    plans: list[ScenePlan]
+    skipped: list[str]
+    indexes: tuple[int, ...]
+    tile: int
+    overlap: int
+    out: Path
+    scene_dirs: list[Path]
+    fingerprint: str
+
+
+def _prepare(cfg: PredictConfig) -> _Prepared:
+    """Validate every input before anything is written (bad input -> one-line GeosegError)."""
+    from geoseg.train.model import read_model_config, resolve_model_dir
+
+    if not cfg.scenes:
+        raise InputError("give at least one scene")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.compress.upper() not in COMPRESSIONS:
+        raise ConfigError(f"--compress {cfg.compress!r}: use one of {', '.join(COMPRESSIONS)}")
+    BLEND_WINDOWS[cfg.blend]  # unknown name -> RegistryError listing the valid ones
+    if not 0.0 < cfg.threshold < 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {cfg.threshold}")
+    if cfg.min_area < 0:
+        raise ConfigError(f"--min-area must be >= 0 m², got {cfg.min_area}")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    try:
+        model_dir = resolve_model_dir(cfg.model)
+        mcfg = read_model_config(model_dir)
+    except ConfigError as e:
+        raise ModelError(str(e)) from None
+    in_ch, k = int(mcfg["in_channels"]), int(mcfg["num_classes"])
+    classes = mcfg["classes"]
+    if len(classes) != k or sorted(int(c["id"]) for c in classes) != list(range(k)):
+        raise ModelError(f"{model_dir / 'config.json'}: classes must list ids 0..{k - 1} (num_classes={k})")
+    norm = mcfg["normalisation"]
+    if len(norm.get("mean", [])) != in_ch or len(norm.get("std", [])) != in_ch:
+        raise ModelError(f"{model_dir / 'config.json'}: normalisation needs {in_ch} mean/std values")
+    if any(float(s) <= 0 for s in norm["std"]):
+        raise ModelError(f"{model_dir / 'config.json'}: normalisation std must be > 0")
+    tile = int(cfg.tile_size or mcfg["tile_size"])
+    overlap = tile // 4 if cfg.overlap is None else int(cfg.overlap)
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"--overlap must be in [0, {tile - 1}] pixels for tile size {tile}, got {overlap}")
+
+    infos = [scene_info(p) for p in cfg.scenes]
+    stems = [Path(i.path).stem for i in infos]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise InputError(f"scenes with the same file name stem {dup[0]!r}: outputs would collide; rename one")
+    indexes = tuple(cfg.bands) if cfg.bands else None
+    for info in infos:
+        idx = indexes or tuple(range(1, info.count + 1))
+        bad = [i for i in idx if not 1 <= i <= info.count]
+        if bad:
+            raise InputError(f"{info.path}: --bands {bad[0]} out of range; the scene has {info.count} bands")
+        if len(idx) != in_ch:
+            names = ", ".join(str(b) for b in mcfg.get("bands", [])) or f"{in_ch} bands"
+            raise ModelError(
+                f"{info.path}: {len(idx)} band(s) but model {model_dir} expects {in_ch} ({names}); "
+                "choose bands with --bands"
+            )
+    aoi = read_aoi(cfg.aoi, cfg.bbox)
+    plans: list[ScenePlan] = []
+    kept: list[SceneInfo] = []
+    skipped: list[str] = []
+    for info in infos:
+        plan = plan_scene(info.grid, aoi_geometry(aoi, info.grid), tile, overlap)
+        if plan is None:
+            skipped.append(info.path)
+        else:
+            plans.append(plan)
+            kept.append(info)
+    if not plans:
+        raise NoOverlapError(_no_overlap_message(cfg, aoi, infos))
+    for path in skipped:
+        log.warning("%s: outside the AOI, skipped", path)
+    final_indexes = indexes or tuple(range(1, in_ch + 1))
+    single = len(kept) == 1
+    scene_dirs = [out if single else out / Path(i.path).stem for i in kept]
+    fp = _fingerprint(cfg, model_dir, mcfg, kept, plans, final_indexes)
+    return _Prepared(cfg, model_dir, mcfg, kept, plans, skipped, final_indexes, tile, overlap, out, scene_dirs, fp)
+
+
+def _no_overlap_message(cfg: PredictConfig, aoi: Any, infos: list[SceneInfo]) -> str:
+    src = cfg.aoi or f"--bbox {cfg.bbox}"
+    ab = ", ".join(f"{v:.6g}" for v in aoi.total_bounds)
+    aoi_crs = aoi.crs.to_string() if aoi.crs else "?"
+    parts = []
+    for i in infos:
+        import geopandas as gpd
+
+        fp = gpd.GeoSeries([i.grid.footprint], crs=i.grid.crs.to_wkt()).to_crs(aoi.crs)
+        sb = ", ".join(f"{v:.6g}" for v in fp.total_bounds)
+        parts.append(f"{i.name} [{sb}]")
+    return f"{src}: AOI [{ab}] ({aoi_crs}) misses every scene: {'; '.join(parts)} (same CRS); check the AOI and scenes"
+
+
+def _fingerprint(
+    cfg: PredictConfig,
+    model_dir: Path,
+    mcfg: dict[str, Any],
+    infos: list[SceneInfo],
+    plans: list[ScenePlan],
+    indexes: tuple[int, ...],
+) -> str:
+    h = hashlib.sha256()
+    wt = model_dir / "model.pt"
+    st = wt.stat()
+    h.update(json.dumps([str(wt.resolve()), st.st_size, st.st_mtime_ns], sort_keys=True).encode())
+    h.update(json.dumps({k: v for k, v in mcfg.items() if k not in ("created",)}, sort_keys=True, default=str).encode())
+    for i, p in zip(infos, plans, strict=True):
+        s = Path(i.path).stat()
+        h.update(json.dumps([str(Path(i.path).resolve()), s.st_size, s.st_mtime_ns, p.fingerprint()]).encode())
+    h.update(json.dumps([cfg.tta, cfg.float_output, cfg.blend, list(indexes), cfg.amp]).encode())
+    return h.hexdigest()[:20]
+
+
+def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int]) -> list[list[BandTask]]:
+    cfg, mcfg = prep.cfg, prep.model_cfg
+    mean = tuple(float(v) for v in mcfg["normalisation"]["mean"])
+    std = tuple(float(v) for v in mcfg["normalisation"]["std"])
+    k = int(mcfg["num_classes"])
+    return [
+        [
+            BandTask(info.path, prep.indexes, plan, b, str(work / f"scene_{i:03d}"), str(prep.model_dir), cfg.device,
+                     cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k)
+            for b in plan.bands(n_bands[i])
+        ]
+        for i, (info, plan) in enumerate(zip(prep.infos, prep.plans, strict=True))
+    ]  # fmt: skip
+
+
+def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
+    from dask.distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        return Client(cfg.scheduler), None
+    cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
+
+
+def _finish_scene(
+    prep: _Prepared, i: int, stage: Path, store: ChunkStore
+) -> tuple[list[Path], int | None, dict[str, float]]:
+    """Assemble the COGs, vectorize and style one scene into ``stage`` (work folder)."""
+    info, plan, mcfg, cfg = prep.infos[i], prep.plans[i], prep.model_cfg, prep.cfg
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+    tags = {
+        "GEOSEG_VERSION": __version__,
+        "MODEL": str(prep.model_dir.resolve()),
+        "ARCH": str(mcfg.get("arch")),
+        "ENCODER": str(mcfg.get("encoder")),
+        "SCENE": info.name,
+        "SCENE_PATH": str(Path(info.path).resolve()),
+        "SCENE_DATE": info.date.isoformat() if info.date else "",
+        "TILE_SIZE": str(plan.tile),
+        "OVERLAP": str(plan.overlap),
+        "BLEND": cfg.blend,
+        "TTA": str(cfg.tta),
+    }
+    if info.date:
+        tags["ACQUISITIONDATETIME"] = info.date.isoformat()
+    classes = mcfg["classes"]
+    with gdal_env():
+        prob, cls = assemble_cogs(
+            store,
+            info.grid,
+            stage,
+            classes=classes,
+            float_output=cfg.float_output,
+            tags=tags,
+            compress=cfg.compress.upper(),
+        )
+    timing["cog_s"] = time.perf_counter() - t
+    files = [prob, cls]
+    n_poly: int | None = None
+    if cfg.vectorize:
+        t = time.perf_counter()
+        vec = _optional("geoseg.vectorize")
+        if vec is not None:
+            gpkg = stage / INSTANCES
+            with gdal_env():
+                n_poly = int(
+                    vec.vectorize_prediction(
+                        prob,
+                        gpkg,
+                        classes=classes,
+                        boundary_class=mcfg.get("boundary_class"),
+                        threshold=cfg.threshold,
+                        min_area_m2=cfg.min_area,
+                        scene=info.name,
+                        scene_date=info.date.isoformat() if info.date else None,
+                    )
+                )
+            if gpkg.exists():
+                files.append(gpkg)
+            timing["vectorize_s"] = time.perf_counter() - t
+    qg = _optional("geoseg.qgis")
+    if qg is not None:
+        files += [
+            Path(p) for p in qg.write_raster_styles(cls, prob, classes, boundary_class=mcfg.get("boundary_class"))
+        ]
+        if (stage / INSTANCES).exists():
+            qg.style_gpkg(stage / INSTANCES, "instances", classes)
+    return files, n_poly, timing
+
+
+def _optional(name: str) -> Any:
+    """Import a sibling module that may not exist yet in this build (vectorize, qgis)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        log.warning("%s is not available; skipping its outputs", name)
+        return None
+
+
+def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> PredictResult:
+    """Predict every scene over the AOI and write the outputs (see the module docstring).
+
+    ``predict_fn`` replaces the model's forward (tests: identity model); the model directory still
+    supplies classes, normalisation and tile size. It is only used in-process (not with dask).
+    Memory: bounded by strip size (tile x scene width x bands/classes), never by scene height.
+    """
+    t_start = time.perf_counter()
+    prep = _prepare(config)
+    cfg = prep.cfg
+    distributed = bool(cfg.workers or cfg.scheduler)
+    if predict_fn is None and not distributed:
+        from geoseg.predict.adapter import cached_model, resolve_device
+
+        cached_model(str(prep.model_dir), resolve_device(cfg.device))  # unreadable weights fail before writing
+    elif predict_fn is None:
+        from geoseg.predict.adapter import resolve_device
+        from geoseg.train.model import load_model
+
+        load_model(prep.model_dir, "cpu")  # validate the weights before writing anything
+        resolve_device(cfg.device)
+
+    out = prep.out
+    work = out / WORK_DIR
+    state_path = work / "state.json"
+    state: dict[str, Any] | None = None
+    if work.exists() and cfg.resume and state_path.exists():
+        state = read_json(state_path, what="predict work state")
+        if state.get("fingerprint") != prep.fingerprint:
+            raise ConfigError(
+                f"{work}: left by a run with other scenes/model/AOI/options; rerun without --resume to start over"
+            )
+        log.info("resuming from %s", work)
+    elif cfg.resume:
+        log.info("nothing to resume in %s; starting", out)
+
+    client, cluster = _open_client(cfg) if distributed else (None, None)
+    try:
+        if state is None:
+            if work.exists():
+                log.info("discarding the unfinished run in %s (use --resume to continue it)", work)
+                shutil.rmtree(work)
+            n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+            per_scene = max(1, math.ceil(n_workers / len(prep.plans)))
+            state = {"fingerprint": prep.fingerprint, "bands": [min(per_scene, len(p.strips)) for p in prep.plans]}
+            work.mkdir(parents=True)
+            write_json(state_path, state)
+        tasks = _band_tasks(prep, work, [int(b) for b in state["bands"]])
+        band_stats: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        if client is not None:
+            from dask.distributed import as_completed
+
+            futs = {client.submit(run_band, t, pure=False): i for i, ts in enumerate(tasks) for t in ts}
+            bar = _bar(cfg, len(futs), "bands")
+            for fut in as_completed(list(futs)):
+                band_stats[futs[fut]].append(fut.result())
+                bar.update(1)
+            bar.close()
+        else:
+            bar = _bar(cfg, sum(p.n_windows for p in prep.plans), "windows")
+            for i, ts in enumerate(tasks):
+                for t in ts:
+                    band_stats[i].append(run_band(t, predict_fn, on_windows=bar.update))
+            bar.close()
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    results: list[SceneResult] = []
+    staged: list[tuple[Path, list[Path]]] = []
+    for i, info in enumerate(prep.infos):
+        store = ChunkStore(work / f"scene_{i:03d}")
+        stage = work / f"scene_{i:03d}_out"
+        done = stage / ".done.json"
+        if done.exists() and cfg.resume:
+            meta = json.loads(done.read_text())
+            files, n_poly, timing = [Path(f) for f in meta["files"]], meta["polygons"], meta["timing"]
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
+            files, n_poly, timing = _finish_scene(prep, i, stage, store)
+            write_json(done, {"files": [str(f) for f in files], "polygons": n_poly, "timing": timing}, stamped=False)
+        timing = {
+            "predict_s": round(sum(b["seconds"] for b in band_stats[i]), 3),
+            **{k2: round(v, 3) for k2, v in timing.items()},
+        }
+        staged.append((prep.scene_dirs[i], files))
+        results.append(
+            SceneResult(
+                scene=info.path,
+                out_dir=str(prep.scene_dirs[i]),
+                date=info.date.isoformat() if info.date else None,
+                windows=sum(b["windows"] for b in band_stats[i]),
+                bands=len(tasks[i]),
+                plan=prep.plans[i].to_dict(),
+                timing_s=timing,
+                polygons=n_poly,
+                files=[str(prep.scene_dirs[i] / f.name) for f in files],
+            )
+        )
+
+    # everything done: move the finished files into place (each with one rename)
+    for dest_dir, files in staged:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if f.exists() or not (dest_dir / f.name).exists():  # (a resumed run may have moved it already)
+                os.replace(f, dest_dir / f.name)
+    qg = _optional("geoseg.qgis")
+    project = None
+    if qg is not None:
+        rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
+        vectors = [d / INSTANCES for d, _ in staged if (d / INSTANCES).exists()]
+        project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
+    run_json = write_json(
+        out / "run.json",
+        {
+            "stage": "predict",
+            "config": to_dict(cfg),
+            "model_dir": str(prep.model_dir.resolve()),
+            "model_config": prep.model_cfg,
+            "tile_size": prep.tile,
+            "overlap": prep.overlap,
+            "layout": "flat" if len(prep.infos) == 1 else "per-scene",
+            "scenes": [to_dict(r) for r in results],
+            "skipped_scenes": prep.skipped,
+            "project": str(project) if project else None,
+            "total_s": round(time.perf_counter() - t_start, 3),
+        },
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return PredictResult(out, results, prep.skipped, run_json)
+
+
+def _bar(cfg: PredictConfig, total: int, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc="predict", disable=not cfg.progress, leave=False)
+
+
+__all__ = ["BandTask", "PredictConfig", "PredictResult", "SceneResult", "make_reader", "run", "run_band"]

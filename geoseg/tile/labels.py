@@ -1,0 +1,381 @@
+"""Timestamp-aware labels: read, class ids, per-scene validity, and window rasterization.
+
+Conventions (also in the README):
+
+* Class ids are stable: ``--classes a,b,c`` order, else the class names sorted as strings; id 0 is
+  ``background``; the optional boundary class is ``K + 1``; 255 is ignore.
+* A label is *valid* for a scene dated ``D`` when its ``date`` is not after ``D`` and (with
+  ``--max-label-age N``) not older than ``D - N`` days, and ``valid_from <= D <= valid_to`` where
+  those fields exist (missing values are open ends). Undated labels (no date, no valid_from/to)
+  are valid with ``--undated keep`` and invalid with ``--undated drop``.
+* Valid labels are burned with their class id; pixels covered only by *invalid* labels become 255
+  (ignore), never background. Where a valid and an invalid label overlap, the valid one wins.
+  Where valid labels of different classes overlap, the later feature in the file wins.
+* With a coverage layer, pixels outside it are 255. Scene nodata pixels are 255.
+* Boundary class (``boundary_width = w > 0``): a label pixel is boundary when a pixel within ``w``
+  pixels (Chebyshev distance, i.e. a ``2w+1`` square) belongs to another instance or to no valid
+  label. So outlines get an inner rim of ``w`` pixels and touching polygons are separated by ``2w``
+  pixels. The scene edge is not an outline (computed as if the scene went on).
+
+All rasterization uses the pixel-centre rule (``all_touched=False``) and is done per window, so
+the cost and memory are bounded by the window, not the scene.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from rasterio.windows import Window
+from scipy import ndimage
+
+from geoseg.errors import LabelsError
+from geoseg.grid import Grid
+from geoseg.io.dates import parse_date
+from geoseg.io.vectors import clean_polygons, read_vector, require_field, to_crs
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+PALETTE = (
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
+    "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000",
+)  # fmt: skip
+BACKGROUND_COLOR = "#000000"
+BOUNDARY_COLOR = "#ffff00"
+
+
+# --------------------------------------------------------------------------------------------
+# label table (all scenes)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Labels:
+    """Cleaned, exploded label polygons with class ids and date intervals (in ``gdf.crs``).
+
+    ``gdf`` columns: ``geometry``, ``class_id`` (1..K), ``date``, ``valid_from``, ``valid_to``
+    (``datetime.date`` or None). Row order is the file order (it decides overlaps).
+    """
+
+    gdf: gpd.GeoDataFrame
+    class_names: tuple[str, ...]
+    features: int
+    repaired: int
+    undated: int
+
+    def validity(self, scene_date: dt.date | None, *, max_age_days: int | None, undated: str) -> np.ndarray:
+        """Bool per row: is the label valid for a scene acquired on ``scene_date``?"""
+        return label_validity(
+            self.gdf["date"].to_numpy(),
+            self.gdf["valid_from"].to_numpy(),
+            self.gdf["valid_to"].to_numpy(),
+            scene_date,
+            max_age_days=max_age_days,
+            undated=undated,
+        )
+
+    @property
+    def has_dates(self) -> bool:
+        return self.undated < len(self.gdf)
+
+
+def class_table(class_names: Sequence[str], boundary: bool) -> list[dict[str, Any]]:
+    """``classes`` list for dataset.json: id 0 background, 1..K the names, then the boundary."""
+    out = [{"id": 0, "name": "background", "color": BACKGROUND_COLOR}]
+    for i, name in enumerate(class_names, start=1):
+        out.append({"id": i, "name": name, "color": PALETTE[(i - 1) % len(PALETTE)]})
+    if boundary:
+        out.append({"id": len(class_names) + 1, "name": "boundary", "color": BOUNDARY_COLOR})
+    return out
+
+
+def read_labels(
+    path: str | Path,
+    *,
+    class_field: str | None = None,
+    classes: Sequence[str] | None = None,
+    date_field: str = "date",
+    valid_from_field: str = "valid_from",
+    valid_to_field: str = "valid_to",
+    layer: str | None = None,
+) -> Labels:
+    """Read, repair, explode and classify a label layer (any OGR format or GeoParquet).
+
+    ``class_field=None`` means ``"class"`` if present, else a single class named after
+    ``classes[0]`` or the file stem. An explicitly named field that is missing is an error.
+    Date fields that are absent are treated as empty; unparsable values raise
+    :class:`~geoseg.errors.DateFormatError` naming the file, field and row.
+    """
+    gdf = read_vector(path, what="labels", layer=layer)
+    features = len(gdf)
+    field = class_field or "class"
+    if class_field is not None:
+        require_field(gdf, class_field, path=path)
+    if field in gdf.columns:
+        if gdf[field].isna().any():
+            n = int(gdf[field].isna().sum())
+            raise LabelsError(f"{path}: {n} labels have an empty {field!r}; fill or remove them")
+        names = gdf[field].map(_class_name)
+    else:
+        single = classes[0] if classes else Path(path).stem
+        names = gpd.pd.Series([single] * len(gdf), index=gdf.index)
+    gdf = gpd.GeoDataFrame({"class_name": names.to_numpy()}, geometry=gdf.geometry.values, crs=gdf.crs).join(
+        _dates(gdf, path, date_field, valid_from_field, valid_to_field)
+    )
+    gdf, repaired = clean_polygons(gdf, source=str(path))
+    if len(gdf) == 0:
+        raise LabelsError(f"{path}: labels have no polygon features")
+    present = sorted(set(gdf["class_name"]))
+    if classes:
+        order = [str(c) for c in classes]
+        unknown = sorted(set(present) - set(order))
+        if unknown:
+            raise LabelsError(
+                f"{path}: classes {', '.join(unknown)} are not in --classes ({', '.join(order)}); add them"
+            )
+    else:
+        order = present
+    if len(order) + 1 >= IGNORE:
+        raise LabelsError(f"{path}: {len(order)} classes; at most 253 fit a uint8 mask")
+    ids = {n: i for i, n in enumerate(order, start=1)}
+    gdf["class_id"] = gdf["class_name"].map(ids).astype("uint8")
+    undated = int((gdf["date"].isna() & gdf["valid_from"].isna() & gdf["valid_to"].isna()).sum())
+    return Labels(
+        gdf=gdf[["class_id", "date", "valid_from", "valid_to", "geometry"]],
+        class_names=tuple(order),
+        features=features,
+        repaired=repaired,
+        undated=undated,
+    )
+
+
+def read_polygons(path: str | Path, *, what: str) -> gpd.GeoDataFrame:
+    """A cleaned polygon layer (coverage, look-alikes): geometry only."""
+    gdf = read_vector(path, what=what)
+    gdf, _ = clean_polygons(gpd.GeoDataFrame(geometry=gdf.geometry.values, crs=gdf.crs), source=str(path))
+    if len(gdf) == 0:
+        raise LabelsError(f"{path}: {what} has no polygon features")
+    return gdf
+
+
+def _class_name(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _dates(gdf: gpd.GeoDataFrame, path: str | Path, *fields: str) -> gpd.pd.DataFrame:
+    out = {}
+    for key, field in zip(("date", "valid_from", "valid_to"), fields, strict=False):
+        if field in gdf.columns:
+            vals = gdf[field].tolist()
+            parsed = [parse_date(v, source=f"{path}: field {field!r} row {i}") for i, v in enumerate(vals)]
+        else:
+            parsed = [None] * len(gdf)
+        out[key] = gpd.pd.Series(parsed, index=gdf.index, dtype=object)
+    return gpd.pd.DataFrame(out)
+
+
+def label_validity(
+    date: np.ndarray,
+    valid_from: np.ndarray,
+    valid_to: np.ndarray,
+    scene_date: dt.date | None,
+    *,
+    max_age_days: int | None,
+    undated: str = "keep",
+) -> np.ndarray:
+    """Vectorised validity rule (see module docstring). Arrays hold ``date`` or None."""
+    n = len(date)
+    has_d = np.array([d is not None and d == d for d in date], bool)
+    has_f = np.array([d is not None and d == d for d in valid_from], bool)
+    has_t = np.array([d is not None and d == d for d in valid_to], bool)
+    dated = has_d | has_f | has_t
+    if scene_date is None:
+        ok = np.ones(n, bool)  # run.py refuses dated labels on undated scenes
+    else:
+        ok = np.ones(n, bool)
+        for i in np.flatnonzero(has_d):
+            ok[i] &= date[i] <= scene_date
+            if max_age_days is not None:
+                ok[i] &= (scene_date - date[i]).days <= max_age_days
+        for i in np.flatnonzero(has_f):
+            ok[i] &= valid_from[i] <= scene_date
+        for i in np.flatnonzero(has_t):
+            ok[i] &= scene_date <= valid_to[i]
+    if undated == "drop":
+        ok &= dated
+    return ok
+
+
+# --------------------------------------------------------------------------------------------
+# per-scene, per-window label sets (what tasks receive)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneLabels:
+    """Label polygons of one scene in the scene CRS: geometry, class id, valid flag, instance id.
+
+    Instances are numbered by file order (1-based) so the same polygon has the same id in every
+    window; ``coverage`` is None (whole scene annotated) or the coverage polygons in the scene CRS.
+    """
+
+    geoms: np.ndarray
+    class_ids: np.ndarray
+    valid: np.ndarray
+    instance: np.ndarray
+    coverage: np.ndarray | None
+
+    @classmethod
+    def build(
+        cls, labels: Labels, crs: CRS, valid: np.ndarray, coverage: gpd.GeoDataFrame | None, bounds: Any
+    ) -> SceneLabels:
+        """Reproject to ``crs`` and keep what intersects ``bounds`` (the scene, in its CRS)."""
+        g = to_crs(labels.gdf, crs)
+        geoms = _finite(g.geometry.values)
+        keep = shapely.intersects(geoms, shapely.box(*bounds))
+        cov = None
+        if coverage is not None:
+            c = _finite(to_crs(coverage, crs).geometry.values)
+            c = shapely.intersection(c, shapely.box(*bounds))
+            cov = c[~shapely.is_empty(c)]
+        return cls(
+            geoms=np.asarray(geoms[keep]),
+            class_ids=labels.gdf["class_id"].to_numpy()[keep].astype(np.uint8),
+            valid=np.asarray(valid)[keep],
+            instance=np.flatnonzero(keep).astype(np.int32) + 1,
+            coverage=cov,
+        )
+
+    def subset(self, bounds: tuple[float, float, float, float], tree: shapely.STRtree | None = None) -> SceneLabels:
+        """The labels (and coverage clipped) intersecting ``bounds``; small payload for a task.
+
+        ``tree`` (``shapely.STRtree(self.geoms)``) makes this O(log n); file order is kept.
+        """
+        b = shapely.box(*bounds)
+        if tree is not None:
+            sel = np.sort(tree.query(b, predicate="intersects"))
+        else:
+            sel = shapely.intersects(self.geoms, b) if len(self.geoms) else np.zeros(0, bool)
+        cov = None
+        if self.coverage is not None:
+            c = shapely.intersection(self.coverage, b) if len(self.coverage) else self.coverage
+            cov = c[~shapely.is_empty(c)] if len(c) else c
+        return SceneLabels(self.geoms[sel], self.class_ids[sel], self.valid[sel], self.instance[sel], cov)
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.valid.sum())
+
+
+def _finite(geoms: np.ndarray) -> np.ndarray:
+    """Replace geometries that reprojected to non-finite coordinates with empty polygons."""
+    geoms = np.asarray(geoms)
+    if len(geoms) == 0:
+        return geoms
+    b = shapely.bounds(geoms)
+    bad = ~np.isfinite(b).all(axis=1)
+    if bad.any():
+        geoms = geoms.copy()
+        geoms[bad] = shapely.Polygon()
+    return geoms
+
+
+def burn_mask(
+    grid: Grid, labels: SceneLabels, *, boundary_class: int | None = None, boundary_width: int = 0
+) -> np.ndarray:
+    """The uint8 mask of ``grid`` (any window of a scene): 0 background, class ids, boundary, 255.
+
+    Pure and window-local: equals the same rasterization done on the whole scene and cropped.
+    Memory: O(H * W) bytes (plus int32 instance ids on a ``boundary_width``-padded window when the
+    boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
+    Only polygons whose bounding box reaches the window are rasterized.
+    """
+    h, w = grid.height, grid.width
+    out = np.zeros((h, w), np.uint8)
+    if h == 0 or w == 0:
+        return out
+    pad = boundary_width if boundary_class is not None and boundary_width > 0 else 0
+    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)] if pad else grid
+    prep = _prepared(labels)
+    near = _near(prep.bounds, padded.bounds)
+    inside = near & _near(prep.bounds, grid.bounds)
+    inv = np.flatnonzero(inside & ~labels.valid)
+    if len(inv):
+        rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
+    val = np.flatnonzero(inside & labels.valid)
+    if len(val):
+        ids = labels.class_ids.tolist()
+        rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
+    if pad:
+        val_pad = np.flatnonzero(near & labels.valid)
+        if len(val_pad):
+            inst = labels.instance.tolist()
+            pairs = [(prep.shapes[i], inst[i]) for i in val_pad]
+            out[boundary_pixels(grid, pairs, pad)] = boundary_class
+    if labels.coverage is not None:
+        cov = np.zeros((h, w), np.uint8)
+        if len(labels.coverage):
+            rasterize(((g, 1) for g in labels.coverage), out=cov, transform=grid.transform)
+        out[cov == 0] = IGNORE
+    return out
+
+
+def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> np.ndarray:
+    """Bool (H, W): label pixels within ``width`` px of another instance or of unlabelled space.
+
+    ``shapes``: ``(geometry, instance id > 0)`` pairs, later pairs win where they overlap.
+    """
+    pad = int(width)
+    padded = grid[Window(-pad, -pad, grid.width + 2 * pad, grid.height + 2 * pad)]
+    inst = rasterize(shapes, out_shape=padded.shape, transform=padded.transform, dtype="int32")
+    size = 2 * pad + 1
+    hi = ndimage.maximum_filter(inst, size=size, mode="nearest")
+    lo = ndimage.minimum_filter(inst, size=size, mode="nearest")
+    edge = (inst > 0) & ((hi != inst) | (lo != inst))
+    return edge[pad : pad + grid.height, pad : pad + grid.width]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    bounds: np.ndarray  # (n, 4)
+    shapes: list[dict[str, Any]]  # GeoJSON-like polygons, built once per task
+
+
+def _prepared(labels: SceneLabels) -> _Prepared:
+    """Bounds and GeoJSON mappings of ``labels.geoms``, cached on the (task-local) object.
+
+    Building the mappings from coordinate arrays in bulk is ~3x faster than shapely's per-object
+    ``__geo_interface__`` that rasterio would call for every polygon in every window.
+    """
+    cached = labels.__dict__.get("_prep")
+    if cached is None:
+        cached = _Prepared(shapely.bounds(labels.geoms).reshape(-1, 4), polygon_mappings(labels.geoms))
+        object.__setattr__(labels, "_prep", cached)
+    return cached
+
+
+def polygon_mappings(geoms: np.ndarray) -> list[dict[str, Any]]:
+    """GeoJSON ``Polygon`` mappings (exterior + holes) of an array of shapely Polygons, in bulk."""
+    n = len(geoms)
+    if n == 0:
+        return []
+    rings, pidx = shapely.get_rings(geoms, return_index=True)
+    coords, ridx = shapely.get_coordinates(rings, return_index=True)
+    parts = np.split(coords, np.flatnonzero(np.diff(ridx)) + 1) if len(coords) else []
+    out: list[list[Any]] = [[] for _ in range(n)]
+    for p, ring in zip(pidx.tolist(), parts, strict=True):
+        out[p].append(ring.tolist())
+    return [{"type": "Polygon", "coordinates": c} for c in out]
+
+
+def _near(b: np.ndarray, window_bounds: tuple[float, float, float, float]) -> np.ndarray:
+    minx, miny, maxx, maxy = window_bounds
+    return (b[:, 0] <= maxx) & (b[:, 2] >= minx) & (b[:, 1] <= maxy) & (b[:, 3] >= miny)

@@ -1,0 +1,447 @@
+"""``geoseg tile``: scenes + dated labels -> ``tiles.zarr`` + ``tiles.gpkg`` + ``dataset.json``.
+
+Flow: validate everything (scenes, labels, dates, layers) before writing anything; scan every
+tile of every scene in chunks (one full-resolution windowed read per chunk, labels rasterized per
+chunk); select positives / hard / easy negatives and the spatially blocked split on the candidate
+table (pure, seeded); read the selected tiles again and write one zarr chunk per tile; write the
+index and dataset.json. Everything goes to a staging directory moved into ``--out`` at the end.
+
+Memory: bounded by the chunk size (``~64 MB`` of pixels) times the number of workers plus the
+label polygons and a small per-tile table, never by scene size. Tiles of multiple scenes with
+different CRSs are indexed in the first scene's CRS (``tiles_crs`` in dataset.json); their exact
+source pixels are ``scene`` + ``row_off``/``col_off``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import shapely
+from tqdm import tqdm
+
+from geoseg.config import to_dict, write_json
+from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
+from geoseg.io.output import staged_output
+from geoseg.io.rasters import SceneInfo, open_raster, scene_info
+from geoseg.io.vectors import to_crs
+from geoseg.tile import sampling, store
+from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
+from geoseg.tile.parallel import Executor
+from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 * 2**20  # pixels read per task (scan and extract), per worker
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Options of ``geoseg tile`` (CLI names in brackets). Paths are strings for JSON round-trips."""
+
+    scenes: tuple[str, ...]
+    labels: str
+    out: str
+    tile_size: int = 256
+    class_field: str | None = None  # [--class-field] None: "class" if present, else one class
+    classes: tuple[str, ...] | None = None  # [--classes a,b,c] id order
+    date_field: str = "date"
+    valid_from_field: str = "valid_from"
+    valid_to_field: str = "valid_to"
+    labels_layer: str | None = None
+    scene_dates: tuple[str, ...] = ()  # [--scene-date] one for all scenes, or one per scene
+    max_label_age: int | None = None  # days
+    undated: str = "keep"  # keep | drop
+    coverage: str | None = None
+    hard_negatives: str | None = None
+    negative_ratio: float = 1.0
+    hard_negative_share: float = 0.5
+    min_positive_fraction: float = 0.01
+    max_unusable_fraction: float = 0.5  # nodata or ignore
+    val_fraction: float = 0.2
+    val_block_tiles: int = 8
+    boundary_width: int = 0
+    seed: int = 0
+    workers: int = 1
+    scheduler: str | None = None
+    processes: bool = True  # LocalCluster worker processes (False: threads)
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for out-of-range options (one line, naming the option)."""
+        checks = [
+            (len(self.scenes) > 0, "give at least one SCENE"),
+            (self.tile_size >= 8, "--tile-size must be at least 8"),
+            (self.undated in ("keep", "drop"), "--undated must be keep or drop"),
+            (self.negative_ratio >= 0, "--negative-ratio must be >= 0"),
+            (0 <= self.hard_negative_share <= 1, "--hard-negative-share must be in [0, 1]"),
+            (0 <= self.min_positive_fraction <= 1, "--min-positive-fraction must be in [0, 1]"),
+            (0 <= self.max_unusable_fraction <= 1, "--max-unusable-fraction must be in [0, 1]"),
+            (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
+            (self.val_block_tiles >= 1, "--val-block-tiles must be >= 1"),
+            (self.boundary_width >= 0, "--boundary-width must be >= 0"),
+            (self.max_label_age is None or self.max_label_age >= 0, "--max-label-age must be >= 0 days"),
+            (self.workers >= 1, "--workers must be >= 1"),
+            (len(self.scene_dates) in (0, 1, len(self.scenes)), "give one --scene-date, or one per scene"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        if len(set(map(str, self.scenes))) != len(self.scenes):
+            raise ConfigError("the same SCENE is given twice")
+
+
+@dataclass(frozen=True)
+class TileResult:
+    out: Path
+    n_tiles: int
+    counts: dict[str, Any]
+    dataset: dict[str, Any] = field(repr=False)
+
+
+def run(config: TileConfig) -> TileResult:
+    """Build the tile dataset described by ``config`` (see module docstring)."""
+    config.validate()
+    t_size = config.tile_size
+    # ---- inputs (all validation before anything is written) ---------------------------------
+    dates = config.scene_dates * len(config.scenes) if len(config.scene_dates) == 1 else config.scene_dates
+    scenes = [scene_info(p, dates[i] if dates else None) for i, p in enumerate(config.scenes)]
+    counts = {s.count for s in scenes}
+    if len(counts) > 1:
+        desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
+        raise InputError(f"scenes have different band counts ({desc}); tile them into separate datasets")
+    dtype = str(np.result_type(*[np.dtype(s.dtype) for s in scenes]))
+    labels = read_labels(
+        config.labels,
+        class_field=config.class_field,
+        classes=config.classes,
+        date_field=config.date_field,
+        valid_from_field=config.valid_from_field,
+        valid_to_field=config.valid_to_field,
+        layer=config.labels_layer,
+    )
+    if labels.has_dates:
+        for s in scenes:
+            if s.date is None:
+                raise InputError(
+                    f"{s.path}: no acquisition date (no ACQUISITIONDATETIME/TIFFTAG_DATETIME tag, no YYYYMMDD in "
+                    "the file name) but the labels are dated; give --scene-date YYYY-MM-DD"
+                )
+    coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
+    lookalikes = read_polygons(config.hard_negatives, what="hard-negatives layer") if config.hard_negatives else None
+    boundary_class = len(labels.class_names) + 1 if config.boundary_width > 0 else None
+
+    per_scene = []
+    for s in scenes:
+        valid = labels.validity(s.date, max_age_days=config.max_label_age, undated=config.undated)
+        sl = SceneLabels.build(labels, s.grid.crs, valid, coverage, s.grid.bounds)
+        per_scene.append(sl)
+    if all(len(sl.geoms) == 0 for sl in per_scene):
+        raise NoOverlapError(_no_overlap_message(config.labels, labels, scenes))
+    if labels.undated:
+        if config.undated == "keep":
+            log.warning(
+                "%s: %d of %d labels are undated; kept as valid for every scene (--undated drop to ignore them)",
+                config.labels,
+                labels.undated,
+                len(labels.gdf),
+            )
+        else:
+            log.warning("%s: %d undated labels dropped (their pixels are ignore)", config.labels, labels.undated)
+    if all(sl.n_valid == 0 for sl in per_scene):
+        log.warning("%s: no label is valid for any scene date; every labelled pixel is ignore", config.labels)
+
+    # ---- chunk plan -------------------------------------------------------------------------
+    itemsize = np.dtype(dtype).itemsize
+    k = max(1, int(math.sqrt(CHUNK_BYTES / (scenes[0].count * itemsize)) // t_size))
+    chunk_px = k * t_size
+    plans = []
+    for si, s in enumerate(scenes):
+        with open_raster(s.path) as ds:
+            block = ds.block_shapes[0]
+        cache = gdal_cache_mb(s.grid.width, block, s.count, itemsize, chunk_px)
+        tree = shapely.STRtree(per_scene[si].geoms)
+        chunks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for w in s.grid.tiles(t_size, pad=True):
+            r, c = int(w.row_off), int(w.col_off)
+            chunks.setdefault((r // chunk_px, c // chunk_px), []).append((r, c))
+        plans.append((s, cache, tree, chunks))
+    n_candidates = sum(len(t) for *_, ch in plans for t in ch.values())
+    if n_candidates == 0:
+        raise EmptyResultError(f"scenes are smaller than --tile-size {t_size}; use a smaller tile size")
+
+    with (
+        staged_output(config.out) as stage,
+        Executor(config.workers, config.scheduler, processes=config.processes) as ex,
+    ):
+        # ---- scan ----------------------------------------------------------------------------
+        scan_items = []
+        pad_px = config.boundary_width + 2
+        for si, (s, cache, tree, chunks) in enumerate(plans):
+            for key, tiles in sorted(chunks.items()):
+                r0 = min(r for r, _ in tiles)
+                c0 = min(c for _, c in tiles)
+                win = _window(c0, r0, max(c for _, c in tiles) + t_size - c0, max(r for r, _ in tiles) + t_size - r0)
+                sub = per_scene[si].subset(_padded_bounds(s, win, pad_px), tree)
+                scan_items.append(((si, *key), ScanTask(s.path, s.grid, win, tuple(tiles), t_size, sub, cache)))
+        scan: dict[Any, ScanResult] = {}
+        with _bar(n_candidates, "scan", config.progress) as bar:
+            for key, res in ex.map(scan_chunk, scan_items):
+                scan[key] = res
+                bar.update(len(res.rows))
+        del scan_items
+        cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size)
+
+        # ---- select ----------------------------------------------------------------------------
+        kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
+        first = scenes[0].grid
+        block = sampling.block_size_for(t_size, first.res[0], config.val_block_tiles)
+        left, _, _, top = first.bounds
+        split, split_info = sampling.assign_split(
+            cand, kind, val_fraction=config.val_fraction, block_size=block, origin=(left, top), seed=config.seed
+        )
+        sel = sampling.select(
+            cand,
+            kind,
+            split,
+            negative_ratio=config.negative_ratio,
+            hard_negative_share=config.hard_negative_share,
+            use_lookalikes=lookalikes is not None,
+            seed=config.seed,
+        )
+        tiles = sel.tiles
+        if len(tiles) == 0:
+            n_pos = int((kind == "positive").sum())
+            raise EmptyResultError(
+                f"{config.labels}: no tile passed the filters ({n_pos} positive candidates of {len(cand)} tiles); "
+                "lower --min-positive-fraction, raise --max-unusable-fraction or check dates/coverage"
+            )
+        tiles["index"] = np.arange(len(tiles))
+
+        # ---- extract ---------------------------------------------------------------------------
+        zarr_path = stage / "tiles.zarr"
+        fill = scenes[0].nodata if scenes[0].nodata is not None and np.isfinite(scenes[0].nodata) else 0
+        store.create_arrays(zarr_path, len(tiles), scenes[0].count, t_size, dtype, fill=fill)
+        ex_items = []
+        for (si, cr, cc), grp in tiles.groupby(
+            [tiles["scene"], tiles["row_off"] // chunk_px, tiles["col_off"] // chunk_px], sort=True
+        ):
+            s, cache, tree, _ = plans[si]
+            trip = tuple((int(i), int(r), int(c)) for i, r, c in grp[["index", "row_off", "col_off"]].to_numpy())
+            r0 = min(r for _, r, _ in trip)
+            c0 = min(c for _, _, c in trip)
+            win = _window(c0, r0, max(c for *_, c in trip) + t_size - c0, max(r for _, r, _ in trip) + t_size - r0)
+            sub = per_scene[si].subset(_padded_bounds(s, win, pad_px), tree)
+            task = ExtractTask(
+                s.path, s.grid, trip, t_size, sub, str(zarr_path), dtype, boundary_class, config.boundary_width, cache
+            )
+            ex_items.append(((int(si), int(cr), int(cc)), task))
+        results: dict[Any, ExtractResult] = {}
+        with _bar(len(tiles), "tiles", config.progress) as bar:
+            for key, res in ex.map(extract_chunk, ex_items):
+                results[key] = res
+                bar.update(len(res.index))
+        ordered = [results[k] for k in sorted(results)]
+        exact = {
+            name: np.concatenate([getattr(r, name) for r in ordered])
+            for name in ("index", "label_fraction", "nodata_fraction", "unusable_fraction")
+        }
+        order = np.argsort(exact["index"])
+        for name in ("label_fraction", "nodata_fraction", "unusable_fraction"):
+            tiles[name] = exact[name][order]
+
+        # ---- index + dataset.json ------------------------------------------------------------
+        tiles["scene_path"] = [scenes[i].path for i in tiles["scene"]]
+        tiles["scene_date"] = [scenes[i].date.isoformat() if scenes[i].date else None for i in tiles["scene"]]
+        tiles["scene"] = [scenes[i].name for i in tiles["scene"]]
+        geoms = _index_geometries(tiles, scenes, t_size)
+        store.write_index(stage / "tiles.gpkg", tiles, geoms, first.crs)
+        names = list(scenes[0].band_names)
+        class_px = sum(r.class_pixels for r in ordered)
+        classes = class_table(labels.class_names, boundary_class is not None)
+        realised_split = {sp: int((tiles["split"] == sp).sum()) for sp in ("train", "val")}
+        dataset = {
+            "config": to_dict(config),
+            "classes": classes,
+            "boundary_class": boundary_class,
+            "ignore_index": IGNORE,
+            "in_channels": scenes[0].count,
+            "dtype": dtype,
+            "tile_size": t_size,
+            "bands": store.band_stats(ordered, dtype, names),
+            "resolution_m": first.resolution_m(),
+            "scenes": [s.to_dict() for s in scenes],
+            "date_range": _date_range(scenes),
+            "tiles_crs": first.crs.to_wkt(),
+            "tiles_crs_note": "tiles.gpkg geometries are in the first scene's CRS; row_off/col_off are in the "
+            "tile's own scene grid",
+            "counts": {"requested": sel.requested, "realised": sel.realised, "by_split": realised_split},
+            "pixel_counts": {str(c["id"]): int(class_px[c["id"]]) for c in classes} | {"255": int(class_px[255])},
+            "split": {**split_info, "val_block_tiles": config.val_block_tiles, "rule": sampling.SPLIT_RULE},
+            "hard_negatives": {
+                "source": "look-alike layer" if lookalikes is not None else "spectral similarity",
+                "statistic": None if lookalikes is not None else sampling.HARD_NEGATIVE_STATISTIC,
+            },
+            "labels": {
+                "path": str(config.labels),
+                "features": labels.features,
+                "polygons": len(labels.gdf),
+                "repaired": labels.repaired,
+                "undated": labels.undated,
+                "undated_policy": config.undated,
+                "max_label_age_days": config.max_label_age,
+                "per_scene": [
+                    {
+                        "scene": s.name,
+                        "in_scene": len(sl.geoms),
+                        "burned": sl.n_valid,
+                        "ignored": len(sl.geoms) - sl.n_valid,
+                    }
+                    for s, sl in zip(scenes, per_scene, strict=False)
+                ],
+            },
+        }
+        write_json(stage / "dataset.json", dataset)
+    _log_counts(sel.requested, sel.realised, realised_split)
+    return TileResult(out=Path(config.out), n_tiles=len(tiles), counts=dataset["counts"], dataset=dataset)
+
+
+# --------------------------------------------------------------------------------------------
+def _window(c: int, r: int, w: int, h: int) -> Any:
+    from rasterio.windows import Window
+
+    return Window(c, r, w, h)
+
+
+def _padded_bounds(s: SceneInfo, win: Any, pad_px: int) -> tuple[float, float, float, float]:
+    minx, miny, maxx, maxy = s.grid.window_bounds(win)
+    px = max(s.grid.res) * pad_px
+    return (minx - px, miny - px, maxx + px, maxy + px)
+
+
+def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=f"geoseg tile: {desc}",
+        unit="tile",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+def _candidate_table(
+    scan: dict[Any, ScanResult], scenes: list[SceneInfo], per_scene: list[SceneLabels], lookalikes: Any, t: int
+) -> pd.DataFrame:
+    """One row per tile: fractions, features, look-alike flag, bounds in scene and common CRS."""
+    parts = []
+    for key in sorted(scan):
+        r = scan[key]
+        d = pd.DataFrame(
+            {
+                "scene": key[0],
+                "row_off": r.rows,
+                "col_off": r.cols,
+                "label_fraction": r.label_fraction,
+                "nodata_fraction": r.nodata_fraction,
+                "unusable_fraction": r.unusable_fraction,
+            }
+        )
+        for j in range(r.features.shape[1]):
+            d[f"f{j}"] = r.features[:, j]
+        parts.append(d)
+    df = pd.concat(parts, ignore_index=True).sort_values(["scene", "row_off", "col_off"], ignore_index=True)
+    df["lookalike"] = False
+    bounds = np.zeros((len(df), 4))
+    for si, s in enumerate(scenes):
+        sel = (df["scene"] == si).to_numpy()
+        tr = s.grid.transform
+        cols, rows = df.loc[sel, "col_off"].to_numpy(float), df.loc[sel, "row_off"].to_numpy(float)
+        xa, ya = tr.c + tr.a * cols + tr.b * rows, tr.f + tr.d * cols + tr.e * rows
+        xb, yb = xa + tr.a * t + tr.b * t, ya + tr.d * t + tr.e * t
+        b = np.column_stack([np.minimum(xa, xb), np.minimum(ya, yb), np.maximum(xa, xb), np.maximum(ya, yb)])
+        bounds[sel] = b
+        if lookalikes is not None and sel.any():
+            look = to_crs(lookalikes, s.grid.crs).geometry.values
+            tree = shapely.STRtree(look)
+            hit = tree.query(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), predicate="intersects")[0]
+            flags = np.zeros(int(sel.sum()), bool)
+            flags[np.unique(hit)] = True
+            df.loc[sel, "lookalike"] = flags
+    for j, k in enumerate(("sx0", "sy0", "sx1", "sy1")):
+        df[k] = bounds[:, j]
+    common = np.array(bounds)
+    first_crs = scenes[0].grid.crs
+    for si, s in enumerate(scenes):
+        if s.grid.crs == first_crs:
+            continue
+        sel = (df["scene"] == si).to_numpy()
+        polys = store.tile_polygons(bounds[sel], _transformer(s.grid.crs, first_crs))
+        common[sel] = shapely.bounds(polys)
+    for j, k in enumerate(("x0", "y0", "x1", "y1")):
+        df[k] = common[:, j]
+    return df
+
+
+def _transformer(src: Any, dst: Any) -> Any:
+    from pyproj import CRS as PCRS
+    from pyproj import Transformer
+
+    return Transformer.from_crs(PCRS.from_wkt(src.to_wkt()), PCRS.from_wkt(dst.to_wkt()), always_xy=True)
+
+
+def _index_geometries(tiles: pd.DataFrame, scenes: list[SceneInfo], t: int) -> np.ndarray:
+    first_crs = scenes[0].grid.crs
+    names = {s.name: i for i, s in enumerate(scenes)}
+    out = np.empty(len(tiles), dtype=object)
+    sidx = np.array([names[n] for n in tiles["scene"]])
+    b = tiles[["sx0", "sy0", "sx1", "sy1"]].to_numpy(float)
+    for si, s in enumerate(scenes):
+        sel = sidx == si
+        if not sel.any():
+            continue
+        tr = None if s.grid.crs == first_crs else _transformer(s.grid.crs, first_crs)
+        out[sel] = store.tile_polygons(b[sel], tr)
+    return out
+
+
+def _date_range(scenes: list[SceneInfo]) -> list[str] | None:
+    ds = sorted(s.date for s in scenes if s.date is not None)
+    return [ds[0].isoformat(), ds[-1].isoformat()] if ds else None
+
+
+def _no_overlap_message(path: str, labels: Labels, scenes: list[SceneInfo]) -> str:
+    lb = labels.gdf.total_bounds
+    crs = labels.gdf.crs.to_string() if labels.gdf.crs else "?"
+    parts = []
+    for s in scenes[:3]:
+        try:
+            lbs = to_crs(labels.gdf, s.grid.crs).total_bounds
+            in_scene = f"labels there {_fmt(lbs)}" if np.isfinite(lbs).all() else "labels not reprojectable there"
+        except Exception:  # reprojection may fail far outside a CRS's area of use
+            in_scene = "labels not reprojectable"
+        parts.append(f"{s.name} extent {_fmt(s.grid.bounds)} in {_crs_name(s.grid.crs)} ({in_scene})")
+    more = f" and {len(scenes) - 3} more" if len(scenes) > 3 else ""
+    return f"{path}: labels do not overlap any scene; labels extent {_fmt(lb)} in {crs}; " + "; ".join(parts) + more
+
+
+def _fmt(b: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in b) + ")"
+
+
+def _crs_name(crs: Any) -> str:
+    epsg = crs.to_epsg() if crs else None
+    return f"EPSG:{epsg}" if epsg else "scene CRS"
+
+
+def _log_counts(requested: dict[str, int], realised: dict[str, int], by_split: dict[str, int]) -> None:
+    for k in sampling.KINDS:
+        if realised[k] < requested[k]:
+            log.warning("%s: requested %d, realised %d (not enough candidates)", k, requested[k], realised[k])

@@ -1,0 +1,416 @@
+"""``geoseg train``: tile dataset -> ``RUN/model/`` + ``metrics.csv`` + ``curves.png`` + ``run.json``.
+
+Outputs (rank 0 writes; every file atomically)::
+
+    RUN/model/               best epoch by validation mIoU (see geoseg.train.metrics), via save_model
+    RUN/checkpoints/last.pt  end of the last completed epoch: model, optimizer, scheduler, scaler, epoch,
+                             best score/epoch, history, config -- what --resume continues from
+    RUN/metrics.csv          per epoch x class: IoU, precision, recall, F1, support + losses, mIoU, lr
+    RUN/curves.png           loss and IoU curves
+    RUN/run.json             config, runtime (device, AMP, world size), weights, status, best epoch, timings
+
+Memory: the model + optimizer state + ``workers x prefetch x batch`` tiles; independent of the dataset size.
+Multi-GPU: ``torchrun --nproc_per_node=N $(which geoseg) train DATA --out RUN ...`` (same command line; each rank
+reads its shard of the train/val tiles, gradients are averaged by DistributedDataParallel, metrics are summed
+over ranks; ``--batch-size`` is per GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoseg.config import to_dict, write_json
+from geoseg.errors import ConfigError, GeosegError
+from geoseg.train import loop
+from geoseg.train.dataset import DatasetInfo, TileDataset, TileSampler, kind_weights, read_dataset
+from geoseg.train.losses import LOSSES, build_loss
+from geoseg.train.metrics import class_scores, mean_iou, rank_score, score_classes
+from geoseg.train.model import ARCHS, DEFAULT_ENCODER, build_model, save_model
+from geoseg.train.report import plot_curves, write_metrics_csv
+from geoseg.train.transforms import build_train_transform
+from geoseg.train.weights import apply_weights
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def default_workers() -> int:
+    """DataLoader workers: ``min(4, CPUs available to this process)``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return min(4, cpus)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``geoseg train`` (see the CLI help); ``None`` means "pick for the device"."""
+
+    dataset: Path
+    out: Path
+    arch: str = "unet"
+    encoder: str = DEFAULT_ENCODER
+    weights: str = "imagenet"
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: str = "ce"
+    dice_weight: float = 1.0
+    focal_gamma: float = 2.0
+    augment: bool = True
+    balance_kinds: bool = False
+    max_steps_per_epoch: int | None = None
+    device: str = "auto"
+    amp: bool | None = None
+    channels_last: bool | None = None
+    workers: int | None = None
+    threads: int | None = None
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", Path(self.dataset))
+        object.__setattr__(self, "out", Path(self.out))
+        checks = {
+            "--epochs": self.epochs >= 1,
+            "--batch-size": self.batch_size >= 1,
+            "--lr": self.lr > 0,
+            "--weight-decay": self.weight_decay >= 0,
+            "--dice-weight": self.dice_weight >= 0,
+            "--max-steps-per-epoch": self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+            "--workers": self.workers is None or self.workers >= 0,
+            "--threads": self.threads is None or self.threads >= 1,
+        }
+        for opt, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{opt}: invalid value; see geoseg train --help")
+        ARCHS[self.arch.lower()]  # unknown names list the valid ones
+        LOSSES[self.loss]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or already complete, when resumed) training run produced."""
+
+    out: Path
+    model_dir: Path
+    epochs_completed: int
+    best_epoch: int
+    best_miou: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_config(cfg: TrainConfig, ds: DatasetInfo, weights_info: dict[str, Any]) -> dict[str, Any]:
+    """The model-directory ``config.json`` payload (contract in geoseg.train.model) for this run."""
+    info = ds.info
+    return {
+        "arch": cfg.arch.lower(),
+        "encoder": cfg.encoder,
+        "in_channels": ds.in_channels,
+        "num_classes": ds.num_classes,
+        "classes": ds.classes,
+        "boundary_class": ds.boundary_class,
+        "ignore_index": ds.ignore_index,
+        "bands": ds.band_names,
+        "normalisation": {"mean": [float(v) for v in ds.mean], "std": [float(v) for v in ds.std]},
+        "tile_size": ds.tile_size,
+        "resolution_m": info.get("resolution_m"),
+        "dataset": str(ds.path),
+        "date_range": info.get("date_range"),
+        "dtype": ds.dtype,
+        "weights": weights_info.get("source"),
+        "score": {"name": "mIoU", "class_ids": score_classes(ds.num_classes, ds.boundary_class)},
+    }
+
+
+class _WorkerInit:
+    """Per-worker setup: own augmentation stream, one torch/OpenCV thread (the main process does the math)."""
+
+    def __call__(self, worker_id: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        torch.set_num_threads(1)
+        try:
+            import cv2
+
+            cv2.setNumThreads(1)
+        except Exception:  # pragma: no cover - cv2 always ships with albumentations
+            pass
+        if info is not None:
+            info.dataset.reseed(info.seed)
+
+
+def make_loader(
+    dataset: TileDataset, sampler: TileSampler, batch_size: int, workers: int, rt: loop.Runtime, *, drop_last: bool
+) -> torch.utils.data.DataLoader:
+    """DataLoader with pinned memory on CUDA and persistent workers (zarr handles opened once per worker)."""
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = {"persistent_workers": True, "prefetch_factor": 4 if rt.device.type == "cuda" else 2}
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=rt.device.type == "cuda",
+        drop_last=drop_last,
+        worker_init_fn=_WorkerInit(),
+        **kw,
+    )
+
+
+def _one_line(e: GeosegError) -> GeosegError:
+    """A GeosegError re-raised from a DataLoader worker carries a traceback; keep its own message only."""
+    msg = str(e)
+    if "\n" not in msg:
+        return e
+    last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+    prefix = f"{type(e).__name__}: "
+    return type(e)(last.split(prefix, 1)[-1])
+
+
+def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, mcfg: dict[str, Any], path: Path) -> None:
+    old = ckpt.get("model_config", {})
+    for key in ("arch", "encoder", "in_channels", "num_classes"):
+        if old.get(key) != mcfg[key]:
+            raise ConfigError(
+                f"{path}: checkpoint has {key}={old.get(key)!r} but this run has {mcfg[key]!r}; "
+                "resume with the original options or train into a new --out"
+            )
+
+
+def run(config: TrainConfig) -> TrainResult:
+    """Train as configured; see the module doc for outputs, resume and DDP behaviour."""
+    try:
+        return _run(config)
+    except GeosegError as e:
+        raise _one_line(e) from None
+
+
+def _run(cfg: TrainConfig) -> TrainResult:
+    ds = read_dataset(cfg.dataset)
+    cfg = replace(cfg, dataset=ds.path, out=cfg.out.expanduser().resolve())
+    stride = 32
+    if ds.tile_size % stride:
+        raise ConfigError(
+            f"{ds.path}: tile size {ds.tile_size} is not a multiple of {stride}, which {cfg.arch} needs; "
+            "re-tile with --tile-size 256 (or another multiple of 32)"
+        )
+    rt = loop.resolve_runtime(cfg.device, cfg.amp, cfg.channels_last)
+    loop.init_distributed(rt)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = cfg.out
+    ckpt_path = out / CHECKPOINT
+    ckpt: dict[str, Any] | None = None
+    if ckpt_path.exists() and not cfg.resume:
+        if not cfg.overwrite:
+            raise ConfigError(f"{out}: already holds a training run; pass --resume to continue it or --overwrite")
+        if rt.is_main:
+            ckpt_path.unlink()
+    if cfg.resume:
+        if ckpt_path.exists():
+            ckpt = loop.load_checkpoint(ckpt_path)
+        else:
+            log.info("%s: no checkpoint to resume from; starting a new run", ckpt_path)
+    torch.manual_seed(cfg.seed + rt.rank)
+    np.random.seed(cfg.seed + rt.rank)
+
+    # --- model -------------------------------------------------------------------------------------------------
+    model = build_model(cfg.arch, cfg.encoder, ds.in_channels, ds.num_classes)
+    if ckpt is not None:
+        weights_info = dict(ckpt.get("weights_info", {"source": "checkpoint"}))
+    else:
+        weights_info = apply_weights(model, cfg.encoder, cfg.weights, ds.in_channels)
+    mcfg = model_config(cfg, ds, weights_info)
+    if ckpt is not None:
+        _check_resume(ckpt, cfg, mcfg, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: torch.nn.Module = model
+    if rt.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None
+        )
+
+    # --- data --------------------------------------------------------------------------------------------------
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    common = {"num_classes": ds.num_classes, "ignore_index": ds.ignore_index}
+    tf = build_train_transform(ignore_index=ds.ignore_index, seed=cfg.seed + rt.rank) if cfg.augment else None
+    train_ds = TileDataset(ds.zarr_path, ds.train_rows, ds.mean, ds.std, transform=tf, **common)
+    val_ds = TileDataset(ds.zarr_path, ds.val_rows, ds.mean, ds.std, **common)
+    per_epoch = None
+    if cfg.max_steps_per_epoch:
+        per_epoch = cfg.max_steps_per_epoch * cfg.batch_size * rt.world
+    train_sampler = TileSampler(
+        len(train_ds),
+        weights=kind_weights(ds.train_kinds) if cfg.balance_kinds else None,
+        num_samples=per_epoch,
+        rank=rt.rank,
+        world=rt.world,
+        seed=cfg.seed,
+    )
+    val_sampler = TileSampler(len(val_ds), shuffle=False, rank=rt.rank, world=rt.world)
+    drop_last = len(train_sampler) >= cfg.batch_size
+    train_loader = make_loader(train_ds, train_sampler, cfg.batch_size, workers, rt, drop_last=drop_last)
+    val_loader = make_loader(val_ds, val_sampler, cfg.batch_size, workers, rt, drop_last=False)
+    if workers == 0:
+        train_ds.reseed(cfg.seed + rt.rank)
+    steps = len(train_loader)
+
+    # --- optimisation ------------------------------------------------------------------------------------------
+    criterion = build_loss(cfg.loss, dice_weight=cfg.dice_weight, ignore_index=ds.ignore_index, gamma=cfg.focal_gamma)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, loop.WarmupCosine(total, max(1, min(200, total // 20))))
+    scaler = loop.make_scaler(rt)
+    start_epoch, best, best_epoch = 0, -math.inf, 0
+    history: list[dict[str, Any]] = []
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"])
+        best, best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
+        history = list(ckpt["history"])
+        log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
+
+    ids = score_classes(ds.num_classes, ds.boundary_class)
+    run_info: dict[str, Any] = {
+        "command": "train",
+        "config": to_dict(cfg),
+        "runtime": {**rt.describe(), "workers": workers, "steps_per_epoch": steps},
+        "dataset": {
+            "path": str(ds.path),
+            "tiles": {"train": len(train_ds), "val": len(val_ds)},
+            "tile_size": ds.tile_size,
+            "in_channels": ds.in_channels,
+            "dtype": ds.dtype,
+            "classes": ds.classes,
+        },
+        "weights": weights_info,
+        "score": {"name": "mIoU", "class_ids": ids, "definition": "mean validation IoU over these class ids"},
+    }
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        train_sampler.set_epoch(epoch)
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            file=sys.stderr,
+            disable=not (rt.is_main and cfg.progress),
+            dynamic_ncols=True,
+        )
+        try:
+            tr = loop.train_one_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, rt, progress=bar)
+            bar.set_postfix_str(f"loss={tr['loss']:.4f} validating", refresh=True)
+            val_loss, cm = loop.evaluate(net, val_loader, criterion, ds.num_classes, ds.ignore_index, rt)
+        except BaseException:
+            bar.close()
+            raise
+        sc = class_scores(cm)
+        miou = mean_iou(sc["iou"], ids)
+        bar.set_postfix(loss=f"{tr['loss']:.4f}", val_loss=f"{val_loss:.4f}", val_mIoU=f"{miou:.3f}", refresh=True)
+        bar.close()
+        rec = {
+            "epoch": epoch + 1,
+            "train_loss": tr["loss"],
+            "val_loss": val_loss,
+            "miou": miou,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": round(tr["seconds"], 3),
+            "samples_per_s": round(tr["samples"] * rt.world / max(tr["seconds"], 1e-9), 3),
+            "classes": {k: [float(x) for x in v] for k, v in sc.items()},
+        }
+        history.append(rec)
+        improved = rank_score(miou) > best
+        if improved:
+            best, best_epoch = rank_score(miou), epoch + 1
+        if rt.is_main:
+            if improved:
+                save_model(out / "model", model, {**mcfg, "epoch": epoch + 1, "val_miou": miou})
+            loop.save_checkpoint(
+                ckpt_path,
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "epoch": epoch + 1,
+                    "best_score": best,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "config": to_dict(cfg),
+                    "model_config": mcfg,
+                    "weights_info": weights_info,
+                },
+            )
+            _write_reports(out, history, ds.classes, run_info, "running", best, best_epoch, cfg)
+        if rt.distributed:
+            torch.distributed.barrier()
+
+    if rt.is_main:
+        if not (out / "model").exists():  # resumed a run whose model/ was deleted: export the checkpoint state
+            save_model(out / "model", model, {**mcfg, "epoch": len(history), "val_miou": history[-1]["miou"]})
+        run_info["timing"] = {"seconds_this_session": round(time.perf_counter() - t_start, 3)}
+        _write_reports(out, history, ds.classes, run_info, "complete", best, best_epoch, cfg)
+    if rt.distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    best_miou = history[best_epoch - 1]["miou"] if best_epoch else math.nan
+    return TrainResult(out, out / "model", len(history), best_epoch, best_miou, history)
+
+
+def _write_reports(
+    out: Path,
+    history: list[dict[str, Any]],
+    classes: list[dict[str, Any]],
+    run_info: dict[str, Any],
+    status: str,
+    best: float,
+    best_epoch: int,
+    cfg: TrainConfig,
+) -> None:
+    if history:
+        write_metrics_csv(out / "metrics.csv", history, classes)
+        plot_curves(out / "curves.png", history, classes)
+    best_rec = history[best_epoch - 1] if best_epoch else None
+    write_json(
+        out / "run.json",
+        {
+            **run_info,
+            "status": status,
+            "epochs_completed": len(history),
+            "epochs": cfg.epochs,
+            "best": {"epoch": best_epoch, "miou": best_rec["miou"] if best_rec else None, "record": best_rec},
+            "last": history[-1] if history else None,
+            "outputs": {
+                "model": "model/",
+                "checkpoint": str(CHECKPOINT),
+                "metrics": "metrics.csv",
+                "curves": "curves.png",
+            },
+        },
+    )
