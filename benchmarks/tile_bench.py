@@ -127,7 +127,8 @@ def run_tile(scene: Path, labels: Path, out: Path, workers: int, tile: int, extr
     if proc.returncode != 0:
         raise SystemExit(f"geoseg tile failed ({proc.returncode}):\n{se[-3000:]}")
     meta = json.loads((out / "dataset.json").read_text())
-    return {"wall_s": wall, "peak_mb": peak / 2**20, "stdout": so.strip(), "counts": meta["counts"]}
+    timings = next((ln.split("timings: ", 1)[1] for ln in se.splitlines() if "geoseg tile timings" in ln), "")
+    return {"wall_s": wall, "peak_mb": peak / 2**20, "stdout": so.strip(), "counts": meta["counts"], "timings": timings}
 
 
 def main() -> None:
@@ -136,10 +137,10 @@ def main() -> None:
     ap.add_argument("--polygons", type=int, default=None, help="default: 50,000 x (size / 20000)^2")
     ap.add_argument("--workers", default="2", help="comma-separated worker counts to time (default 2)")
     ap.add_argument("--tile-size", type=int, default=256)
-    ap.add_argument("--threads", action="store_true", help="dask workers as threads instead of processes")
+    ap.add_argument("--processes", action="store_true", help="dask workers as processes (default: threads)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temp dir, removed)")
     args = ap.parse_args()
-    n_poly = args.polygons or int(round(50_000 * (args.size / 20000) ** 2))
+    n_poly = args.polygons or round(50_000 * (args.size / 20000) ** 2)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tile_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     scene, labels = work / "scene.tif", work / "labels.gpkg"
@@ -154,7 +155,7 @@ def main() -> None:
         raw = min(raw_block_read(scene) for _ in range(2))
         px = args.size**2
         print(f"baseline raw block read: {raw:.2f}s = {px / raw / 1e6:.1f} Mpx/s")
-        extra = ["--threads"] if args.threads else []
+        extra = ["--processes"] if args.processes else []
         for w in (int(v) for v in args.workers.split(",")):
             out = work / f"out_w{w}"
             shutil.rmtree(out, ignore_errors=True)
@@ -162,10 +163,10 @@ def main() -> None:
             real = r["counts"]["realised"]
             n_tiles = sum(real.values())
             kept = n_tiles * args.tile_size**2 / px
-            print(f"geoseg tile --workers {w}{' --threads' if args.threads else ''}: {r['wall_s']:.2f}s = "
+            print(f"geoseg tile --workers {w}{' --processes' if args.processes else ''}: {r['wall_s']:.2f}s = "
                   f"{px / r['wall_s'] / 1e6:.1f} Mpx/s; ratio {raw / r['wall_s']:.2f} (target >= 0.8); "
                   f"peak RSS {r['peak_mb']:.0f} MB (target < 1536); tiles {n_tiles} ({kept:.0%} of the scene) "
-                  f"{real}")  # fmt: skip
+                  f"{real}\n  phases: {r['timings']}")  # fmt: skip
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

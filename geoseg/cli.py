@@ -100,7 +100,9 @@ def tile(
     scheduler: Annotated[
         str | None, typer.Option(help="Existing dask scheduler address, e.g. tcp://host:8786.")
     ] = None,
-    threads: Annotated[bool, typer.Option("--threads", help="Local workers as threads, not processes.")] = False,
+    processes: Annotated[
+        bool, typer.Option("--processes/--threads", help="Local workers as processes or threads (default).")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
 ) -> None:
     """Chunk SCENES + dated LABELS into a sampled, labelled tile dataset (tiles.zarr + tiles.gpkg + dataset.json)."""
@@ -133,7 +135,7 @@ def tile(
         seed=seed,
         workers=workers,
         scheduler=scheduler,
-        processes=not threads,
+        processes=processes,
         progress=progress,
     )
     res = run_tile(cfg)
@@ -195,10 +197,11 @@ def train(
         overwrite=overwrite, progress=progress,
     )  # fmt: skip
     res = run_train(cfg)
-    typer.echo(
-        f"{res.model_dir}: best epoch {res.best_epoch} of {res.epochs_completed}, val mIoU {res.best_miou:.4f}",
-        err=True,
-    )
+    if res.is_main:
+        typer.echo(
+            f"{res.model_dir}: best epoch {res.best_epoch} of {res.epochs_completed}, val mIoU {res.best_miou:.4f}",
+            err=True,
+        )
 # <<< train
 # >>> predict
 @app.command()

@@ -14,7 +14,7 @@ def gdal_options(cache_mb: int = 512, threads: int | str = "ALL_CPUS") -> dict[s
     """The GDAL options geoseg runs under.
 
     A block cache that is too small makes windowed reads of striped/compressed files ~17x slower
-    and rasterization 60-130x slower, so it is sized generously (``GDAL_CACHEMAX`` in MB).
+    and rasterization 60-130x slower, so it is sized generously (``cache_mb`` MB, passed in bytes).
     """
     return {
         # rasterio.Env passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES (512 would be 512 bytes)

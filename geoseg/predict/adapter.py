@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ def cached_model(model_dir: str, device: torch.device) -> tuple[torch.nn.Module,
     """``load_model`` once per (model, device) per process (dask workers reuse it across tasks)."""
     from geoseg.train.model import load_model
 
-    key = (str(model_dir), str(device))
+    key = (str(Path(model_dir).resolve()), str(device))
     with _LOCK:
         if key not in _CACHE:
             net, cfg = load_model(model_dir, device)

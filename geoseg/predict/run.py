@@ -134,30 +134,34 @@ def make_reader(ds: Any, plan: ScenePlan, indexes: tuple[int, ...], mean: np.nda
     width = input_width(plan)
     mean32 = np.asarray(mean, np.float32)[:, None, None]
     inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)[:, None, None]
+    identity = bool(np.all(mean32 == 0) and np.all(inv_std == 1))
     idx = list(indexes)
+    all_valid = all(ds.mask_flag_enums[i - 1] == [rasterio.enums.MaskFlags.all_valid] for i in idx)
 
     def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         h = r1 - r0
         c0 = plan.col_lo
-        out = np.zeros((len(idx), h, width), np.float32)
-        valid = np.zeros((h, width), bool)
         rr0, rr1 = max(r0, 0), min(r1, ds.height)
         cc1 = min(c0 + width, ds.width)
-        if rr1 > rr0 and cc1 > c0:
-            win = Window(c0, rr0, cc1 - c0, rr1 - rr0)
-            data = ds.read(idx, window=win)
-            masks = ds.read_masks(idx, window=win)
-            v = np.all(masks > 0, axis=0)
-            x = (
-                (data.astype(np.float32) - mean32) * inv_std
-                if not _is_identity(mean32, inv_std)
-                else data.astype(np.float32)
-            )
-            x[:, ~v] = 0.0
+        if rr1 <= rr0 or cc1 <= c0:
+            return np.zeros((len(idx), h, width), np.float32), np.zeros((h, width), bool)
+        win = Window(c0, rr0, cc1 - c0, rr1 - rr0)
+        x = ds.read(idx, window=win, out_dtype="float32")
+        if all_valid:
+            v = np.ones(x.shape[1:], bool)
+        else:
+            v = np.all(ds.read_masks(idx, window=win) > 0, axis=0)
+        if not identity:  # in place: no full-size temporaries
+            x -= mean32
+            x *= inv_std
+        x[:, ~v] = 0.0
+        if x.shape[1:] != (h, width):  # strip passes the scene edge: pad (invalid, 0)
+            out = np.zeros((len(idx), h, width), np.float32)
+            valid = np.zeros((h, width), bool)
             out[:, rr0 - r0 : rr1 - r0, : cc1 - c0] = x
             valid[rr0 - r0 : rr1 - r0, : cc1 - c0] = v
-        keep = valid & plan.aoi_mask((r0, r1), width)
-        return out, keep
+            x, v = out, valid
+        return x, v & plan.aoi_mask((r0, r1), width)
 
     return read
 
@@ -171,10 +175,6 @@ def read_cache_bytes(ds: Any, tile: int) -> int:
     block_h = int(ds.block_shapes[0][0]) if ds.block_shapes else 256
     row_bytes = ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
     return int(min(max(row_bytes * (tile + 2 * block_h), 64 * 2**20), 2**30))
-
-
-def _is_identity(mean32: np.ndarray, inv_std: np.ndarray) -> bool:
-    return bool(np.all(mean32 == 0) and np.all(inv_std == 1))
 
 
 def run_band(
@@ -352,7 +352,8 @@ def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int]) -> list[list[Ba
     k = int(mcfg["num_classes"])
     return [
         [
-            BandTask(info.path, prep.indexes, plan, b, str(work / f"scene_{i:03d}"), str(prep.model_dir), cfg.device,
+            BandTask(str(Path(info.path).resolve()), prep.indexes, plan, b, str((work / f"scene_{i:03d}").resolve()),
+                     str(prep.model_dir.resolve()), cfg.device,
                      cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k)
             for b in plan.bands(n_bands[i])
         ]
@@ -363,9 +364,14 @@ def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int]) -> list[list[Ba
 def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
     from dask.distributed import Client, LocalCluster
 
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.scheduler:
         return Client(cfg.scheduler), None
-    cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.WARNING,
+    )  # fmt: skip
     return Client(cluster), cluster
 
 
@@ -563,7 +569,8 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
     if qg is not None:
         rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
         vectors = [d / INSTANCES for d, _ in staged if (d / INSTANCES).exists()]
-        project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
+        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20):  # it samples the imagery: keep the block cache small
+            project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
     run_json = write_json(
         out / "run.json",
         {

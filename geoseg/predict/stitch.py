@@ -80,40 +80,45 @@ def row_blocks(plan: ScenePlan, strips: list[int]) -> list[tuple[int, int]]:
 
 
 class StripAccumulator:
-    """Rolling float64 buffer of ``sum(w * p)``, ``sum(w)`` and the keep mask over scene rows."""
+    """Fixed-capacity float64 buffers of ``sum(w * p)``, ``sum(w)`` and the keep mask over scene rows.
 
-    def __init__(self, k: int, width: int, height_limit: int, device: torch.device) -> None:
-        self.k, self.width, self.height_limit, self.device = k, width, height_limit, device
-        self.top = 0
-        self.acc = torch.zeros((k, 0, width), dtype=torch.float64, device=device)
-        self.wsum = torch.zeros((0, width), dtype=torch.float64, device=device)
-        self.keep = torch.zeros((0, width), dtype=torch.bool, device=device)
+    Holds at most ``capacity`` consecutive scene rows (``tile`` is enough: rows are popped up to the
+    next strip before the next strip's rows are added). Allocated once: no per-strip growth.
+    """
+
+    def __init__(self, k: int, width: int, height_limit: int, device: torch.device, capacity: int) -> None:
+        self.k, self.width, self.height_limit, self.capacity = k, width, height_limit, capacity
+        self.top, self.n = 0, 0
+        self.acc = torch.zeros((k, capacity, width), dtype=torch.float64, device=device)
+        self.wsum = torch.zeros((capacity, width), dtype=torch.float64, device=device)
+        self.keep = torch.zeros((capacity, width), dtype=torch.bool, device=device)
 
     @property
     def bottom(self) -> int:
-        return self.top + self.wsum.shape[0]
+        return self.top + self.n
 
     def extend(self, row0: int, keep: torch.Tensor) -> None:
         """Append rows ``[row0, row0 + h)`` (clipped to the scene) with their keep mask."""
         h = min(keep.shape[0], self.height_limit - row0)
         if h <= 0:
             return
-        if self.wsum.shape[0] == 0:
+        if self.n == 0:
             self.top = row0
         elif row0 != self.bottom:
             raise RuntimeError(f"accumulator rows must be contiguous: {row0} != {self.bottom}")
-        keep = keep[:h, : self.width]
-        self.acc = torch.cat(
-            [self.acc, torch.zeros((self.k, h, self.width), dtype=torch.float64, device=self.device)], 1
-        )
-        self.wsum = torch.cat([self.wsum, torch.zeros((h, self.width), dtype=torch.float64, device=self.device)], 0)
-        self.keep = torch.cat([self.keep, keep.to(self.device)], 0)
+        if self.n + h > self.capacity:
+            raise RuntimeError(f"accumulator over capacity: {self.n} + {h} > {self.capacity} rows")
+        n = self.n
+        self.acc[:, n : n + h] = 0
+        self.wsum[n : n + h] = 0
+        self.keep[n : n + h] = keep[:h, : self.width].to(self.keep.device)
+        self.n += h
 
     def add(self, probs: torch.Tensor, row: int, cols: list[int], col0: int, weight: torch.Tensor) -> None:
         """Accumulate windows ``probs[b]`` at scene ``(row, cols[b])`` (``col0`` = buffer's first column)."""
         t = probs.shape[-1]
         r = row - self.top
-        h = min(t, self.wsum.shape[0] - r)
+        h = min(t, self.n - r)
         for b, c in enumerate(cols):
             cc = c - col0
             w = min(t, self.width - cc)
@@ -123,36 +128,50 @@ class StripAccumulator:
             self.acc[:, r : r + h, cc : cc + w] += probs[b, :, :h, :w].to(torch.float64) * wt
             self.wsum[r : r + h, cc : cc + w] += wt
 
-    def pop(self, upto: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Remove and return rows ``[top, min(upto, bottom))`` as ``(row0, acc, wsum, keep)``."""
-        n = max(0, min(upto, self.bottom) - self.top)
-        row0 = self.top
-        out = (row0, self.acc[:, :n], self.wsum[:n], self.keep[:n])
-        self.acc, self.wsum, self.keep = self.acc[:, n:], self.wsum[n:], self.keep[n:]
-        self.top += n
-        return out
+    def pop(self, upto: int, fn: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+        """Call ``fn(row0, acc, wsum, keep)`` on rows ``[top, min(upto, bottom))``, then drop them."""
+        m = max(0, min(upto, self.bottom) - self.top)
+        if m == 0:
+            return
+        fn(self.top, self.acc[:, :m], self.wsum[:m], self.keep[:m])
+        rest = self.n - m
+        if rest:  # move the held rows to the front (at most tile - stride rows)
+            self.acc[:, :rest] = self.acc[:, m : m + rest].clone()
+            self.wsum[:rest] = self.wsum[m : m + rest].clone()
+            self.keep[:rest] = self.keep[m : m + rest].clone()
+        self.top += m
+        self.n = rest
 
 
 def finalize(
-    acc: torch.Tensor, wsum: torch.Tensor, keep: torch.Tensor, float_output: bool
+    acc: torch.Tensor, wsum: torch.Tensor, keep: torch.Tensor, float_output: bool, col_chunk: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised probabilities and argmax classes for finished rows, as numpy.
 
     Probabilities are ``acc / wsum`` rounded to float32; uint8 output is ``round(p * 254)`` of the
     float32 value clipped to [0, 1] (255 = nodata); float output has NaN as nodata. Classes are
-    the argmax of the float32 probabilities (first on ties), 255 = nodata.
+    the argmax of the float32 probabilities (first on ties), 255 = nodata. Works in column chunks
+    so temporaries stay small.
     """
-    keep = keep & (wsum > 0)
-    p = (acc / wsum.clamp_min(1e-300)).to(torch.float32)
-    classes = p.argmax(0).to(torch.uint8)
-    classes[~keep] = NODATA_U8
-    if float_output:
-        p[:, ~keep] = float("nan")
-        probs = p
-    else:
-        probs = torch.round(p.clamp(0.0, 1.0) * 254.0).to(torch.uint8)
-        probs[:, ~keep] = NODATA_U8
-    return probs.cpu().numpy(), classes.cpu().numpy()
+    k, h, w = acc.shape
+    probs = np.empty((k, h, w), np.float32 if float_output else np.uint8)
+    classes = np.empty((h, w), np.uint8)
+    for c0 in range(0, w, col_chunk):
+        c1 = min(c0 + col_chunk, w)
+        ws = wsum[:, c0:c1]
+        kp = keep[:, c0:c1] & (ws > 0)
+        p = (acc[:, :, c0:c1] / ws.clamp_min(1e-300)).to(torch.float32)
+        cls = p.argmax(0).to(torch.uint8)
+        cls[~kp] = NODATA_U8
+        if float_output:
+            p[:, ~kp] = float("nan")
+            q = p
+        else:
+            q = torch.round(p.clamp_(0.0, 1.0).mul_(254.0)).to(torch.uint8)
+            q[:, ~kp] = NODATA_U8
+        probs[:, :, c0:c1] = q.cpu().numpy()
+        classes[:, c0:c1] = cls.cpu().numpy()
+    return probs, classes
 
 
 class _Prefetch:
@@ -160,7 +179,7 @@ class _Prefetch:
 
     _END = object()
 
-    def __init__(self, reader: RowReader, blocks: list[tuple[int, int]], depth: int = 2) -> None:
+    def __init__(self, reader: RowReader, blocks: list[tuple[int, int]], depth: int = 1) -> None:
         self._q: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(reader, blocks), daemon=True)
@@ -230,22 +249,22 @@ def predict_band(
         return 0
     win = input_width(plan)
     acc_width = plan.col_hi - plan.col_lo
-    acc = StripAccumulator(num_classes, acc_width, plan.grid.height, device)
+    acc = StripAccumulator(num_classes, acc_width, plan.grid.height, device, capacity=tile)
     wt = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float64)).to(device)
     blocks = row_blocks(plan, strips)
-    buf = torch.zeros((0, 0, win), dtype=torch.float32, device=device)
-    buf_top = 0
+    buf: torch.Tensor | None = None  # (C, tile, win) input rows [buf_top, buf_top + buf_n)
+    buf_top, buf_n = 0, 0
     n_done = 0
 
-    def emit(upto: int) -> None:
-        row0, a, w, k = acc.pop(upto)
+    def emit_rows(row0: int, a: torch.Tensor, w: torch.Tensor, k: torch.Tensor) -> None:
         lo, hi = max(row0, emit_lo), min(row0 + w.shape[0], emit_hi)
-        if hi <= lo:
-            return
-        probs, classes = finalize(
-            a[:, lo - row0 : hi - row0], w[lo - row0 : hi - row0], k[lo - row0 : hi - row0], float_output
-        )
-        on_rows(RowsOut(lo, plan.col_lo, probs, classes))
+        if hi > lo:
+            probs, classes = finalize(a[:, lo - row0 : hi - row0], w[lo - row0 : hi - row0],
+                                      k[lo - row0 : hi - row0], float_output)  # fmt: skip
+            on_rows(RowsOut(lo, plan.col_lo, probs, classes))
+
+    def emit(upto: int) -> None:
+        acc.pop(upto, emit_rows)
 
     prefetch = _Prefetch(reader, blocks)
     it = iter(prefetch)
@@ -253,22 +272,26 @@ def predict_band(
         for n, i in enumerate(strips):
             strip = plan.strips[i]
             r = strip.row
-            # advance the input buffer to rows [r, r + tile): drop rows above, read the new ones
-            if buf.shape[0] == 0 or r >= buf_top + buf.shape[1]:
-                buf = torch.zeros((buf.shape[0], 0, win), dtype=torch.float32, device=device)
-                buf_top = r
-            else:
-                buf = buf[:, r - buf_top :]
-                buf_top = r
-            while buf_top + buf.shape[1] < r + tile:
-                r0, _r1, data, keep = next(it)
-                if r0 != buf_top + buf.shape[1]:
-                    raise RuntimeError(f"row blocks out of order: got {r0}, expected {buf_top + buf.shape[1]}")
-                d = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(device, non_blocking=True)
-                buf = d if buf.shape[1] == 0 and buf.shape[0] == 0 else torch.cat([buf, d], 1)
-                if acc.wsum.shape[0] and r0 != acc.bottom and r0 < plan.grid.height:
+            # advance the input buffer to rows [r, r + tile): keep the overlap rows, read the new ones
+            if r >= buf_top + buf_n:
+                buf_n = 0
+            elif buf is not None and r > buf_top:
+                keep_n = buf_top + buf_n - r
+                buf[:, :keep_n] = buf[:, r - buf_top : r - buf_top + keep_n].clone()
+                buf_n = keep_n
+            buf_top = r
+            while buf_top + buf_n < r + tile:
+                r0, r1, data, keep = next(it)
+                if r0 != buf_top + buf_n:
+                    raise RuntimeError(f"row blocks out of order: got {r0}, expected {buf_top + buf_n}")
+                if buf is None:
+                    buf = torch.zeros((data.shape[0], tile, win), dtype=torch.float32, device=device)
+                buf[:, buf_n : buf_n + (r1 - r0)] = torch.from_numpy(data).to(device, non_blocking=True)
+                buf_n += r1 - r0
+                if acc.n and r0 != acc.bottom and r0 < plan.grid.height:
                     emit(acc.bottom)  # gap in rows: everything held is final
                 acc.extend(r0, torch.from_numpy(np.ascontiguousarray(keep, dtype=bool)))
+            assert buf is not None
             # run the strip's windows in balanced batches (never across strips: bit-identical results)
             cols = list(strip.cols)
             start = 0

@@ -6,7 +6,7 @@ chunk); select positives / hard / easy negatives and the spatially blocked split
 table (pure, seeded); read the selected tiles again and write one zarr chunk per tile; write the
 index and dataset.json. Everything goes to a staging directory moved into ``--out`` at the end.
 
-Memory: bounded by the chunk size (``~64 MB`` of pixels) times the number of workers plus the
+Memory: bounded by the chunk size (``~32 MB`` of pixels) times the number of workers plus the
 label polygons and a small per-tile table, never by scene size. Tiles of multiple scenes with
 different CRSs are indexed in the first scene's CRS (``tiles_crs`` in dataset.json); their exact
 source pixels are ``scene`` + ``row_off``/``col_off``.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, e
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 64 * 2**20  # pixels read per task (scan and extract), per worker
+CHUNK_BYTES = 32 * 2**20  # pixels read per task (scan and extract), per worker
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class TileConfig:
     seed: int = 0
     workers: int = 1
     scheduler: str | None = None
-    processes: bool = True  # LocalCluster worker processes (False: threads)
+    processes: bool = False  # LocalCluster workers as processes (default threads: faster start, less memory)
     progress: bool = True
 
     def validate(self) -> None:
@@ -176,10 +177,12 @@ def run(config: TileConfig) -> TileResult:
     if n_candidates == 0:
         raise EmptyResultError(f"scenes are smaller than --tile-size {t_size}; use a smaller tile size")
 
+    timer = _Timer()
     with (
         staged_output(config.out) as stage,
         Executor(config.workers, config.scheduler, processes=config.processes) as ex,
     ):
+        timer.lap("start-up")
         # ---- scan ----------------------------------------------------------------------------
         scan_items = []
         pad_px = config.boundary_width + 2
@@ -189,13 +192,14 @@ def run(config: TileConfig) -> TileResult:
                 c0 = min(c for _, c in tiles)
                 win = _window(c0, r0, max(c for _, c in tiles) + t_size - c0, max(r for r, _ in tiles) + t_size - r0)
                 sub = per_scene[si].subset(_padded_bounds(s, win, pad_px), tree)
-                scan_items.append(((si, *key), ScanTask(s.path, s.grid, win, tuple(tiles), t_size, sub, cache)))
+                scan_items.append(((si, *key), ScanTask(_abs(s.path), s.grid, win, tuple(tiles), t_size, sub, cache)))
         scan: dict[Any, ScanResult] = {}
         with _bar(n_candidates, "scan", config.progress) as bar:
             for key, res in ex.map(scan_chunk, scan_items):
                 scan[key] = res
                 bar.update(len(res.rows))
         del scan_items
+        timer.lap(f"scan ({n_candidates} tiles)")
         cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size)
 
         # ---- select ----------------------------------------------------------------------------
@@ -223,9 +227,10 @@ def run(config: TileConfig) -> TileResult:
                 "lower --min-positive-fraction, raise --max-unusable-fraction or check dates/coverage"
             )
         tiles["index"] = np.arange(len(tiles))
+        timer.lap("select")
 
         # ---- extract ---------------------------------------------------------------------------
-        zarr_path = stage / "tiles.zarr"
+        zarr_path = stage.absolute() / "tiles.zarr"
         fill = scenes[0].nodata if scenes[0].nodata is not None and np.isfinite(scenes[0].nodata) else 0
         store.create_arrays(zarr_path, len(tiles), scenes[0].count, t_size, dtype, fill=fill)
         ex_items = []
@@ -239,7 +244,16 @@ def run(config: TileConfig) -> TileResult:
             win = _window(c0, r0, max(c for *_, c in trip) + t_size - c0, max(r for _, r, _ in trip) + t_size - r0)
             sub = per_scene[si].subset(_padded_bounds(s, win, pad_px), tree)
             task = ExtractTask(
-                s.path, s.grid, trip, t_size, sub, str(zarr_path), dtype, boundary_class, config.boundary_width, cache
+                _abs(s.path),
+                s.grid,
+                trip,
+                t_size,
+                sub,
+                str(zarr_path),
+                dtype,
+                boundary_class,
+                config.boundary_width,
+                cache,
             )
             ex_items.append(((int(si), int(cr), int(cc)), task))
         results: dict[Any, ExtractResult] = {}
@@ -248,6 +262,7 @@ def run(config: TileConfig) -> TileResult:
                 results[key] = res
                 bar.update(len(res.index))
         ordered = [results[k] for k in sorted(results)]
+        timer.lap(f"extract ({len(tiles)} tiles)")
         exact = {
             name: np.concatenate([getattr(r, name) for r in ordered])
             for name in ("index", "label_fraction", "nodata_fraction", "unusable_fraction")
@@ -259,8 +274,8 @@ def run(config: TileConfig) -> TileResult:
         # ---- index + dataset.json ------------------------------------------------------------
         tiles["scene_path"] = [scenes[i].path for i in tiles["scene"]]
         tiles["scene_date"] = [scenes[i].date.isoformat() if scenes[i].date else None for i in tiles["scene"]]
+        geoms = _index_geometries(tiles, scenes)
         tiles["scene"] = [scenes[i].name for i in tiles["scene"]]
-        geoms = _index_geometries(tiles, scenes, t_size)
         store.write_index(stage / "tiles.gpkg", tiles, geoms, first.crs)
         names = list(scenes[0].band_names)
         class_px = sum(r.class_pixels for r in ordered)
@@ -308,11 +323,34 @@ def run(config: TileConfig) -> TileResult:
             },
         }
         write_json(stage / "dataset.json", dataset)
+        timer.lap("index + dataset.json")
+    log.info("geoseg tile timings: %s", timer.summary())
+    if config.val_fraction > 0 and realised_split["val"] == 0:
+        log.warning("no validation tiles: the scenes span too few split blocks; lower --val-block-tiles")
     _log_counts(sel.requested, sel.realised, realised_split)
     return TileResult(out=Path(config.out), n_tiles=len(tiles), counts=dataset["counts"], dataset=dataset)
 
 
 # --------------------------------------------------------------------------------------------
+class _Timer:
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((name, now - self.t))
+        self.t = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {s:.2f}s" for n, s in self.laps)
+
+
+def _abs(path: str) -> str:
+    """Absolute path for tasks that may run in other processes or on other machines (shared FS)."""
+    return path if path.startswith("/vsi") or "://" in path else str(Path(path).absolute())
+
+
 def _window(c: int, r: int, w: int, h: int) -> Any:
     from rasterio.windows import Window
 
@@ -397,11 +435,11 @@ def _transformer(src: Any, dst: Any) -> Any:
     return Transformer.from_crs(PCRS.from_wkt(src.to_wkt()), PCRS.from_wkt(dst.to_wkt()), always_xy=True)
 
 
-def _index_geometries(tiles: pd.DataFrame, scenes: list[SceneInfo], t: int) -> np.ndarray:
+def _index_geometries(tiles: pd.DataFrame, scenes: list[SceneInfo]) -> np.ndarray:
+    """Tile polygons in the first scene's CRS (``tiles["scene"]`` holds scene indices)."""
     first_crs = scenes[0].grid.crs
-    names = {s.name: i for i, s in enumerate(scenes)}
     out = np.empty(len(tiles), dtype=object)
-    sidx = np.array([names[n] for n in tiles["scene"]])
+    sidx = tiles["scene"].to_numpy(int)
     b = tiles[["sx0", "sy0", "sx1", "sy1"]].to_numpy(float)
     for si, s in enumerate(scenes):
         sel = sidx == si

@@ -23,12 +23,13 @@ KIND_COLORS = {"positive": "#e41a1c", "hard_negative": "#ff7f00", "easy_negative
 
 
 def create_arrays(zarr_path: Path, n: int, count: int, tile_size: int, dtype: str, fill: float = 0) -> None:
-    """Create the empty ``images`` and ``masks`` arrays (zstd-compressed, one chunk per tile)."""
+    """Create the empty ``images`` and ``masks`` arrays (Blosc-LZ4, one chunk per tile)."""
     import zarr
-    from zarr.codecs import ZstdCodec
+    from zarr.codecs import BloscCodec
 
     g = zarr.open_group(str(zarr_path), mode="w")
-    comp = ZstdCodec(level=1)
+    # LZ4 + byte shuffle: ~2x faster to write and ~3x faster to read than zstd, a little larger
+    comp = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     g.create_array(
         "images",
         shape=(n, count, tile_size, tile_size),
@@ -36,6 +37,7 @@ def create_arrays(zarr_path: Path, n: int, count: int, tile_size: int, dtype: st
         dtype=dtype,
         fill_value=fill,
         compressors=comp,
+        chunk_key_encoding={"name": "default", "separator": "."},  # flat chunk files: no per-tile mkdir
         dimension_names=("tile", "band", "y", "x"),
     )
     g.create_array(
@@ -45,6 +47,7 @@ def create_arrays(zarr_path: Path, n: int, count: int, tile_size: int, dtype: st
         dtype="uint8",
         fill_value=255,
         compressors=comp,
+        chunk_key_encoding={"name": "default", "separator": "."},
         dimension_names=("tile", "y", "x"),
     )
 

@@ -189,6 +189,11 @@ class TileDataset(Dataset):
             self._arrays = (g["images"], g["masks"])
         return self._arrays
 
+    def worker_start(self, seed: int) -> None:
+        """Call first in a DataLoader worker: drop handles inherited through fork, reseed augmentation."""
+        self._arrays = None
+        self.reseed(seed)
+
     def reseed(self, seed: int) -> None:
         """Give this process's augmentation its own random stream."""
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):

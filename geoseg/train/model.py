@@ -34,6 +34,12 @@ for _name, _cls in {
 
 DEFAULT_ENCODER = "tu-tf_efficientnet_lite0"
 
+#: every key ``geoseg train`` writes into ``model/config.json`` (the contract above; predict may rely on all)
+CONFIG_KEYS = (
+    "arch", "encoder", "in_channels", "num_classes", "classes", "boundary_class", "ignore_index", "bands",
+    "normalisation", "tile_size", "resolution_m", "dataset", "date_range",
+)  # fmt: skip
+
 
 def build_model(arch: str, encoder: str, in_channels: int, num_classes: int) -> torch.nn.Module:
     """An smp model with random weights (pretrained weights are loaded separately)."""

@@ -113,6 +113,7 @@ class TrainResult:
     best_epoch: int
     best_miou: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    is_main: bool = True  # False on the other ranks under torchrun
 
 
 def model_config(cfg: TrainConfig, ds: DatasetInfo, weights_info: dict[str, Any]) -> dict[str, Any]:
@@ -139,19 +140,13 @@ def model_config(cfg: TrainConfig, ds: DatasetInfo, weights_info: dict[str, Any]
 
 
 class _WorkerInit:
-    """Per-worker setup: own augmentation stream, one torch/OpenCV thread (the main process does the math)."""
+    """Per-worker setup: fresh zarr handles, own augmentation stream, one torch thread (OpenCV: see transforms)."""
 
     def __call__(self, worker_id: int) -> None:
         info = torch.utils.data.get_worker_info()
         torch.set_num_threads(1)
-        try:
-            import cv2
-
-            cv2.setNumThreads(1)
-        except Exception:  # pragma: no cover - cv2 always ships with albumentations
-            pass
         if info is not None:
-            info.dataset.reseed(info.seed)
+            info.dataset.worker_start(info.seed)
 
 
 def make_loader(
@@ -380,7 +375,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     best_miou = history[best_epoch - 1]["miou"] if best_epoch else math.nan
-    return TrainResult(out, out / "model", len(history), best_epoch, best_miou, history)
+    return TrainResult(out, out / "model", len(history), best_epoch, best_miou, history, rt.is_main)
 
 
 def _write_reports(

@@ -4,7 +4,8 @@ Images reach the transforms already normalised by the dataset's band statistics 
 band count, any source dtype), as ``(H, W, C)`` float32; masks are ``(H, W)`` uint8 with ``ignore_index``
 (255) for ignore. Geometric transforms use nearest-neighbour for masks, so ignore pixels stay ``ignore_index``
 and pixels that enter the tile from outside (affine borders) become ``ignore_index``; the image is filled with 0
-there (= the band mean). Brightness/contrast is :class:`NormalisedBrightnessContrast`, because albumentations'
+there (= the band mean). Importing this module sets ``cv2.setNumThreads(0)`` (fork safety, see below).
+Brightness/contrast is :class:`NormalisedBrightnessContrast`, because albumentations'
 ``RandomBrightnessContrast`` clips float images to [0, 1], which would destroy normalised data.
 """
 
@@ -13,7 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
+
+# OpenCV's thread pool does not survive fork: a process that ran a parallel cv2 call and then forks DataLoader
+# workers deadlocks in the workers' next cv2 call. Sequential OpenCV avoids that (and the workers already
+# parallelise over tiles).
+cv2.setNumThreads(0)
 
 
 class NormalisedBrightnessContrast(A.ImageOnlyTransform):

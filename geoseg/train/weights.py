@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -228,9 +229,34 @@ def load_into_model(
     return {"source": source, "matched_as": best_name, "tensors": len(new), "parts": parts, "skipped": skipped}
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) accepts a TCP connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download_imagenet_encoder(model: torch.nn.Module, encoder: str, in_channels: int) -> dict[str, Any]:
-    """smp's normal pretrained-encoder download (HF hub / timm) copied into ``model.encoder``."""
+    """smp's normal pretrained-encoder download (HF hub / timm) copied into ``model.encoder``.
+
+    Fails fast (one TCP probe, no retry loop) when the hub is unreachable, unless ``HF_HUB_OFFLINE=1`` asks for
+    the local Hugging Face cache.
+    """
     import segmentation_models_pytorch as smp
+
+    offline_hint = (
+        "pass --weights PATH with a local state dict or smp/timm checkpoint, or --weights none "
+        "(or set HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache)"
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes") and not hub_reachable():
+        raise OfflineError(f"cannot download ImageNet weights for encoder {encoder!r}: no network; {offline_hint}")
 
     depth = int(getattr(model.encoder, "_depth", 5))
     weights: Any = True if encoder.startswith("tu-") else "imagenet"
@@ -242,8 +268,7 @@ def _download_imagenet_encoder(model: torch.nn.Module, encoder: str, in_channels
         ) from None
     except Exception as e:
         raise OfflineError(
-            f"cannot download ImageNet weights for encoder {encoder!r} ({type(e).__name__}; offline?); "
-            "pass --weights PATH with a local state dict or smp/timm checkpoint, or --weights none"
+            f"cannot download ImageNet weights for encoder {encoder!r} ({type(e).__name__}); {offline_hint}"
         ) from None
     model.encoder.load_state_dict(enc.state_dict(), strict=True)
     return {"source": f"imagenet ({encoder}, smp download)", "tensors": len(enc.state_dict()), "parts": "encoder"}

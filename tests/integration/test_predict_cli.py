@@ -76,7 +76,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.mark.slow
 def test_predict_cli_writes_qgis_ready_outputs(setup: dict[str, Path]) -> None:
     out = setup["tmp"] / "out"
     rc = main(

@@ -67,7 +67,7 @@ def test_cli_workers_1_in_process_equals_2_worker_processes(case: dict, capsys: 
     exe = Path(sys.executable).with_name("geoseg")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "geoseg.cli"]
     proc = subprocess.run(
-        [*cmd, *_args(case, out2, "--workers", "2")],
+        [*cmd, *_args(case, out2, "--workers", "2", "--processes")],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},

@@ -194,7 +194,6 @@ def test_resume_after_crash_equals_uninterrupted(
     assert c2.windows == total
 
 
-@pytest.mark.slow
 def test_dask_two_scenes_identical_to_single_process(tmp_path: Path, real_model: Path, read_all) -> None:
     from dask.distributed import LocalCluster
 

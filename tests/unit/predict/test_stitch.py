@@ -13,7 +13,7 @@ from rasterio.features import geometry_mask
 
 from geoseg.grid import Grid
 from geoseg.predict.blend import weight_2d
-from geoseg.predict.plan import ScenePlan, plan_scene
+from geoseg.predict.plan import plan_scene
 from geoseg.predict.run import make_reader
 from geoseg.predict.stitch import RowsOut, predict_band, split_batches
 from geoseg.testing import pixel_box, write_scene, xy_image
@@ -183,4 +183,15 @@ def test_predict_fn_shape_is_checked(xy_scene) -> None:
         _stitch(path, grid.footprint, 32, 8, predict_fn=lambda x: x[:, :2])
 
 
-_ = ScenePlan
+def test_scene_nodata_value_becomes_output_nodata(tmp_path: Path) -> None:
+    data = xy_image(90, 70, 3, "uint16")
+    data[:, 30:40, 10:50] = 0  # nodata value in every band
+    path = tmp_path / "nd.tif"
+    write_scene(path, data, nodata=0)
+    with rasterio.open(path) as ds:
+        grid = Grid.from_dataset(ds)
+    _, out, cls = _stitch(path, grid.footprint, 32, 8)
+    hole = np.zeros((90, 70), bool)
+    hole[30:40, 10:50] = True
+    assert np.isnan(out[:, hole]).all() and (cls[hole] == 255).all()
+    np.testing.assert_array_equal(out[:, ~hole], data[:, ~hole].astype(np.float32))

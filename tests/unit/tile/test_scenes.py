@@ -236,3 +236,42 @@ def test_touching_polygons_are_separated_by_boundary(tmp_path: Path) -> None:
     assert (m[8:18, 13] == 2).all() and (m[8:18, 14] == 2).all()  # both sides of the shared edge
     assert (m[10:16, 6:12] == 1).all() and (m[10:16, 16:22] == 1).all()  # interiors stay class 1
     assert (m[8, 4:24] == 2).all() and (m[7, 4:24] == 0).all()  # outline inside, background outside
+
+
+@pytest.mark.parametrize("codec", ["blosc", "zstd"])
+def test_chunk_writer_round_trips_through_zarr(tmp_path: Path, codec: str) -> None:
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from geoseg.tile.work import ChunkWriter
+
+    comp = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle") if codec == "blosc" else ZstdCodec(level=1)
+    g = zarr.open_group(str(tmp_path / "t.zarr"), mode="w")
+    g.create_array("images", shape=(5, 2, 8, 8), chunks=(1, 2, 8, 8), dtype="int16", compressors=comp)
+    w = ChunkWriter(str(tmp_path / "t.zarr"), "images")
+    assert (w.codec is not None) == (codec == "blosc")
+    data = np.arange(3 * 2 * 8 * 8, dtype=np.int16).reshape(3, 2, 8, 8) - 100
+    w.write(1, data)
+    back = zarr.open_array(store=str(tmp_path / "t.zarr" / "images"), mode="r")[:]
+    np.testing.assert_array_equal(back[1:4], data)
+    assert (back[0] == 0).all() and (back[4] == 0).all()
+
+
+def test_int16_with_negative_values_and_nodata(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(-3000, 3000, (2, 96, 96)).astype("int16")
+    img[:, :20, :] = -32768
+    s = tmp_path / "s.tif"
+    g = write_scene(s, img, nodata=-32768, date=SCENE_DATE)
+    lab = random_labels(g, 15, seed=4)
+    p = write_labels(tmp_path / "l.gpkg", lab["geoms"], g.crs, **{"class": lab["class"], "date": lab["date"]})
+    out = _tile(tmp_path, [s], p)
+    ref = reference_mask(s, gpd.read_file(p), ["house", "shed"])
+    _check(out, {"s.tif": (s, ref)})
+    meta = json.loads((out / "dataset.json").read_text())
+    _, images, _ = load_dataset(out)
+    assert meta["dtype"] == "int16"
+    px = images.transpose(1, 0, 2, 3).reshape(2, -1)
+    px = px[:, (px != -32768).all(axis=0)]
+    for b, st in enumerate(meta["bands"]):
+        assert st["mean"] == pytest.approx(px[b].mean(), rel=1e-12)
+        assert st["p2"] == np.percentile(px[b], 2, method="inverted_cdf") < 0

@@ -1,0 +1,93 @@
+"""The main job in reduced form (1 short epoch): every output exists, opens and sits on the scene grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+import zarr
+
+from geoseg.cli import main
+from geoseg.grid import Grid
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ROOT / "pipelines" / "sample_aoi.yaml"
+SCENE = ROOT / "sample_aoi" / "kampala_z20_cluster0.tif"
+QUICK = ["--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", "--set", "train.weights=none"]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sample") / "run"
+    assert main(["run", str(PIPELINE), "--out", str(out), *QUICK]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_every_output_exists_and_opens(sample_run: Path) -> None:
+    with rasterio.open(SCENE) as ds:
+        scene_grid = Grid.from_dataset(ds)
+    # tile stage
+    ds_json = json.loads((sample_run / "dataset" / "dataset.json").read_text())
+    images = zarr.open_group(str(sample_run / "dataset" / "tiles.zarr"), mode="r")["images"]
+    tiles = gpd.read_file(sample_run / "dataset" / "tiles.gpkg", layer="tiles")
+    assert images.shape[0] == len(tiles) > 0 and ds_json["boundary_class"] is not None
+    # train stage
+    cfg = json.loads((sample_run / "train" / "model" / "config.json").read_text())
+    assert cfg["in_channels"] == 3 and (sample_run / "train" / "metrics.csv").exists()
+    assert (sample_run / "train" / "curves.png").stat().st_size > 0
+    # predict stage: COGs on the scene grid
+    for name in ("probabilities.tif", "classes.tif"):
+        with rasterio.open(sample_run / "predict" / name) as ds:
+            assert Grid.from_dataset(ds) == scene_grid
+            assert ds.nodata == 255 and ds.overviews(1)
+    inst = gpd.read_file(sample_run / "predict" / "instances.gpkg", layer="instances")
+    assert inst.crs is not None and inst.crs.equals(scene_grid.crs.to_wkt())
+    assert {"class", "score", "area_m2", "scene", "scene_date"} <= set(inst.columns)
+    assert (sample_run / "predict" / "project.qgs").exists()
+    # evaluate + baseline
+    for path in (sample_run / "eval.json", sample_run / "baseline" / "eval.json"):
+        ev = json.loads(path.read_text())
+        assert "pixel" in ev and "object" in ev
+
+
+@pytest.mark.slow
+def test_no_training_tile_touches_the_holdout(sample_run: Path) -> None:
+    tiles = gpd.read_file(sample_run / "dataset" / "tiles.gpkg", layer="tiles")
+    aoi = gpd.read_file(ROOT / "sample_aoi" / "holdout_aoi.geojson").to_crs(tiles.crs)
+    assert not tiles.intersects(aoi.union_all()).any()
+
+
+@pytest.mark.slow
+def test_rerun_skips_unchanged_stages_and_from_forces(sample_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (sample_run / "train" / "model" / "model.pt").stat().st_mtime_ns
+    assert main(["run", str(PIPELINE), "--out", str(sample_run), *QUICK]) == 0
+    state = json.loads((sample_run / "pipeline.json").read_text())
+    assert all(s["skipped"] for s in state["stages"].values())
+    assert (sample_run / "train" / "model" / "model.pt").stat().st_mtime_ns == before
+    assert main(["run", str(PIPELINE), "--out", str(sample_run), *QUICK, "--from", "evaluate"]) == 0
+    state = json.loads((sample_run / "pipeline.json").read_text())
+    ran = [k for k, s in state["stages"].items() if not s["skipped"]]
+    assert ran == ["evaluate", "baseline"]
+
+
+def test_bad_pipeline_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = PIPELINE.read_text()
+    cases = {
+        "unknown_key": text.replace("    epochs: 8", "    epochz: 8"),
+        "unknown_stage": text.replace("  evaluate:", "  evaluatee:"),
+        "missing_file": text.replace("aoi: ../sample_aoi/holdout_aoi.geojson", "aoi: ../sample_aoi/nope.geojson", 1),
+    }
+    expected = {"unknown_key": "epochz", "unknown_stage": "evaluatee", "missing_file": "nope.geojson"}
+    for name, body in cases.items():
+        p = tmp_path / "pipelines" / f"{name}.yaml"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(body.replace("../sample_aoi/", f"{ROOT}/sample_aoi/"))
+        out = tmp_path / f"out_{name}"
+        assert main(["run", str(p), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected[name] in err[0], err
+        assert not out.exists()
