@@ -58,15 +58,17 @@ class ColourClassifier:
         return (1 / (1 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)
 
     def predict_fn(self, num_classes: int, fg_class: int = 1):
-        """A predict function ``(B, C, H, W) -> (B, K, H, W)`` probabilities for the predict stage."""
+        """A predict function, torch ``(B, C, H, W)`` -> ``(B, K, H, W)`` probabilities, for the predict stage."""
+        import torch
 
-        def fn(batch: np.ndarray) -> np.ndarray:
+        def fn(batch: torch.Tensor) -> torch.Tensor:
             b, c, h, w = batch.shape
-            p = self.predict_proba(np.moveaxis(batch, 1, -1).reshape(-1, c)).reshape(b, h, w)
+            x = batch.detach().cpu().float().numpy()
+            p = self.predict_proba(np.moveaxis(x, 1, -1).reshape(-1, c)).reshape(b, h, w)
             out = np.zeros((b, num_classes, h, w), np.float32)
             out[:, fg_class] = p
             out[:, 0] = 1 - p
-            return out
+            return torch.from_numpy(out)
 
         return fn
 
@@ -86,6 +88,8 @@ class BaselineConfig:
     truth: str
     out: str
     aoi: str | None = None
+    threshold: float = 0.5
+    min_area: float = 0.0
     max_pixels: int = 200_000
     seed: int = 0
 
@@ -147,7 +151,7 @@ def run(config: BaselineConfig) -> dict[str, Any]:
     pred_dir = out / "predict"
     predict_run(
         PredictConfig(scenes=tuple(config.scenes), model=config.model, out=str(pred_dir), aoi=config.aoi,
-                      progress=False),
+                      threshold=config.threshold, min_area=config.min_area, progress=False),
         predict_fn=clf.predict_fn(int(mcfg["num_classes"]), fg),
     )
     result = evaluate.run(evaluate.EvaluateConfig(predicted=str(pred_dir), truth=config.truth, aoi=config.aoi,

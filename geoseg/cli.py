@@ -55,6 +55,9 @@ def tile(
     labels: Annotated[Path, typer.Option("--labels", help="Label polygons (GPKG, GeoJSON, Shapefile, GeoParquet).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (tiles.zarr, tiles.gpkg, dataset.json).")],
     tile_size: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 256,
+    stride: Annotated[
+        int | None, typer.Option(help="Pixels between tile origins (default: the tile size; smaller = overlap).")
+    ] = None,
     class_field: Annotated[
         str | None, typer.Option(help="Class field (default: 'class' if present, else one class).")
     ] = None,
@@ -114,6 +117,7 @@ def tile(
         labels=str(labels),
         out=str(out),
         tile_size=tile_size,
+        stride=stride,
         class_field=class_field,
         classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
         date_field=date_field,
@@ -176,7 +180,7 @@ def train(
         bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA).")
     ] = None,
     channels_last: Annotated[
-        bool | None, typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.")
+        bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (default on).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default min(4, CPUs)).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,

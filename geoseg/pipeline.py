@@ -182,16 +182,16 @@ def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = 
         marker = out / spec.marker
         if not forced and state.get(name, {}).get("digest") == digest and marker.exists():
             log.info("stage %s: unchanged and complete, skipped (use --from %s to force)", name, name)
-            summary["stages"][name] = {"skipped": True, "out": str(marker.parent)}
+            summary["stages"][name] = {"skipped": True, "out": str(out / spec.out)}
             continue
         forced = True  # everything downstream of a re-run stage re-runs too
-        log.info("stage %s: running -> %s", name, marker.parent)
+        log.info("stage %s: running -> %s", name, out / spec.out)
         t0 = time.perf_counter()
         result = spec.run(cfg)
         secs = time.perf_counter() - t0
         state[name] = {"digest": digest, "seconds": round(secs, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(state_path, {"pipeline": str(pipe.path), "stages": state})
-        summary["stages"][name] = {"skipped": False, "seconds": round(secs, 1), "out": str(marker.parent),
+        summary["stages"][name] = {"skipped": False, "seconds": round(secs, 1), "out": str(out / spec.out),
                                    "result": _summarise(result)}
     write_json(out / "pipeline.json", {**summary, "config": {k: to_dict(v) for k, v in configs.items()}})
     return summary
@@ -207,21 +207,17 @@ def _summarise(result: Any) -> Any:
     return str(result)
 
 
-def _headline(ev: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Foreground pixel IoU/F1 and object P/R/F1 from an ``eval.json`` payload (best effort)."""
-    if not ev:
-        return {}
+def _headline(ev: Mapping[str, Any]) -> dict[str, Any]:
+    """Foreground pixel IoU/F1 per class and object P/R/F1 from an ``eval.json`` payload."""
     out: dict[str, Any] = {}
-    pix = ev.get("pixel", {}).get("per_class", {}) if isinstance(ev.get("pixel"), Mapping) else {}
-    for name, m in pix.items():
-        if name not in ("background", "boundary") and isinstance(m, Mapping):
-            out[f"{name} IoU"] = m.get("iou")
-            out[f"{name} pixel F1"] = m.get("f1")
-    obj = ev.get("object", {}) if isinstance(ev.get("object"), Mapping) else {}
-    overall = obj.get("overall", obj)
+    for name, m in ev.get("pixel", {}).get("classes", {}).items():
+        if name not in ("background", "boundary"):
+            out[f"{name}: pixel IoU"] = m.get("iou")
+            out[f"{name}: pixel F1"] = m.get("f1")
+    obj = ev.get("object") or {}
     for key in ("precision", "recall", "f1"):
-        if isinstance(overall, Mapping) and key in overall:
-            out[f"object {key}"] = overall[key]
+        out[f"object {key} (IoU >= {obj.get('iou_threshold', 0.5)})"] = obj.get(key)
+    out["objects predicted / true"] = f"{obj.get('n_pred')} / {obj.get('n_truth')}"
     return out
 
 

@@ -50,6 +50,7 @@ class TileConfig:
     labels: str
     out: str
     tile_size: int = 256
+    stride: int | None = None  # [--stride] pixels between tile origins; None = tile_size (no overlap)
     class_field: str | None = None  # [--class-field] None: "class" if present, else one class
     classes: tuple[str, ...] | None = None  # [--classes a,b,c] id order
     date_field: str = "date"
@@ -79,6 +80,7 @@ class TileConfig:
         checks = [
             (len(self.scenes) > 0, "give at least one SCENE"),
             (self.tile_size >= 8, "--tile-size must be at least 8"),
+            (self.stride is None or 1 <= self.stride <= self.tile_size, "--stride must be in [1, --tile-size]"),
             (self.undated in ("keep", "drop"), "--undated must be keep or drop"),
             (self.negative_ratio >= 0, "--negative-ratio must be >= 0"),
             (0 <= self.hard_negative_share <= 1, "--hard-negative-share must be in [0, 1]"),
@@ -169,9 +171,11 @@ def run(config: TileConfig) -> TileResult:
         cache = gdal_cache_mb(s.grid.width, block, s.count, itemsize, chunk_px)
         tree = shapely.STRtree(per_scene[si].geoms)
         chunks: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        for w in s.grid.tiles(t_size, pad=True):
+        for w in s.grid.tiles(t_size, config.stride or t_size, pad=True):
             r, c = int(w.row_off), int(w.col_off)
-            chunks.setdefault((r // chunk_px, c // chunk_px), []).append((r, c))
+            # tiles of one chunk share a lattice of pitch t_size (the scan cuts tiles by reshaping),
+            # so overlapping tiles (stride < tile size) go to one chunk per lattice phase
+            chunks.setdefault((r % t_size, c % t_size, r // chunk_px, c // chunk_px), []).append((r, c))
         plans.append((s, cache, tree, chunks))
     n_candidates = sum(len(t) for *_, ch in plans for t in ch.values())
     if n_candidates == 0:

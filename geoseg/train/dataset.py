@@ -102,11 +102,11 @@ def read_dataset(path: str | Path) -> DatasetInfo:
         raise InputError(
             f"{path / 'dataset.json'}: {len(bands)} band statistics for {c} image bands; re-run geoseg tile"
         )
-    mean = np.array([float(b["mean"]) for b in bands], dtype=np.float32)
-    std = np.array([float(b["std"]) for b in bands], dtype=np.float32)
+    mean = np.array([float(b["mean"]) for b in bands], dtype=np.float64)
+    std = np.array([float(b["std"]) for b in bands], dtype=np.float64)
     if not (np.isfinite(mean).all() and np.isfinite(std).all()):
         raise InputError(f"{path / 'dataset.json'}: band statistics are not finite; re-run geoseg tile")
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    std = np.where(std > 0, std, 1.0)  # a constant band: shift only
     try:
         df = pyogrio.read_dataframe(path / "tiles.gpkg", layer="tiles", read_geometry=False)
     except Exception as e:
@@ -124,7 +124,8 @@ def read_dataset(path: str | Path) -> DatasetInfo:
         raise InputError(f"{path / 'tiles.gpkg'}: no tiles with split 'train'; re-run geoseg tile")
     if not val.any():
         raise InputError(
-            f"{path / 'tiles.gpkg'}: no tiles with split 'val'; re-run geoseg tile with --val-fraction > 0"
+            f"{path / 'tiles.gpkg'}: no tiles with split 'val'; re-run geoseg tile so that some tiles go to "
+            "validation (--val-fraction, see its warnings)"
         )
     return DatasetInfo(
         path=path,

@@ -57,6 +57,24 @@ def test_masks_equal_whole_scene_reference(small_case: dict, boundary: int) -> N
     assert n == (192 // 32) * (256 // 32)  # every tile taken: the check covers the whole scene
 
 
+@pytest.mark.parametrize("stride", [12, 32 - 8])
+def test_overlapping_tiles_with_stride_equal_reference(small_case: dict, stride: int) -> None:
+    out = _run(small_case, boundary_width=1, max_label_age=2000, stride=stride)
+    gdf = gpd.read_file(small_case["labels"])
+    ref = reference_mask(small_case["scene"], gdf, ["house", "shed"], max_age=2000, boundary=1)
+    idx, _, _ = load_dataset(out)
+    # every tile origin on the stride lattice, padded at the right/bottom edges like the stride-free grid
+    expect = {(r, c) for r in range(0, 192 - 32 + stride, stride) for c in range(0, 256 - 32 + stride, stride)}
+    assert set(zip(idx.row_off.astype(int), idx.col_off.astype(int), strict=True)) == expect
+    # tiles running past the scene edge read as nodata/ignore there: compare the inside part only
+    inside = idx[(idx.row_off + 32 <= 192) & (idx.col_off + 32 <= 256)]
+    assert len(inside) > 0
+    _, _, masks = load_dataset(out)
+    for i, row in inside.iterrows():
+        r, c = int(row.row_off), int(row.col_off)
+        np.testing.assert_array_equal(masks[i], ref[r : r + 32, c : c + 32], err_msg=f"tile {i} at {r},{c}")
+
+
 def test_coverage_outside_is_ignore(small_case: dict) -> None:
     g = small_case["grid"]
     cov = write_labels(small_case["tmp"] / "cov.geojson", [pixel_box(g, 0, 0, 100, 150)], g.crs)

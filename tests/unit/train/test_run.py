@@ -24,8 +24,9 @@ from geoseg.train.run import CHECKPOINT, TrainConfig, run
 FAST = {"batch_size": 4, "workers": 0, "progress": False}
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_a_complete_run(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
-    data = make_dataset(n_train=16, n_val=6)
+    data = make_dataset(n_train=12, n_val=4)
     out = tmp_path / "run"
     res = run(TrainConfig(dataset=data, out=out, epochs=3, **{**FAST, "workers": 2}))
     losses = [h["train_loss"] for h in res.history]
@@ -69,11 +70,11 @@ def _tamper(path: Path) -> None:
     torch.save(ck, path)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
-    data = make_dataset(n_train=8, n_val=4)
+    data = make_dataset(n_train=8, n_val=2)
     out = tmp_path / "run"
-    cfg = TrainConfig(dataset=data, out=out, epochs=1, max_steps_per_epoch=2, **FAST)
-    run(cfg)
+    run(TrainConfig(dataset=data, out=out, epochs=1, max_steps_per_epoch=2, **FAST))
     ck1 = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
     assert ck1["epoch"] == 1 and ck1["scheduler"]["last_epoch"] == 2
     _tamper(out / CHECKPOINT)
@@ -147,6 +148,11 @@ def test_bad_inputs_exit_2_with_one_line(
     assert "valid: " in _error_line(capsys, ["train", str(ok), "--out", out, "--loss", "hinge"])
     odd = make_dataset("odd", n_train=4, n_val=2, tile=48)
     assert "multiple of 32" in _error_line(capsys, ["train", str(odd), "--out", out])
+    bad = make_dataset("badmask", n_train=4, n_val=2)
+    masks = zarr.open_group(str(bad / "tiles.zarr"), mode="r+")["masks"]
+    masks[:, 0, 0] = 7  # a class id dataset.json does not list, read inside a DataLoader worker
+    argv = ["train", str(bad), "--out", out, "--weights", "none", "--workers", "2", "--no-progress"]
+    assert "class id 7" in _error_line(capsys, argv)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: offline for sure
     line = _error_line(capsys, ["train", str(ok), "--out", out, "--encoder", "resnet18"])
     assert "--weights PATH" in line
