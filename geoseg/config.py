@@ -78,6 +78,9 @@ def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any], *, stam
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared
     os.replace(tmp, path)
     return path
 

@@ -136,6 +136,8 @@ class Pipeline:
                 opts[key] = _resolve_paths(opts[key], base, f"{self.path}: stage {stage}: {key}")
         if spec.device and "device" in fields and "device" not in opts and self.device:
             opts["device"] = self.device
+        if "overwrite" in fields and "overwrite" not in opts and "resume" not in opts:
+            opts["overwrite"] = True  # the pipeline decided this stage must run again
         opts = {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}
         opts.update(implicit)
         opts["out"] = str(out / spec.out)
