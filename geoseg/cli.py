@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -47,8 +47,7 @@ def _root(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# --- stage commands (each helper owns its block; keep the markers) ------------------------------
-# >>> tile
+# --- stage commands: each parses, builds its stage's config and calls the stage's run() ---------
 @app.command()
 def tile(
     scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped).")],
@@ -151,8 +150,6 @@ def tile(
     typer.echo(f"split: train {c['by_split']['train']}, val {c['by_split']['val']}")
 
 
-# <<< tile
-# >>> train
 @app.command()
 def train(
     dataset: Annotated[Path, typer.Argument(help="Tile dataset directory written by `geoseg tile`.")],
@@ -185,6 +182,9 @@ def train(
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default min(4, CPUs)).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    keep: Annotated[
+        str, typer.Option(help="Model to keep: best (highest val mIoU) or last (final epoch; for tiny val splits).")
+    ] = "best",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an OUT that holds a run.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -197,7 +197,7 @@ def train(
         dataset=dataset, out=out, arch=arch, encoder=encoder, weights=weights, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, dice_weight=dice_weight,
         augment=augment, balance_kinds=balance_kinds, max_steps_per_epoch=max_steps_per_epoch, device=device,
-        amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, resume=resume,
+        amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, keep=keep, resume=resume,
         overwrite=overwrite, progress=progress,
     )  # fmt: skip
     res = run_train(cfg)
@@ -206,8 +206,6 @@ def train(
             f"{res.model_dir}: best epoch {res.best_epoch} of {res.epochs_completed}, val mIoU {res.best_miou:.4f}",
             err=True,
         )
-# <<< train
-# >>> predict
 @app.command()
 def predict(
     scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFF(s); each is predicted on its own grid.")],
@@ -256,8 +254,6 @@ def predict(
     for s in res.scenes:
         typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
                    err=True)
-# <<< predict
-# >>> vectorize
 @app.command()
 def vectorize(
     raster: Annotated[Path, typer.Argument(help="probabilities.tif of a prediction (or the prediction directory).")],
@@ -284,8 +280,6 @@ def vectorize(
     )  # fmt: skip
     res = run_vectorize(cfg)
     typer.echo(_json.dumps({"out": res["out"], "polygons": res["polygons"]}))
-# <<< vectorize
-# >>> evaluate
 @app.command()
 def evaluate(
     predicted: Annotated[
@@ -330,8 +324,6 @@ def evaluate(
         model=str(model) if model else None,
     )  # fmt: skip
     typer.echo(_json.dumps(run_evaluate(cfg), indent=2))
-# <<< evaluate
-# >>> run
 @app.command("run")
 def run_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/sample_aoi.yaml).")],
@@ -352,7 +344,6 @@ def run_cmd(
 
     summary = run_pipeline(pipeline, out, from_stage=from_stage, overrides=list(set_ or []))
     print_summary(summary)
-# <<< run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,9 +373,6 @@ def main(argv: list[str] | None = None) -> int:
         raise
     return 0
 
-
-# typer's Optional/Path in annotations must stay importable for the blocks above
-_ = (Optional, Path)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

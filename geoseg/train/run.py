@@ -2,7 +2,8 @@
 
 Outputs (rank 0 writes; every file atomically)::
 
-    RUN/model/               best epoch by validation mIoU (see geoseg.train.metrics), via save_model
+    RUN/model/               best epoch by validation mIoU (see geoseg.train.metrics), via save_model;
+                             with ``keep="last"`` the final epoch (when the val split is too small to select on)
     RUN/checkpoints/last.pt  end of the last completed epoch: model, optimizer, scheduler, scaler, epoch,
                              best score/epoch, history, config -- what --resume continues from
     RUN/metrics.csv          per epoch x class: IoU, precision, recall, F1, support + losses, mIoU, lr
@@ -79,6 +80,7 @@ class TrainConfig:
     workers: int | None = None
     threads: int | None = None
     seed: int = 0
+    keep: str = "best"  # best: epoch with the highest val mIoU; last: the final epoch (tiny val splits)
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -101,6 +103,8 @@ class TrainConfig:
                 raise ConfigError(f"{opt}: invalid value; see geoseg train --help")
         ARCHS[self.arch.lower()]  # unknown names list the valid ones
         LOSSES[self.loss]
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"--keep {self.keep!r}: use best or last")
 
 
 @dataclass(frozen=True)
@@ -344,8 +348,8 @@ def _run(cfg: TrainConfig) -> TrainResult:
         if improved:
             best, best_epoch = rank_score(miou), epoch + 1
         if rt.is_main:
-            if improved:
-                save_model(out / "model", model, {**mcfg, "epoch": epoch + 1, "val_miou": miou})
+            if improved or cfg.keep == "last":
+                save_model(out / "model", model, {**mcfg, "epoch": epoch + 1, "val_miou": miou, "kept": cfg.keep})
             loop.save_checkpoint(
                 ckpt_path,
                 {

@@ -187,3 +187,13 @@ def test_torchrun_ddp_on_cpu(make_dataset: Callable[..., Path], tmp_path: Path) 
         int((zarr.open_group(str(data / "tiles.zarr"), mode="r")["masks"][i] != 255).sum()) for i in range(8, 11)
     )
     load_model(out, "cpu")
+
+
+def test_keep_last_exports_the_final_epoch(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    data = make_dataset(n_train=8, n_val=4)
+    res = run(TrainConfig(dataset=data, out=tmp_path / "run", epochs=2, keep="last", **FAST))
+    _, cfg = load_model(tmp_path / "run", "cpu")
+    assert cfg["epoch"] == 2 and cfg["kept"] == "last"
+    assert cfg["val_miou"] == pytest.approx(res.history[-1]["miou"])
+    with pytest.raises(ConfigError, match="--keep"):
+        TrainConfig(dataset=data, out=tmp_path / "x", keep="worst")
