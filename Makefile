@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check geoseg tests benchmarks scripts
 
 render:
-	QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/render_qgis.py $(OUT)/predict --out docs/qgis_render.png
+	QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/render_qgis.py $(OUT)/predict --out docs/qgis_render.jpg
 
 clean:
 	rm -rf $(OUT) .pytest_cache

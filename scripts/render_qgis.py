@@ -1,10 +1,10 @@
 #!/usr/bin/python3
-"""Render a geoseg prediction as QGIS draws it, headless, to a PNG (e.g. ``docs/qgis_render.png``).
+"""Render a geoseg prediction as QGIS draws it, headless, to a PNG or JPEG (e.g. ``docs/qgis_render.jpg``).
 
 Runs with the *system* Python that has PyQGIS (not the geoseg virtualenv)::
 
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/render_qgis.py sample_run/predict \\
-        --out docs/qgis_render.png [--width 1400] [--extent instances|classes|all] [--imagery SCENE.tif]
+        --out docs/qgis_render.jpg [--width 1400] [--extent instances|classes|all] [--imagery SCENE.tif]
 
 ``SOURCE`` is a ``project.qgs`` or a prediction directory (its ``project.qgs`` is used when
 present, else ``classes.tif`` + ``instances.gpkg`` with their stored styles, over ``--imagery``).
@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         job.waitForFinished()
         img = job.renderedImage()
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.stem}.tmp.png")
-        if not img.save(str(tmp), "PNG"):
-            raise RuntimeError(f"{args.out}: could not write the PNG")
+        fmt = "JPG" if args.out.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+        tmp = args.out.with_name(f".{args.out.stem}.tmp{args.out.suffix or '.png'}")
+        if not img.save(str(tmp), fmt, 88 if fmt == "JPG" else -1):
+            raise RuntimeError(f"{args.out}: could not write the {fmt} image")
         os.replace(tmp, args.out)
         summary = {
             "out": str(args.out),
