@@ -51,7 +51,7 @@ class Stage:
     out: str  # the stage's ``out`` relative to the pipeline's --out
     marker: str  # file (relative to --out) that exists only once the stage completed
     path_fields: tuple[str, ...]  # options holding input paths (resolved against the YAML, must exist)
-    implicit: Mapping[str, str] = dataclasses.field(default_factory=dict)  # field -> path under --out
+    implicit: Mapping[str, str] = dataclasses.field(default_factory=dict)  # field -> producing stage
     device: bool = False
 
     def config_cls(self) -> type:
@@ -67,13 +67,13 @@ STAGES: dict[str, Stage] = {
         Stage("tile", "geoseg.tile.run", "TileConfig", "dataset", "dataset/dataset.json",
               ("scenes", "labels", "coverage", "hard_negatives")),
         Stage("train", "geoseg.train.run", "TrainConfig", "train", "train/model/config.json",
-              ("weights",), {"dataset": "dataset"}, device=True),
+              ("weights", "dataset"), {"dataset": "tile"}, device=True),
         Stage("predict", "geoseg.predict.run", "PredictConfig", "predict", "predict/run.json",
-              ("scenes", "aoi"), {"model": "train"}, device=True),
+              ("scenes", "aoi", "model"), {"model": "train"}, device=True),
         Stage("evaluate", "geoseg.evaluate", "EvaluateConfig", "eval.json", "eval.json",
-              ("truth", "aoi"), {"predicted": "predict"}),
+              ("truth", "aoi", "predicted"), {"predicted": "predict"}),
         Stage("baseline", "geoseg.baseline", "BaselineConfig", "baseline", "baseline/eval.json",
-              ("scenes", "aoi", "truth"), {"dataset": "dataset", "model": "train"}),
+              ("scenes", "aoi", "truth", "dataset", "model"), {"dataset": "tile", "model": "train"}),
     )
 }
 
@@ -123,10 +123,17 @@ class Pipeline:
         base = self.path.parent
         cls = spec.config_cls()
         fields = {f.name for f in dataclasses.fields(cls)}
-        implicit = {k: str(out / v) for k, v in spec.implicit.items()}
+        # inputs made by an earlier stage of this pipeline come from its output; otherwise the user names them
+        implicit = {k: str(out / STAGES[src].out) for k, src in spec.implicit.items() if src in self.stages}
         clash = sorted(set(opts) & set(implicit))
         if clash:
-            raise ConfigError(f"{self.path}: stage {stage}: {', '.join(clash)} come(s) from the previous stage; remove")
+            raise ConfigError(f"{self.path}: stage {stage}: {', '.join(clash)} come(s) from an earlier stage; remove")
+        missing = sorted(k for k in spec.implicit if k not in implicit and k not in opts)
+        if missing:
+            raise ConfigError(
+                f"{self.path}: stage {stage}: give {', '.join(missing)} (the pipeline has no "
+                f"{', '.join(spec.implicit[k] for k in missing)} stage to take it from)"
+            )
         unknown = sorted(set(opts) - fields)
         if unknown:
             valid = ", ".join(sorted(fields - set(implicit) - {"out"}))
@@ -142,9 +149,12 @@ class Pipeline:
         opts.update(implicit)
         opts["out"] = str(out / spec.out)
         try:
-            return cls(**opts)
+            cfg = cls(**opts)
+            if hasattr(cfg, "validate"):  # range checks up front, before any stage runs
+                cfg.validate()
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{self.path}: stage {stage}: {e}") from None
+        return cfg
 
 
 def _resolve_paths(value: Any, base: Path, what: str) -> Any:
@@ -163,6 +173,19 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _input_stamps(cfg: Any, fields: tuple[str, ...]) -> list[Any]:
+    """(path, size, mtime) of the stage's input files, so an edited input re-runs the stage."""
+    stamps = []
+    for key in fields:
+        value = getattr(cfg, key, None)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            p = Path(str(v)) if v is not None else None
+            if p is not None and p.is_file():
+                st = p.stat()
+                stamps.append([str(p), st.st_size, st.st_mtime_ns])
+    return stamps
+
+
 def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = None,
                  overrides: list[str] | None = None) -> dict[str, Any]:
     """Validate everything, then run (or skip) each stage in order. Returns a summary dict."""
@@ -179,7 +202,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = 
     for name, cfg in configs.items():
         spec = STAGES[name]
         forced = forced or name == from_stage
-        digest = _digest([upstream, to_dict(cfg)])
+        digest = _digest([upstream, to_dict(cfg), _input_stamps(cfg, spec.path_fields)])
         upstream = digest
         marker = out / spec.marker
         if not forced and state.get(name, {}).get("digest") == digest and marker.exists():
@@ -187,6 +210,10 @@ def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = 
             summary["stages"][name] = {"skipped": True, "out": str(out / spec.out)}
             continue
         forced = True  # everything downstream of a re-run stage re-runs too
+        # forget this and later stages first: an interrupted re-run must never look complete next time
+        for later in list(configs)[list(configs).index(name):]:
+            state.pop(later, None)
+        write_json(state_path, {"pipeline": str(pipe.path), "stages": state})
         log.info("stage %s: running -> %s", name, out / spec.out)
         t0 = time.perf_counter()
         result = spec.run(cfg)

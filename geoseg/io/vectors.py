@@ -99,6 +99,10 @@ def read_aoi(path: str | Path | None = None, bbox: str | None = None) -> gpd.Geo
         if not (minx < maxx and miny < maxy):
             raise InputError(f"--bbox {bbox!r}: min must be below max")
         crs = parts[4] if len(parts) == 5 else "EPSG:4326"
+        try:
+            crs = CRS.from_user_input(crs)
+        except Exception:  # rasterio/pyproj raise several CRS error types
+            raise CRSError(f"--bbox {bbox!r}: unknown CRS {crs!r}; use e.g. EPSG:4326") from None
         return gpd.GeoDataFrame(geometry=[shapely.box(minx, miny, maxx, maxy)], crs=crs)
     if path is None:
         raise InputError("give --aoi FILE or --bbox minx,miny,maxx,maxy[,crs]")

@@ -164,8 +164,10 @@ class TileDataset(Dataset):
         num_classes: int,
         ignore_index: int = 255,
         transform: Any | None = None,
+        nodata: float | None = None,
     ) -> None:
         self.zarr_path = str(zarr_path)
+        self.nodata = nodata
         self.rows = np.asarray(rows, dtype=np.int64)
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         self.scale = (1.0 / np.asarray(std, dtype=np.float32)).reshape(-1, 1, 1)
@@ -215,6 +217,13 @@ class TileDataset(Dataset):
                 f"but dataset.json lists {self.num_classes} classes; re-run geoseg tile"
             )
         img = (raw.astype(np.float32) - self.mean) * self.scale
+        # where the scene has no data (NaN or its nodata value) the network sees 0 = the band mean,
+        # exactly what predict feeds it there (geoseg.predict.run.make_reader)
+        invalid = ~np.isfinite(img)
+        if self.nodata is not None and np.isfinite(self.nodata):
+            invalid |= raw == self.nodata
+        if invalid.any():
+            img[invalid] = 0.0
         if self.transform is not None:
             out = self.transform(image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=mask)
             img = out["image"].transpose(2, 0, 1)

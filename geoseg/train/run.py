@@ -250,7 +250,9 @@ def _run(cfg: TrainConfig) -> TrainResult:
 
     # --- data --------------------------------------------------------------------------------------------------
     workers = default_workers() if cfg.workers is None else cfg.workers
-    common = {"num_classes": ds.num_classes, "ignore_index": ds.ignore_index}
+    nodatas = {sc.get("nodata") for sc in ds.info.get("scenes", [])} - {None}
+    nodata = float(next(iter(nodatas))) if len(nodatas) == 1 else None  # NaN is always treated as no data
+    common = {"num_classes": ds.num_classes, "ignore_index": ds.ignore_index, "nodata": nodata}
     tf = build_train_transform(ignore_index=ds.ignore_index, seed=cfg.seed + rt.rank) if cfg.augment else None
     train_ds = TileDataset(ds.zarr_path, ds.train_rows, ds.mean, ds.std, transform=tf, **common)
     val_ds = TileDataset(ds.zarr_path, ds.val_rows, ds.mean, ds.std, **common)

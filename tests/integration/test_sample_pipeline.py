@@ -77,12 +77,13 @@ def test_rerun_skips_unchanged_stages_and_from_forces(sample_run: Path, capsys: 
 def test_bad_pipeline_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = PIPELINE.read_text()
     cases = {
-        "unknown_key": text.replace("    epochs: 8", "    epochz: 8"),
+        "unknown_key": text.replace("  train:\n", "  train:\n    epochz: 1\n"),
         "unknown_stage": text.replace("  evaluate:", "  evaluatee:"),
         "missing_file": text.replace("aoi: ../sample_aoi/holdout_aoi.geojson", "aoi: ../sample_aoi/nope.geojson", 1),
     }
     expected = {"unknown_key": "epochz", "unknown_stage": "evaluatee", "missing_file": "nope.geojson"}
     for name, body in cases.items():
+        assert body != text, name  # the case really changes the file
         p = tmp_path / "pipelines" / f"{name}.yaml"
         p.parent.mkdir(exist_ok=True)
         p.write_text(body.replace("../sample_aoi/", f"{ROOT}/sample_aoi/"))
@@ -91,3 +92,45 @@ def test_bad_pipeline_fails_before_any_work(tmp_path: Path, capsys: pytest.Captu
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected[name] in err[0], err
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_partial_pipeline_takes_upstream_paths_from_the_file(sample_run: Path, tmp_path: Path) -> None:
+    aoi, truth = ROOT / "sample_aoi" / "holdout_aoi.geojson", ROOT / "sample_aoi" / "buildings.geojson"
+    body = (
+        "stages:\n"
+        f"  predict: {{scenes: [{SCENE}], aoi: {aoi}, model: {sample_run / 'train'}}}\n"
+        f"  evaluate: {{truth: {truth}, aoi: {aoi}}}\n"
+    )
+    p = tmp_path / "predict_only.yaml"
+    p.write_text(body)
+    assert main(["run", str(p), "--out", str(tmp_path / "out")]) == 0
+    mine = json.loads((tmp_path / "out" / "eval.json").read_text())["pixel"]["classes"]
+    theirs = json.loads((sample_run / "eval.json").read_text())["pixel"]["classes"]
+    assert mine == theirs  # same model, same AOI: the same prediction
+    # without the model the file is refused before any work
+    p.write_text(body.replace(f", model: {sample_run / 'train'}", ""))
+    assert main(["run", str(p), "--out", str(tmp_path / "out2")]) == 2
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_edited_input_file_reruns_its_stage(tmp_path: Path) -> None:
+    import shutil
+
+    pipe_dir = tmp_path / "pipelines"
+    (tmp_path / "sample_aoi").mkdir()
+    for f in ("kampala_z20_cluster0.tif", "buildings.geojson", "train_area.geojson", "holdout_aoi.geojson"):
+        shutil.copy(ROOT / "sample_aoi" / f, tmp_path / "sample_aoi" / f)
+    pipe_dir.mkdir()
+    text = PIPELINE.read_text()
+    only_tile = text[: text.index("  train:")]
+    (pipe_dir / "tile.yaml").write_text(only_tile)
+    out = tmp_path / "out"
+    assert main(["run", str(pipe_dir / "tile.yaml"), "--out", str(out)]) == 0
+    assert main(["run", str(pipe_dir / "tile.yaml"), "--out", str(out)]) == 0
+    assert json.loads((out / "pipeline.json").read_text())["stages"]["tile"]["skipped"]
+    labels = tmp_path / "sample_aoi" / "buildings.geojson"
+    labels.write_text(labels.read_text().replace('"osm_id": 616763436.0', '"osm_id": 1.0'))
+    assert main(["run", str(pipe_dir / "tile.yaml"), "--out", str(out)]) == 0
+    assert not json.loads((out / "pipeline.json").read_text())["stages"]["tile"]["skipped"]

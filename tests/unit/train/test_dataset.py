@@ -104,3 +104,19 @@ def test_worker_processes_read_the_same_tiles(make_dataset: Callable[..., Path])
     xs = torch.cat([x for x, _ in loader])
     assert torch.equal(xs[0], first[0])
     assert torch.equal(xs, torch.stack([tiles[i][0] for i in range(len(tiles))]))
+
+
+def test_nodata_and_nan_pixels_become_zero_like_in_predict(make_dataset: Callable[..., Path]) -> None:
+    ds = read_dataset(make_dataset(n_train=2, n_val=1))
+    images = zarr.open_group(str(ds.zarr_path), mode="r+")["images"]
+    row = int(ds.train_rows[0])
+    tile = np.asarray(images[row])
+    nod = next(v for v in range(256) if not (tile == v).any())  # a value the tile does not hold: "nodata"
+    tile[:, :4, :4] = nod
+    images[row] = tile
+    plain = TileDataset(ds.zarr_path, ds.train_rows[:1], ds.mean, ds.std, num_classes=ds.num_classes)
+    masked = TileDataset(ds.zarr_path, ds.train_rows[:1], ds.mean, ds.std, num_classes=ds.num_classes, nodata=nod)
+    x_plain, x_masked = plain[0][0].numpy(), masked[0][0].numpy()
+    assert (x_masked[:, :4, :4] == 0).all() and not (x_plain[:, :4, :4] == 0).all()
+    assert np.isfinite(x_masked).all()
+    np.testing.assert_array_equal(x_masked[:, 4:, 4:], x_plain[:, 4:, 4:])
