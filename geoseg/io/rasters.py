@@ -6,12 +6,14 @@ Nothing here reads a whole scene: every read is a window, memory is bounded by t
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
@@ -99,23 +101,51 @@ def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
 
 
 def read_window(
-    ds: rasterio.DatasetReader, window: Window, *, indexes: list[int] | None = None
+    ds: rasterio.DatasetReader, window: Window, indexes: list[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``window`` (boundless: pixels outside the scene are invalid).
+    """Read ``window`` (may extend past the scene): ``(data (C, H, W) scene dtype, valid (H, W) bool)``.
 
-    Returns ``(data (C, H, W) in the scene dtype, valid (H, W) bool)``. A pixel is valid where the
-    dataset mask (nodata value, internal mask or alpha) says so for every band.
+    Outside the scene: nodata (or 0) and invalid. A pixel is valid where the dataset's mask flags say
+    so for every band read (nodata value, internal/per-dataset mask, alpha); NaN is always invalid.
+    Only the part inside the scene is read (no boundless VRT: measured 13x slower).
     Memory: O(C * H * W) for this window only.
     """
-    fill = ds.nodata if ds.nodata is not None else 0
-    data = ds.read(indexes, window=window, boundless=True, fill_value=fill)
-    masks = ds.read_masks(indexes, window=window, boundless=True)
-    if masks.ndim == 2:
-        masks = masks[None]
-    valid = np.all(masks > 0, axis=0)
-    if data.ndim == 2:
-        data = data[None]
+    idx = list(indexes) if indexes else list(range(1, ds.count + 1))
+    h, w = int(window.height), int(window.width)
+    nd = ds.nodata
+    fill = nd if nd is not None and not (isinstance(nd, float) and math.isnan(nd)) else 0
+    r0, c0 = int(window.row_off), int(window.col_off)
+    ir0, ic0 = max(r0, 0), max(c0, 0)
+    ir1, ic1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
+    if (ir0, ic0, ir1, ic1) == (r0, c0, r0 + h, c0 + w):
+        data = ds.read(idx, window=window)
+        return data, _valid(ds, data, window, idx)
+    data = np.full((len(idx), h, w), fill, dtype=ds.dtypes[idx[0] - 1])
+    valid = np.zeros((h, w), bool)
+    if ir1 > ir0 and ic1 > ic0:
+        inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
+        sub = ds.read(idx, window=inner)
+        sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+        data[(slice(None), *sl)] = sub
+        valid[sl] = _valid(ds, sub, inner, idx)
     return data, valid
+
+
+def _valid(ds: rasterio.DatasetReader, data: np.ndarray, window: Window, idx: list[int]) -> np.ndarray:
+    """Validity of ``data`` (read from ``window``, bands ``idx``) from the cheapest source that is exact."""
+    flags = [ds.mask_flag_enums[i - 1] for i in idx]
+    if all(MaskFlags.all_valid in f for f in flags):
+        valid = np.ones(data.shape[1:], bool)
+    elif all(MaskFlags.nodata in f for f in flags) and ds.nodata is not None:
+        nd = ds.nodata
+        valid = ~np.any(np.isnan(data) if isinstance(nd, float) and math.isnan(nd) else data == nd, axis=0)
+    elif any((MaskFlags.per_dataset in f) or (MaskFlags.alpha in f) for f in flags):
+        valid = ds.read_masks(idx[0], window=window) > 0
+    else:
+        valid = np.all(ds.read_masks(idx, window=window) > 0, axis=0)
+    if data.dtype.kind == "f":
+        valid &= ~np.any(np.isnan(data), axis=0)
+    return valid
 
 
 def _first_line(e: BaseException) -> str:

@@ -34,7 +34,7 @@ from geoseg.config import read_json, to_dict, write_json
 from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
-from geoseg.io.rasters import SceneInfo, open_raster, scene_info
+from geoseg.io.rasters import SceneInfo, open_raster, read_window, scene_info
 from geoseg.io.vectors import read_aoi
 from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
 from geoseg.predict.plan import Band, ScenePlan, aoi_geometry, plan_scene
@@ -136,7 +136,6 @@ def make_reader(ds: Any, plan: ScenePlan, indexes: tuple[int, ...], mean: np.nda
     inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)[:, None, None]
     identity = bool(np.all(mean32 == 0) and np.all(inv_std == 1))
     idx = list(indexes)
-    all_valid = all(ds.mask_flag_enums[i - 1] == [rasterio.enums.MaskFlags.all_valid] for i in idx)
 
     def read(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         h = r1 - r0
@@ -146,11 +145,8 @@ def make_reader(ds: Any, plan: ScenePlan, indexes: tuple[int, ...], mean: np.nda
         if rr1 <= rr0 or cc1 <= c0:
             return np.zeros((len(idx), h, width), np.float32), np.zeros((h, width), bool)
         win = Window(c0, rr0, cc1 - c0, rr1 - rr0)
-        x = ds.read(idx, window=win, out_dtype="float32")
-        if all_valid:
-            v = np.ones(x.shape[1:], bool)
-        else:
-            v = np.all(ds.read_masks(idx, window=win) > 0, axis=0)
+        data, v = read_window(ds, win, idx)  # the same validity rule as the tile stage
+        x = data.astype(np.float32, copy=False)
         if not identity:  # in place: no full-size temporaries
             x -= mean32
             x *= inv_std
