@@ -24,6 +24,7 @@ the cost and memory are bounded by the window, not the scene.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -263,12 +264,31 @@ class SceneLabels:
         if tree is not None:
             sel = np.sort(tree.query(b, predicate="intersects"))
         else:
-            sel = shapely.intersects(self.geoms, b) if len(self.geoms) else np.zeros(0, bool)
+            sel = np.flatnonzero(shapely.intersects(self.geoms, b)) if len(self.geoms) else np.zeros(0, np.intp)
         cov = None
         if self.coverage is not None:
             c = shapely.intersection(self.coverage, b) if len(self.coverage) else self.coverage
             cov = c[~shapely.is_empty(c)] if len(c) else c
-        return SceneLabels(self.geoms[sel], self.class_ids[sel], self.valid[sel], self.instance[sel], cov)
+        out = SceneLabels(self.geoms[sel], self.class_ids[sel], self.valid[sel], self.instance[sel], cov)
+        prep = self.__dict__.get("_prep")
+        if prep is not None:  # hand the prepared shapes down (built once per scene, not once per task)
+            shapes = prep.shapes
+            object.__setattr__(out, "_prep", _Prepared(prep.bounds[sel], [shapes[i] for i in sel.tolist()]))
+        return out
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle geometries as flat coordinate arrays (tasks sent to dask workers).
+
+        Shapely pickles each geometry separately (~10 us each, ~30x slower than this); the
+        rasterization inputs are rebuilt from the same arrays on the other side.
+        """
+        cov = None if self.coverage is None else _pack(self.coverage)
+        return _unpack_scene_labels, (_pack(self.geoms), self.class_ids, self.valid, self.instance, cov)
+
+    def prepare(self) -> SceneLabels:
+        """Build the rasterization inputs once (``subset`` hands them to its results); returns self."""
+        _prepared(self)
+        return self
 
     @property
     def n_valid(self) -> int:
@@ -362,17 +382,62 @@ def _prepared(labels: SceneLabels) -> _Prepared:
     return cached
 
 
+def _pack(geoms: np.ndarray) -> tuple[Any, ...]:
+    """Geometries as ``("ragged", coords, offsets)`` when all are Polygons, else ``("wkb", blobs)``."""
+    geoms = np.asarray(geoms, dtype=object)
+    if len(geoms) and bool((shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON).all()):
+        _, coords, offsets = shapely.to_ragged_array(geoms)
+        return ("ragged", coords, offsets)
+    return ("wkb", shapely.to_wkb(geoms) if len(geoms) else np.zeros(0, dtype=object))
+
+
+def _unpack(packed: tuple[Any, ...]) -> np.ndarray:
+    if packed[0] == "ragged":
+        return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, packed[1], packed[2]), dtype=object)
+    return np.asarray(shapely.from_wkb(packed[1]), dtype=object) if len(packed[1]) else np.zeros(0, dtype=object)
+
+
+def _unpack_scene_labels(
+    geoms: tuple[Any, ...], class_ids: np.ndarray, valid: np.ndarray, instance: np.ndarray, cov: Any
+) -> SceneLabels:
+    out = SceneLabels(_unpack(geoms), class_ids, valid, instance, None if cov is None else _unpack(cov))
+    if geoms[0] == "ragged":  # rasterization inputs straight from the arrays
+        _, coords, (ring_off, poly_off) = geoms
+        shapes = _ragged_mappings(coords, ring_off, poly_off)
+        object.__setattr__(out, "_prep", _Prepared(shapely.bounds(out.geoms).reshape(-1, 4), shapes))
+    return out
+
+
+def _ragged_mappings(coords: np.ndarray, ring_off: np.ndarray, poly_off: np.ndarray) -> list[dict[str, Any]]:
+    """GeoJSON ``Polygon`` mappings from ``shapely.to_ragged_array`` arrays (2-D coordinates)."""
+    xy = coords[:, :2].tolist()
+    ro = ring_off.tolist()
+    rings = [xy[a:b] for a, b in itertools.pairwise(ro)]
+    po = poly_off.tolist()
+    if po == list(range(len(po))):  # one ring (no holes) per polygon
+        return [{"type": "Polygon", "coordinates": [r]} for r in rings]
+    return [{"type": "Polygon", "coordinates": rings[a:b]} for a, b in itertools.pairwise(po)]
+
+
 def polygon_mappings(geoms: np.ndarray) -> list[dict[str, Any]]:
-    """GeoJSON ``Polygon`` mappings (exterior + holes) of an array of shapely Polygons, in bulk."""
+    """GeoJSON ``Polygon`` mappings (exterior + holes) of an array of shapely Polygons, in bulk.
+
+    One ``tolist`` of all coordinates, then list slices per ring (~2x faster than one ``tolist``
+    per ring, ~6x faster than shapely's per-object ``__geo_interface__``).
+    """
     n = len(geoms)
     if n == 0:
         return []
     rings, pidx = shapely.get_rings(geoms, return_index=True)
-    coords, ridx = shapely.get_coordinates(rings, return_index=True)
-    parts = np.split(coords, np.flatnonzero(np.diff(ridx)) + 1) if len(coords) else []
+    coords = shapely.get_coordinates(rings).tolist()
+    stops = np.cumsum(shapely.get_num_coordinates(rings)).tolist()
+    starts = [0, *stops[:-1]]
+    owner = pidx.tolist()
+    if owner == list(range(n)):  # one ring (no holes) per polygon
+        return [{"type": "Polygon", "coordinates": [coords[a:b]]} for a, b in zip(starts, stops, strict=True)]
     out: list[list[Any]] = [[] for _ in range(n)]
-    for p, ring in zip(pidx.tolist(), parts, strict=True):
-        out[p].append(ring.tolist())
+    for p, a, b in zip(owner, starts, stops, strict=True):
+        out[p].append(coords[a:b])
     return [{"type": "Polygon", "coordinates": c} for c in out]
 
 

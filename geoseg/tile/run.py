@@ -14,10 +14,13 @@ source pixels are ``scene`` + ``row_off``/``col_off``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,9 +186,13 @@ def run(config: TileConfig) -> TileResult:
 
     timer = _Timer()
     with (
+        _gc_frozen(),
         staged_output(config.out) as stage,
         Executor(config.workers, config.scheduler, processes=config.processes) as ex,
     ):
+        if not ex.distributed:  # in-process tasks share the rasterization inputs built once per scene
+            for sl in per_scene:
+                sl.prepare()
         timer.lap("start-up")
         # ---- scan ----------------------------------------------------------------------------
         scan_items = []
@@ -336,6 +343,28 @@ def run(config: TileConfig) -> TileResult:
 
 
 # --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Fewer cyclic GC passes during the run, and none over the objects alive at its start.
+
+    Tasks allocate many short-lived containers (GeoJSON rings, dask bookkeeping), which triggered
+    ~12 full collections a run, each walking the label tables' object arrays (~50-130 ms each;
+    measured 0.8-1 s of a 2-worker 20000^2 run, ~0.3 s with this). Reference counting still frees
+    everything at once; the thresholds and the frozen set are restored at the end.
+    """
+    if gc.get_freeze_count():  # someone else froze objects: leave their GC state alone
+        yield
+        return
+    gc.freeze()
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 20)  # default (700, 10, 10): ~1800 young collections a run
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
 class _Timer:
     def __init__(self) -> None:
         self.t = time.perf_counter()

@@ -14,7 +14,6 @@ sense (that goes through a VRT and is >10x slower): the in-scene part is read an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ from rasterio.windows import Window
 
 from geoseg.grid import Grid
 from geoseg.io.gdal_env import gdal_env
-from geoseg.io.rasters import open_raster
+from geoseg.io.rasters import open_raster, read_window
 from geoseg.tile.labels import IGNORE, SceneLabels, burn_mask
 
 HIST_DTYPES = {"uint8": (0, 256), "uint16": (0, 65536), "int16": (-32768, 65536), "int8": (-128, 256)}
@@ -35,46 +34,63 @@ SAMPLE_PER_TILE = 256  # pixels per tile kept for float percentiles
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
-def read_block(ds: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``window`` (may extend past the scene): ``(data (C, H, W), valid (H, W) bool)``.
+def read_chunk(ds: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`geoseg.io.rasters.read_window`, except that ``valid`` is None when every pixel is
+    valid (window inside the scene, no nodata/mask/alpha, not float), saving the all-True array."""
+    if _inside(ds, window) and _all_valid(ds):
+        return ds.read(window=window), None
+    return read_window(ds, window)
 
-    Outside the scene: nodata (or 0) and invalid. Validity follows the dataset's mask flags
-    (nodata value, internal/per-dataset mask, alpha); NaN is always invalid.
+
+def read_tiles(
+    ds: rasterio.DatasetReader, bound: Window, tiles: list[tuple[int, int]], t: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Like ``read_chunk(ds, bound)`` but decodes only the internal blocks under ``tiles``.
+
+    ``tiles`` are ``(row_off, col_off)`` of ``t x t`` tiles inside ``bound``; pixels of ``bound``
+    under no tile are left undefined. Selected tiles are often scattered (negatives), and
+    GDAL decodes whole blocks, so reading the bounding window decoded ~2.5x the tile pixels.
     """
-    h, w = int(window.height), int(window.width)
-    fill = ds.nodata if ds.nodata is not None and not (isinstance(ds.nodata, float) and math.isnan(ds.nodata)) else 0
-    r0, c0 = int(window.row_off), int(window.col_off)
-    ir0, ic0 = max(r0, 0), max(c0, 0)
-    ir1, ic1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
-    if ir0 == r0 and ic0 == c0 and ir1 == r0 + h and ic1 == c0 + w:
-        data = ds.read(window=window)
-        valid = _valid(ds, data, window)
-        return data, valid
-    data = np.full((ds.count, h, w), fill, dtype=ds.dtypes[0])
-    valid = np.zeros((h, w), bool)
-    if ir1 > ir0 and ic1 > ic0:
-        inner = Window(ic0, ir0, ic1 - ic0, ir1 - ir0)
-        sub = ds.read(window=inner)
-        sl = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
-        data[(slice(None), *sl)] = sub
-        valid[sl] = _valid(ds, sub, inner)
-    return data, valid
+    if not (_inside(ds, bound) and _all_valid(ds)):
+        return read_chunk(ds, bound)
+    bh, bw = ds.block_shapes[0]
+    r0, c0 = int(bound.row_off), int(bound.col_off)
+    h, w = int(bound.height), int(bound.width)
+    cells: set[tuple[int, int]] = set()
+    for r, c in tiles:
+        for br in range(r // bh, (r + t - 1) // bh + 1):
+            for bc in range(c // bw, (c + t - 1) // bw + 1):
+                cells.add((br, bc))
+    data = np.empty((ds.count, h, w), ds.dtypes[0])
+    by_row: dict[int, list[int]] = {}
+    for br, bc in sorted(cells):
+        by_row.setdefault(br, []).append(bc)
+    for br, bcs in by_row.items():
+        y0, y1 = max(br * bh, r0), min((br + 1) * bh, r0 + h)
+        run = [bcs[0]]
+        for bc in [*bcs[1:], None]:  # one read per run of adjacent blocks in a block row
+            if bc is not None and bc == run[-1] + 1:
+                run.append(bc)
+                continue
+            x0, x1 = max(run[0] * bw, c0), min((run[-1] + 1) * bw, c0 + w)
+            win = Window(x0, y0, x1 - x0, y1 - y0)
+            ds.read(window=win, out=data[:, y0 - r0 : y1 - r0, x0 - c0 : x1 - c0])
+            run = [bc] if bc is not None else []
+    return data, None
 
 
-def _valid(ds: rasterio.DatasetReader, data: np.ndarray, window: Window) -> np.ndarray:
-    flags = ds.mask_flag_enums
-    if all(MaskFlags.all_valid in f for f in flags):
-        valid = np.ones(data.shape[1:], bool)
-    elif all(MaskFlags.nodata in f for f in flags) and ds.nodata is not None:
-        nd = ds.nodata
-        valid = ~np.any(np.isnan(data) if isinstance(nd, float) and math.isnan(nd) else data == nd, axis=0)
-    elif any((MaskFlags.per_dataset in f) or (MaskFlags.alpha in f) for f in flags):
-        valid = ds.read_masks(1, window=window) > 0
-    else:
-        valid = np.all(ds.read_masks(window=window) > 0, axis=0)
-    if data.dtype.kind == "f":
-        valid &= ~np.any(np.isnan(data), axis=0)
-    return valid
+def _inside(ds: rasterio.DatasetReader, window: Window) -> bool:
+    return (
+        window.row_off >= 0
+        and window.col_off >= 0
+        and window.row_off + window.height <= ds.height
+        and window.col_off + window.width <= ds.width
+    )
+
+
+def _all_valid(ds: rasterio.DatasetReader) -> bool:
+    flags_ok = all(MaskFlags.all_valid in f for f in ds.mask_flag_enums)
+    return flags_ok and all(np.dtype(d).kind != "f" for d in ds.dtypes)
 
 
 def gdal_cache_mb(info_width: int, block_shape: tuple[int, int], count: int, itemsize: int, chunk: int) -> int:
@@ -116,10 +132,11 @@ def scan_chunk(task: ScanTask) -> ScanResult:
     """Per-tile fractions and features of one chunk (one full-resolution windowed read)."""
     t = task.tile_size
     with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
-        data, valid = read_block(ds, task.window)
+        data, valid = read_chunk(ds, task.window)
     mask = burn_mask(task.grid[task.window], task.labels)
-    mask[~valid] = IGNORE
-    h, w = valid.shape
+    if valid is not None:
+        mask[~valid] = IGNORE
+    h, w = mask.shape
     ny, nx = h // t, w // t
     npx = float(t * t)
     iy = (np.array([r for r, _ in task.tiles]) - int(task.window.row_off)) // t
@@ -129,18 +146,31 @@ def scan_chunk(task: ScanTask) -> ScanResult:
         lead = a.shape[:-2]
         return a.reshape(*lead, ny, size, nx, size).sum(axis=(-3, -1), dtype=dtype)
 
-    labelled = per_tile((mask > 0) & (mask < IGNORE), t, np.int64)
-    unusable = per_tile(mask == IGNORE, t, np.int64)
-    invalid = per_tile(~valid, t, np.int64)
+    labelled = tile_counts((mask - np.uint8(1)) < np.uint8(IGNORE - 1), t)  # 1 <= class id < 255
+    unusable = tile_counts(mask == IGNORE, t)
+    invalid = np.zeros((ny, nx), np.int64) if valid is None else tile_counts(~valid, t)
     # spectral features on a regular subsample (~64 x 64 per tile)
     step = max(d for d in range(1, max(1, t // 64) + 1) if t % d == 0)
     ts = t // step
-    vs = valid[::step, ::step]
-    sub = np.where(vs, data[:, ::step, ::step], 0).astype(np.float64)
-    n = per_tile(vs, ts, np.float64)
+    square = EXACT_SQUARE.get(data.dtype.name)
+    if valid is None and square is not None:
+        # all valid, 8/16-bit integers: every sum below is an exact integer in float64, so this
+        # equals the general branch bit for bit (in any summation order) without float64 temporaries
+        sub = data[:, ::step, ::step]
+        n = np.full((ny, nx), float(ts * ts))
+        s1 = per_tile(sub, ts, np.float64)
+        sq = sub.astype(square)
+        sq *= sq
+        s2 = per_tile(sq, ts, np.float64)
+    else:
+        vs = np.ones((h // step, w // step), bool) if valid is None else valid[::step, ::step]
+        sub = np.where(vs, data[:, ::step, ::step], 0).astype(np.float64)
+        n = per_tile(vs, ts, np.float64)
+        s1 = per_tile(sub, ts)
+        s2 = per_tile(sub * sub, ts)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = per_tile(sub, ts) / n
-        var = per_tile(sub * sub, ts) / n - mean * mean
+        mean = s1 / n
+        var = s2 / n - mean * mean
     std = np.sqrt(np.maximum(var, 0.0))
     feats = np.concatenate([mean, std], axis=0)[:, iy, ix].T  # (n tiles, 2C); NaN where no valid pixel
     return ScanResult(
@@ -151,6 +181,19 @@ def scan_chunk(task: ScanTask) -> ScanResult:
         unusable_fraction=unusable[iy, ix] / npx,
         features=np.ascontiguousarray(feats),
     )
+
+
+EXACT_SQUARE = {"uint8": np.uint16, "int8": np.int16, "uint16": np.uint32, "int16": np.int32}
+
+
+def tile_counts(flags: np.ndarray, t: int) -> np.ndarray:
+    """True pixels per ``t x t`` tile of a bool ``(ny * t, nx * t)`` array: ``(ny, nx)`` int64.
+
+    Rows of each tile are summed along the contiguous axis first (~5x faster than one 4-D sum).
+    """
+    h, w = flags.shape
+    rows = flags.view(np.uint8).reshape(h, w // t, t).sum(axis=2, dtype=np.uint16 if t < 2**16 else np.int64)
+    return rows.reshape(h // t, t, w // t).sum(axis=1, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,11 +230,11 @@ class ExtractResult:
 def extract_chunk(task: ExtractTask) -> ExtractResult:
     """Read, mask and write the tiles of one chunk; each tile goes to its own zarr chunk."""
     t = task.tile_size
+    npx = float(t * t)
     rows = [r for _, r, _ in task.tiles]
     cols = [c for _, _, c in task.tiles]
     r0, c0 = min(rows), min(cols)
     bound = Window(c0, r0, max(cols) + t - c0, max(rows) + t - r0)
-    dense = len(task.tiles) * t * t >= 0.25 * bound.width * bound.height
     images = ChunkWriter(task.zarr_path, "images")
     masks = ChunkWriter(task.zarr_path, "masks")
     n = len(task.tiles)
@@ -203,6 +246,7 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         class_pixels=np.zeros(256, np.int64),
         valid_pixels=np.zeros(0, np.int64),
     )
+    burn = {"boundary_class": task.boundary_class, "boundary_width": task.boundary_width}
     with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
         cnt = ds.count
         res.valid_pixels = np.zeros(cnt, np.int64)
@@ -212,52 +256,72 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         else:
             res.sums = np.zeros((cnt, 2), np.float64)
             samples = []
+        # one read + one burn for the whole chunk when only the blocks under the tiles are decoded
+        # (see read_tiles), or when the tiles cover enough of it; else tile by tile
+        dense = (_inside(ds, bound) and _all_valid(ds)) or len(task.tiles) * t * t >= 0.25 * bound.width * bound.height
         if dense:
-            data_b, valid_b = read_block(ds, bound)
-            mask_b = burn_mask(
-                task.grid[bound], task.labels, boundary_class=task.boundary_class, boundary_width=task.boundary_width
-            )
-        run_start, run_imgs, run_masks = 0, [], []
-        for k, (idx, r, c) in enumerate(task.tiles):
-            win = Window(c, r, t, t)
-            if dense:
-                sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
-                data, valid, mask = data_b[(slice(None), *sl)], valid_b[sl], mask_b[sl].copy()
-            else:
-                data, valid = read_block(ds, win)
-                mask = burn_mask(
-                    task.grid[win], task.labels, boundary_class=task.boundary_class, boundary_width=task.boundary_width
-                )
-            mask[~valid] = IGNORE
-            if run_imgs and (idx != run_start + len(run_imgs) or len(run_imgs) >= 32):
-                _flush(images, masks, run_start, run_imgs, run_masks)
-            if not run_imgs:
-                run_start = idx
-            run_imgs.append(data.astype(task.dtype, copy=False))
-            run_masks.append(mask)
-            npx = float(t * t)
-            res.label_fraction[k] = np.count_nonzero((mask > 0) & (mask < IGNORE)) / npx
-            res.unusable_fraction[k] = np.count_nonzero(mask == IGNORE) / npx
-            res.nodata_fraction[k] = 1.0 - np.count_nonzero(valid) / npx
-            res.class_pixels += np.bincount(mask.ravel(), minlength=256)
-            all_valid = bool(valid.all())
-            px = data.reshape(cnt, -1) if all_valid else data[:, valid]  # (C, n valid)
-            res.valid_pixels += px.shape[1]
-            if hist_spec:
-                off, nb = hist_spec
-                for b in range(cnt):
-                    v = px[b] if off == 0 else px[b].astype(np.int32) - off
-                    res.hist[b] += np.bincount(v, minlength=nb)
-            elif px.shape[1]:
-                pf = px.astype(np.float64)
-                res.sums[:, 0] += pf.sum(axis=1)
-                res.sums[:, 1] += (pf * pf).sum(axis=1)
-                step = max(1, pf.shape[1] // SAMPLE_PER_TILE)
-                samples.append(pf[:, ::step])
-        _flush(images, masks, run_start, run_imgs, run_masks)
+            data_b, valid_b = read_tiles(ds, bound, list(zip(rows, cols, strict=True)), t)
+            mask_b = burn_mask(task.grid[bound], task.labels, **burn)
+            if valid_b is not None:
+                mask_b[~valid_b] = IGNORE
+        same_dtype = np.dtype(task.dtype) == np.dtype(ds.dtypes[0])
+        for start, stop in _runs([i for i, _, _ in task.tiles]):
+            imgs = np.empty((stop - start, cnt, t, t), task.dtype)
+            msks = np.empty((stop - start, t, t), np.uint8)
+            for j, k in enumerate(range(start, stop)):
+                _, r, c = task.tiles[k]
+                if dense:
+                    sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
+                    data = data_b[(slice(None), *sl)]
+                    valid = None if valid_b is None else valid_b[sl]
+                    msks[j] = mask_b[sl]
+                else:
+                    win = Window(c, r, t, t)
+                    data, valid = read_chunk(ds, win)
+                    msks[j] = burn_mask(task.grid[win], task.labels, **burn)
+                    if valid is not None:
+                        msks[j][~valid] = IGNORE
+                imgs[j] = data
+                mask = msks[j]
+                per_class = np.bincount(mask.ravel(), minlength=256)
+                res.class_pixels += per_class
+                res.label_fraction[k] = int(per_class[1:IGNORE].sum()) / npx
+                res.unusable_fraction[k] = int(per_class[IGNORE]) / npx
+                if valid is None or valid.all():
+                    res.nodata_fraction[k] = 0.0
+                    px = (imgs[j] if same_dtype else data).reshape(cnt, -1)  # (C, n valid)
+                else:
+                    res.nodata_fraction[k] = 1.0 - np.count_nonzero(valid) / npx
+                    px = data[:, valid]
+                res.valid_pixels += px.shape[1]
+                if hist_spec:
+                    off, nb = hist_spec
+                    for b in range(cnt):
+                        v = px[b] if off == 0 else px[b].astype(np.int32) - off
+                        res.hist[b] += np.bincount(v, minlength=nb)
+                elif px.shape[1]:
+                    pf = px.astype(np.float64)
+                    res.sums[:, 0] += pf.sum(axis=1)
+                    res.sums[:, 1] += (pf * pf).sum(axis=1)
+                    step = max(1, pf.shape[1] // SAMPLE_PER_TILE)
+                    samples.append(pf[:, ::step])
+            first = task.tiles[start][0]
+            images.write(first, imgs)
+            masks.write(first, msks)
         if not hist_spec:
             res.sample = np.concatenate(samples, axis=1) if samples else np.zeros((cnt, 0))
     return res
+
+
+def _runs(index: list[int], longest: int = 32) -> list[tuple[int, int]]:
+    """``(start, stop)`` positions of runs of consecutive zarr indices (at most ``longest`` long)."""
+    out = []
+    start = 0
+    for k in range(1, len(index) + 1):
+        if k == len(index) or index[k] != index[k - 1] + 1 or k - start >= longest:
+            out.append((start, k))
+            start = k
+    return out
 
 
 class ChunkWriter:
@@ -307,13 +371,3 @@ class ChunkWriter:
                 self._dirs.add(folder)
             with open(path, "wb") as f:
                 f.write(self.codec.encode(np.ascontiguousarray(blocks[k])))
-
-
-def _flush(images: Any, masks: Any, start: int, imgs: list[np.ndarray], msks: list[np.ndarray]) -> None:
-    """Write a run of consecutive tiles ``start ..`` (one chunk per tile)."""
-    if not imgs:
-        return
-    images.write(start, np.stack(imgs))
-    masks.write(start, np.stack(msks))
-    imgs.clear()
-    msks.clear()
