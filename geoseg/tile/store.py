@@ -7,7 +7,6 @@ so every chunk has exactly one writer.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pandas as pd
 import shapely
 from rasterio.crs import CRS
 
+from geoseg.qgis import style_gpkg
 from geoseg.tile.work import HIST_DTYPES, ExtractResult
 
 KIND_COLORS = {"positive": "#e41a1c", "hard_negative": "#ff7f00", "easy_negative": "#377eb8"}
@@ -116,7 +116,7 @@ def write_index(path: Path, tiles: pd.DataFrame, geoms: np.ndarray, crs: CRS) ->
     gdf.to_file(path, layer="tiles", driver="GPKG", engine="pyogrio")
     qml = kind_qml()
     path.with_suffix(".qml").write_text(qml)
-    _store_style(path, "tiles", qml)
+    style_gpkg(path, "tiles", [], qml=qml, style_name="by kind", description="geoseg tile kinds")
 
 
 def kind_qml() -> str:
@@ -153,30 +153,6 @@ def kind_qml() -> str:
   <layerGeometryType>2</layerGeometryType>
 </qgis>
 """
-
-
-def _store_style(gpkg: Path, layer: str, qml: str) -> None:
-    """Add ``qml`` as the default style of ``layer`` in the GeoPackage ``layer_styles`` table."""
-    con = sqlite3.connect(str(gpkg))
-    try:
-        con.execute(
-            """CREATE TABLE IF NOT EXISTS layer_styles (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
-            f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT,
-            styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
-            update_time DATETIME DEFAULT CURRENT_TIMESTAMP)"""
-        )
-        # not registered in gpkg_contents: QGIS finds it anyway, and readers see one layer only
-        row = con.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)).fetchone()
-        geom_col = row[0] if row else "geom"
-        con.execute(
-            "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
-            "styleName, styleQML, styleSLD, useAsDefault, description, owner) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            ("", "", layer, geom_col, "by kind", qml, "", 1, "geoseg tile kinds", ""),
-        )
-        con.commit()
-    finally:
-        con.close()
 
 
 def tile_polygons(bounds: np.ndarray, transformer: Any | None) -> np.ndarray:

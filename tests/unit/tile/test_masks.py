@@ -157,3 +157,12 @@ def test_repair_and_explode_counted(tmp_path: Path) -> None:
     assert lab.repaired == 1
     assert lab.features == 2
     assert len(lab.gdf) == 4  # bowtie -> 2 triangles, multipolygon -> 2 boxes
+
+
+def test_tiles_gpkg_carries_a_style_by_kind(small_case: dict) -> None:
+    from geoseg.qgis import read_gpkg_style
+
+    out = _run(small_case)
+    qml = read_gpkg_style(out / "tiles.gpkg", "tiles")
+    assert qml is not None and 'attr="kind"' in qml
+    assert all(f'value="{k}"' in qml for k in ("positive", "hard_negative", "easy_negative"))
