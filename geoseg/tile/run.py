@@ -233,6 +233,11 @@ def run(config: TileConfig) -> TileResult:
         tiles = sel.tiles
         if len(tiles) == 0:
             n_pos = int((kind == "positive").sum())
+            if n_pos:  # positives existed, so the split dropped them all
+                raise EmptyResultError(
+                    f"{config.labels}: all {n_pos} positive tiles lie within one tile of a train/val block border "
+                    "and were dropped; raise --val-block-tiles or lower --val-fraction"
+                )
             raise EmptyResultError(
                 f"{config.labels}: no tile passed the filters ({n_pos} positive candidates of {len(cand)} tiles); "
                 "lower --min-positive-fraction, raise --max-unusable-fraction or check dates/coverage"
