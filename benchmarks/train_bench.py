@@ -67,13 +67,7 @@ def time_step(
         if i == warmup:
             _sync(rt)
             t0 = time.perf_counter()
-        with loop._autocast(rt):
-            logits = model(x)
-        loss = crit(logits, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        loop.train_step(model, x, y, crit, opt, scaler, rt)
     _sync(rt)
     return steps * x.shape[0] / (time.perf_counter() - t0)
 

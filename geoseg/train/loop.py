@@ -154,6 +154,26 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rt: Runtime,
+) -> torch.Tensor:
+    """One optimisation step on an on-device batch (autocast forward, scaled backward); returns the loss."""
+    with _autocast(rt):
+        logits = model(x)
+    loss = criterion(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -175,13 +195,7 @@ def train_one_epoch(
     steps = 0
     for x, y in loader:
         x, y = to_device(x, y, rt)
-        with _autocast(rt):
-            logits = model(x)
-        loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss = train_step(model, x, y, criterion, optimizer, scaler, rt)
         scheduler.step()
         loss_sum += loss.detach().double() * x.shape[0]
         n += x.shape[0]
