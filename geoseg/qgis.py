@@ -39,7 +39,8 @@ _BOUNDARY_NAMES = {"boundary", "contact", "edge", "border"}
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _rgb(color: str) -> tuple[int, int, int]:
+def hex_rgb(color: str) -> tuple[int, int, int]:
+    """``"#rrggbb"`` (or ``"#rgb"``) -> ``(r, g, b)`` ints 0-255: the one colour parser of geoseg."""
     c = color.lstrip("#")
     if len(c) == 3:
         c = "".join(ch * 2 for ch in c)
@@ -47,7 +48,7 @@ def _rgb(color: str) -> tuple[int, int, int]:
 
 
 def _hex(color: str) -> str:
-    r, g, b = _rgb(color)
+    r, g, b = hex_rgb(color)
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
@@ -207,7 +208,7 @@ def _instances_renderer(classes: Sequence[dict[str, Any]], attr: str = "class") 
     fg = _foreground(classes) or [c for c in classes if int(c["id"]) != 0]
     for i, c in enumerate(fg):
         _sub(cats, "category", label=c["name"], value=c["name"], render="true", symbol=i)
-        r, g, b = _rgb(_color(c))
+        r, g, b = hex_rgb(_color(c))
         _fill_symbol(syms, str(i), f"{r},{g},{b},60", f"{r},{g},{b},255", 0.6)
     _sub(rend, "rotation")
     _sub(rend, "sizescale")
@@ -235,7 +236,7 @@ def graduated_qml(attr: str, ranges: Sequence[tuple[float, float, str, str]], fi
     syms = _sub(rend, "symbols")
     for i, (lo, hi, color, label) in enumerate(ranges):
         _sub(rngs, "range", upper=f"{hi:.15f}", label=label, lower=f"{lo:.15f}", render="true", symbol=i)
-        r, g, b = _rgb(color)
+        r, g, b = hex_rgb(color)
         _fill_symbol(syms, str(i), f"{r},{g},{b},{fill_alpha}", "60,60,60,200", 0.2)
     cm = _sub(rend, "classificationMethod", id="Custom")
     _sub(cm, "symmetricMode", astride=0, symmetrypoint=0, enabled=0)

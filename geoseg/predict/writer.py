@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from geoseg.grid import Grid
 from geoseg.predict.stitch import NODATA_U8, RowsOut
+from geoseg.qgis import hex_rgb
 
 PROBABILITIES = "probabilities.tif"
 CLASSES = "classes.tif"
@@ -125,11 +126,6 @@ class ChunkWriter:
         self._check()
 
 
-def _hex_rgb(color: str) -> tuple[int, int, int]:
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
-
-
 def assemble_cogs(
     store: ChunkStore,
     grid: Grid,
@@ -213,7 +209,7 @@ def assemble_cogs(
         if not float_output:
             pds.scales = tuple([1.0 / 254.0] * k)
             pds.offsets = tuple([0.0] * k)
-        cmap = {int(c["id"]): (*_hex_rgb(str(c.get("color", "#808080"))), 255) for c in classes}
+        cmap = {int(c["id"]): (*hex_rgb(str(c.get("color", "#808080"))), 255) for c in classes}
         cmap[NODATA_U8] = (0, 0, 0, 0)
         cds.write_colormap(1, cmap)
     outs = []

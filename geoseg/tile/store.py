@@ -16,7 +16,7 @@ import pandas as pd
 import shapely
 from rasterio.crs import CRS
 
-from geoseg.qgis import style_gpkg
+from geoseg.qgis import hex_rgb, style_gpkg
 from geoseg.tile.work import HIST_DTYPES, ExtractResult
 
 KIND_COLORS = {"positive": "#e41a1c", "hard_negative": "#ff7f00", "easy_negative": "#377eb8"}
@@ -123,7 +123,7 @@ def kind_qml() -> str:
     """A QGIS categorized-renderer style for the tile index: outline colour by ``kind``."""
     cats, syms = [], []
     for i, (kind, color) in enumerate(KIND_COLORS.items()):
-        r, g, b = (int(color[k : k + 2], 16) for k in (1, 3, 5))
+        r, g, b = hex_rgb(color)
         cats.append(f'      <category symbol="{i}" value="{kind}" label="{kind}" render="true"/>')
         syms.append(
             f"""      <symbol type="fill" name="{i}" alpha="1" clip_to_extent="1" force_rhr="0">
