@@ -13,12 +13,10 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from geoseg import SCHEMA_VERSION, __version__
 from geoseg.errors import ConfigError
-
-T = TypeVar("T")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -43,20 +41,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     if not isinstance(out, dict):
         raise TypeError("config must serialise to a mapping")
     return out
-
-
-def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error naming the valid ones."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    try:
-        return cls(**dict(data))
-    except TypeError as e:
-        raise ConfigError(f"{source}: {e}") from None
 
 
 def stamp(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,9 +44,3 @@ def staged_output(out: str | Path) -> Iterator[Path]:
         else:
             os.replace(entry, dest)
     shutil.rmtree(stage, ignore_errors=True)
-
-
-def atomic_path(path: str | Path) -> Path:
-    """A temporary sibling name for ``path`` (same directory, so ``os.replace`` is atomic)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp")
