@@ -346,32 +346,53 @@ def run_cmd(
     print_summary(summary)
 
 
+def _click_exception_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(ClickException types, Abort types) of every click the installed typer may raise.
+
+    typer >= 0.25 vendors click as ``typer._click``; older releases raise the exceptions of the
+    standalone ``click`` package. Both are caught, so usage errors stay short on either.
+    """
+    import importlib
+
+    errors: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        for found, attr in ((errors, "ClickException"), (aborts, "Abort")):
+            if isinstance(getattr(mod, attr, None), type):
+                found.append(getattr(mod, attr))
+    return tuple(errors), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry: GDAL env set once, ``GeosegError`` -> one line + exit 2."""
+    """Console-script entry: GDAL env set once, ``GeosegError`` -> one line + exit 2.
+
+    Usage errors (unknown command or option, missing argument, bad value) print click's short
+    usage message and exit 2; Ctrl-C prints one line and exits 130. Never a traceback for either.
+    """
+    click_errors, click_aborts = _click_exception_types()
     try:
         with gdal_env():
-            app(args=argv, standalone_mode=False)
+            rv = app(args=argv, standalone_mode=False)
     except GeosegError as e:
         typer.echo(f"geoseg: error: {e}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
-        typer.echo("geoseg: interrupted", err=True)
-        return 130
+        rv = 130
     except typer.Exit as e:
-        return int(e.exit_code or 0)
-    except typer.Abort:
+        rv = e.exit_code
+    except click_aborts:
         return 1
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
-            e.show()
-            return 2
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        raise
-    return 0
+    except click_errors as e:
+        e.show()  # type: ignore[attr-defined]
+        return int(getattr(e, "exit_code", 2))
+    code = rv if isinstance(rv, int) else 0
+    if code == 130:  # typer turns KeyboardInterrupt into Exit(130) and *returns* it
+        typer.echo("geoseg: interrupted", err=True)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
