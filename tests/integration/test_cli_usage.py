@@ -36,7 +36,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         (("predict", "--bogus"), "No such option: --bogus"),  # unknown option
         (("tile",), "Missing argument"),  # missing argument
         (("tile", "a.tif", "--out", "o"), "Missing option '--labels'"),  # missing option
-        (("tile", "a.tif", "--labels", "l.gpkg", "--out", "o", "--tile-size", "abc"), "Invalid value for '--tile-size'"),
+        (("tile", "a", "--labels", "l", "--out", "o", "--tile-size", "abc"), "Invalid value for '--tile-size'"),
         (("train", "ds", "--out", "r", "--epochs", "1.5"), "Invalid value for '--epochs'"),  # bad value
     ],
     ids=["unknown-command", "unknown-option", "missing-argument", "missing-option", "bad-int", "bad-epochs"],
