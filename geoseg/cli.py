@@ -47,6 +47,17 @@ def _root(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# shared help of the post-processing options (predict and vectorize)
+_FROM_MODEL = "default: the model's calibrated value, else derived from its label objects"
+_HELP = {
+    "threshold": f"Minimum class probability of an instance pixel ({_FROM_MODEL}, else 0.5).",
+    "min_area": f"Drop instances smaller than this, m² ({_FROM_MODEL}).",
+    "fill_holes": f"Fill holes smaller than this inside instances, m² ({_FROM_MODEL}).",
+    "core_boundary_max": "Boundary probability below which a pixel is an object core that separates touching "
+    f"objects ({_FROM_MODEL}, else 0.3).",
+}
+
+
 # --- stage commands: each parses, builds its stage's config and calls the stage's run() ---------
 @app.command()
 def tile(
@@ -95,8 +106,10 @@ def tile(
     val_fraction: Annotated[float, typer.Option(help="Share of positives in the validation split.")] = 0.2,
     val_block_tiles: Annotated[int, typer.Option(help="Spatial split block edge, in tiles.")] = 8,
     boundary_width: Annotated[
-        int, typer.Option(help="Burn a boundary class this many pixels wide inside outlines (0 = off).")
-    ] = 0,
+        int | None,
+        typer.Option(help="Boundary class this many pixels wide: inside outlines and in gaps between objects, so "
+                     "touching objects can be separated (0 = off; default: from the label object sizes)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same dataset).")] = 0,
     workers: Annotated[int, typer.Option(help="Local dask workers (1 = in-process).")] = 1,
     scheduler: Annotated[
@@ -185,6 +198,11 @@ def train(
     keep: Annotated[
         str, typer.Option(help="Model to keep: best (highest val mIoU) or last (final epoch; for tiny val splits).")
     ] = "best",
+    calibrate: Annotated[
+        bool,
+        typer.Option("--calibrate/--no-calibrate", help="Choose the post-processing (threshold, minimum area, core) "
+                     "that maximises object F1 on the val split; stored in model/config.json."),
+    ] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an OUT that holds a run.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -197,7 +215,8 @@ def train(
         dataset=dataset, out=out, arch=arch, encoder=encoder, weights=weights, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, dice_weight=dice_weight,
         augment=augment, balance_kinds=balance_kinds, max_steps_per_epoch=max_steps_per_epoch, device=device,
-        amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, keep=keep, resume=resume,
+        amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, keep=keep,
+        calibrate=calibrate, resume=resume,
         overwrite=overwrite, progress=progress,
     )  # fmt: skip
     res = run_train(cfg)
@@ -223,8 +242,12 @@ def predict(
     float_output: Annotated[bool, typer.Option("--float", help="float32 probabilities (NaN nodata).")] = False,
     blend: Annotated[str, typer.Option(help="Blend window: hann, cosine, triangular, uniform.")] = "hann",
     bands: Annotated[str | None, typer.Option(help="1-based scene bands fed to the model, e.g. 3,2,1.")] = None,
-    threshold: Annotated[float, typer.Option(help="Minimum class probability of an instance pixel.")] = 0.5,
-    min_area: Annotated[float, typer.Option("--min-area", help="Drop instances smaller than this (m²).")] = 0.0,
+    threshold: Annotated[float | None, typer.Option(help=_HELP["threshold"])] = None,
+    min_area: Annotated[float | None, typer.Option("--min-area", help=_HELP["min_area"])] = None,
+    fill_holes: Annotated[float | None, typer.Option("--fill-holes", help=_HELP["fill_holes"])] = None,
+    core_boundary_max: Annotated[
+        float | None, typer.Option("--core-boundary-max", help=_HELP["core_boundary_max"])
+    ] = None,
     vectorize_: Annotated[bool, typer.Option("--vectorize/--no-vectorize", help="Write instances.gpkg.")] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")] = False,
     workers: Annotated[int, typer.Option(help="Local dask workers (0 = in-process).")] = 0,
@@ -247,8 +270,8 @@ def predict(
         scenes=tuple(str(s) for s in scenes), model=str(model), out=str(out), aoi=str(aoi) if aoi else None,
         bbox=bbox, overlap=overlap, tile_size=tile_size, batch_size=batch_size, device=device, amp=amp, tta=tta,
         float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
-        vectorize=vectorize_, resume=resume, workers=workers, scheduler=scheduler, compress=compress,
-        progress=progress,
+        fill_holes=fill_holes, core_boundary_max=core_boundary_max, vectorize=vectorize_, resume=resume,
+        workers=workers, scheduler=scheduler, compress=compress, progress=progress,
     )  # fmt: skip
     res = run_predict(cfg)
     for s in res.scenes:
@@ -258,9 +281,15 @@ def predict(
 def vectorize(
     raster: Annotated[Path, typer.Argument(help="probabilities.tif of a prediction (or the prediction directory).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoPackage (layer `instances`, styled).")],
-    threshold: Annotated[float, typer.Option(help="Minimum class probability of an object pixel.")] = 0.5,
-    min_area: Annotated[float, typer.Option("--min-area", help="Drop instances smaller than this (m²).")] = 0.0,
-    simplify: Annotated[float, typer.Option(help="Topology-preserving simplification tolerance (pixels).")] = 0.5,
+    threshold: Annotated[float | None, typer.Option(help=_HELP["threshold"])] = None,
+    min_area: Annotated[float | None, typer.Option("--min-area", help=_HELP["min_area"])] = None,
+    fill_holes: Annotated[float | None, typer.Option("--fill-holes", help=_HELP["fill_holes"])] = None,
+    core_boundary_max: Annotated[
+        float | None, typer.Option("--core-boundary-max", help=_HELP["core_boundary_max"])
+    ] = None,
+    simplify: Annotated[
+        float | None, typer.Option(help="Topology-preserving simplification tolerance, pixels (default 0.5).")
+    ] = None,
     block_size: Annotated[int, typer.Option("--block-size", help="Pixels per block side (memory bound).")] = 1024,
     model: Annotated[
         Path | None, typer.Option(help="Model/run directory for class names (default: raster tags, run.json).")
@@ -275,7 +304,8 @@ def vectorize(
     from geoseg.vectorize import run as run_vectorize
 
     cfg = VectorizeConfig(
-        raster=str(raster), out=str(out), threshold=threshold, min_area_m2=min_area, simplify_px=simplify,
+        raster=str(raster), out=str(out), threshold=threshold, min_area_m2=min_area, fill_holes_m2=fill_holes,
+        core_boundary_max=core_boundary_max, simplify_px=simplify,
         block_size=block_size, model=str(model) if model else None, scene=scene, scene_date=scene_date,
     )  # fmt: skip
     res = run_vectorize(cfg)

@@ -11,17 +11,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rasterio.windows
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
-from pyproj import Geod
+from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-__all__ = ["Grid", "Window"]
+__all__ = ["Grid", "Window", "geodesic_area_m2", "geodesic_areas_m2"]
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -188,3 +189,26 @@ def geodesic_area_m2(geom: BaseGeometry, crs: CRS) -> float:
     g = shapely.orient_polygons(g)  # exterior CCW, holes CW: pyproj sums signed ring areas
     area, _ = _GEOD.geometry_area_perimeter(g)
     return abs(float(area))
+
+
+def geodesic_areas_m2(geoms: Any, crs: Any) -> np.ndarray:
+    """True areas in m² (WGS84 ellipsoid) of polygons given in ``crs`` (any CRS), vectorized.
+
+    Holes are subtracted. Equivalent to :func:`geodesic_area_m2` per geometry.
+    """
+    arr = np.asarray(geoms, dtype=object)
+    if arr.size == 0:
+        return np.zeros(0)
+    src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if src.is_geographic and src.equals(ProjCRS.from_epsg(4326)):
+        ll = arr
+    else:
+        t = Transformer.from_crs(src, ProjCRS.from_epsg(4326), always_xy=True)
+
+        def _fn(xy: np.ndarray) -> np.ndarray:
+            x, y = t.transform(xy[:, 0], xy[:, 1])
+            return np.column_stack([x, y])
+
+        ll = shapely.transform(arr, _fn)
+    ll = shapely.orient_polygons(ll)  # exterior CCW, holes CW: pyproj sums signed ring areas
+    return np.array([abs(float(_GEOD.geometry_area_perimeter(g)[0])) for g in ll])

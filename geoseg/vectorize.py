@@ -44,14 +44,14 @@ import rasterio
 import rasterio.features
 import shapely
 from affine import Affine
-from pyproj import CRS as ProjCRS
-from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-from geoseg.errors import ConfigError, InputNotFoundError, RasterReadError
+from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError
+from geoseg.grid import geodesic_areas_m2
+from geoseg.postprocess import PostProcess, resolve_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,6 @@ __all__ = [
 LAYER = "instances"
 # GeoPackage 1.2: read without warnings by older GDALs (QGIS 3.22 ships GDAL 3.6; GDAL 3.10 writes 1.4)
 GPKG_OPTIONS = {"VERSION": "1.2"}
-_GEOD = Geod(ellps="WGS84")
 _STRUCT4 = ndi.generate_binary_structure(2, 1)
 DEFAULT_COLORS = ["#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf"]
 
@@ -163,6 +162,29 @@ def label_instances(
     return BlockLabels(region, marker, cls, fbs)
 
 
+def fill_small_holes(geoms: np.ndarray, max_area: float) -> np.ndarray:
+    """Polygons with interior rings of area < ``max_area`` (units of the coordinates) removed.
+
+    Pure, vectorised over the array; polygons without such holes are returned unchanged.
+    """
+    out = np.asarray(geoms, dtype=object).copy()
+    n_holes = shapely.get_num_interior_rings(out)
+    for i in np.flatnonzero(n_holes > 0).tolist():
+        g = out[i]
+        keep = [r for r in g.interiors if shapely.area(shapely.Polygon(r)) >= max_area]
+        if len(keep) < len(g.interiors):
+            out[i] = shapely.Polygon(g.exterior, keep)
+    return out
+
+
+def pixel_area_m2(crs: Any, transform: Affine, width: int, height: int) -> float:
+    """Mean true area of one pixel (m²) of a raster grid: the footprint's geodesic area / pixels."""
+    if width <= 0 or height <= 0:
+        return 0.0
+    corners = [transform * xy for xy in ((0, 0), (width, 0), (width, height), (0, height))]
+    return float(geodesic_areas_m2([shapely.Polygon(corners)], crs)[0]) / (width * height)
+
+
 def grow_markers(markers: np.ndarray, domain: np.ndarray, max_iter: int = 100_000) -> np.ndarray:
     """Marker-controlled flooding by geodesic distance (a watershed on the distance to the cores).
 
@@ -256,29 +278,6 @@ def _sub(arr: np.ndarray, outer: Window, inner: Window) -> np.ndarray:
     return arr[r : r + int(inner.height), c : c + int(inner.width)]
 
 
-def geodesic_areas_m2(geoms: Any, crs: Any) -> np.ndarray:
-    """True areas in m² (WGS84 ellipsoid) of polygons given in ``crs`` (any CRS), vectorized.
-
-    Holes are subtracted. Equivalent to :func:`geoseg.grid.geodesic_area_m2` per geometry.
-    """
-    arr = np.asarray(geoms, dtype=object)
-    if arr.size == 0:
-        return np.zeros(0)
-    src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    if src.is_geographic and src.equals(ProjCRS.from_epsg(4326)):
-        ll = arr
-    else:
-        t = Transformer.from_crs(src, ProjCRS.from_epsg(4326), always_xy=True)
-
-        def _fn(xy: np.ndarray) -> np.ndarray:
-            x, y = t.transform(xy[:, 0], xy[:, 1])
-            return np.column_stack([x, y])
-
-        ll = shapely.transform(arr, _fn)
-    ll = shapely.orient_polygons(ll)  # exterior CCW, holes CW: pyproj sums signed ring areas
-    return np.array([abs(float(_GEOD.geometry_area_perimeter(g)[0])) for g in ll])
-
-
 # ---------------------------------------------------------------------------------------------
 # block-wise vectorization
 # ---------------------------------------------------------------------------------------------
@@ -331,14 +330,16 @@ def vectorize_prediction(
     scene_date: str | None = None,
     halo: int | None = None,
     core_boundary_max: float = 0.3,
+    fill_holes_m2: float = 0.0,
     style: bool = True,
 ) -> int:
     """Instances of ``probabilities.tif`` (band i+1 = class id i) -> ``out_gpkg`` layer ``instances``.
 
     Attributes: ``class`` (name), ``class_id``, ``score`` (mean class probability over the
     instance's pixels), ``area_m2`` (true m², any CRS), ``scene``, ``scene_date``. CRS = raster CRS.
-    ``min_area_m2`` drops smaller instances; ``simplify_px`` is a topology-preserving
-    simplification tolerance in pixels (0 = none). Nodata pixels never produce polygons.
+    ``min_area_m2`` drops smaller instances; holes smaller than ``fill_holes_m2`` are filled;
+    ``simplify_px`` is a topology-preserving simplification tolerance in pixels (0 = none). See
+    :mod:`geoseg.postprocess` for how the defaults of these are chosen. Nodata pixels never produce polygons.
     Written atomically (temporary name, then rename), with the QGIS style stored in the file
     unless ``style=False``. Returns the number of polygons. Memory: see module docstring.
     """
@@ -366,6 +367,7 @@ def vectorize_prediction(
         thr_raw = threshold / scale - 1e-6
         core_raw = core_boundary_max / scale
         crs, transform = ds.crs, ds.transform
+        px_m2 = pixel_area_m2(ds.crs, ds.transform, ds.width, ds.height)
         uf = _UnionFind()
         node_class = _Buffer(np.int16)
         node_fb = _Buffer(bool)
@@ -434,7 +436,8 @@ def vectorize_prediction(
     return _assemble(
         parts, uf, node_class.view(), node_sum.view(), node_cnt.view(),
         names=names, crs=crs, transform=transform, min_area_m2=min_area_m2, simplify_px=simplify_px,
-        scene=scene, scene_date=scene_date, out_gpkg=out_gpkg, classes=classes, style=style,
+        fill_holes_px=fill_holes_m2 / px_m2 if px_m2 > 0 else 0.0, scene=scene, scene_date=scene_date,
+        out_gpkg=out_gpkg, classes=classes, style=style,
     )  # fmt: skip
 
 
@@ -450,6 +453,7 @@ def _assemble(
     transform: Affine,
     min_area_m2: float,
     simplify_px: float,
+    fill_holes_px: float,
     scene: str,
     scene_date: str | None,
     out_gpkg: Path,
@@ -474,6 +478,8 @@ def _assemble(
             gclass.append(int(node_class[root]))
             gscore.append(score)
     arr = np.array(geoms, dtype=object)
+    if len(arr) and fill_holes_px > 0:
+        arr = fill_small_holes(arr, fill_holes_px)
     if len(arr):
         # canonical rings (start at the min corner, no collinear seam vertices), so the result
         # does not depend on where the block seams were
@@ -653,13 +659,20 @@ def _norm_classes(classes: list[Any]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VectorizeConfig:
-    """Options of ``geoseg vectorize`` (written next to the output as ``<out>.json``)."""
+    """Options of ``geoseg vectorize`` (written next to the output as ``<out>.json``).
+
+    ``None`` post-processing values come from the model (calibrated, else derived from the label
+    objects; see :mod:`geoseg.postprocess`); the model is ``model`` or the one recorded in the
+    raster's ``MODEL`` tag.
+    """
 
     raster: str
     out: str
-    threshold: float = 0.5
-    min_area_m2: float = 0.0
-    simplify_px: float = 0.5
+    threshold: float | None = None
+    min_area_m2: float | None = None
+    fill_holes_m2: float | None = None
+    core_boundary_max: float | None = None
+    simplify_px: float | None = None
     block_size: int = 1024
     model: str | None = None
     scene: str | None = None
@@ -686,13 +699,41 @@ def run(config: VectorizeConfig) -> dict[str, Any]:
         raise RasterReadError(f"{raster}: not a readable raster ({str(e).splitlines()[0]})") from None
     scene = scene if scene is not None else tags.get("scene", "")
     date = date if date is not None else (tags.get("scene_date") or None)
+    post = _resolve_post(config, raster, tags, classes, boundary)
     out = Path(config.out)
     n = vectorize_prediction(
-        raster, out, classes=classes, boundary_class=boundary, threshold=config.threshold,
-        min_area_m2=config.min_area_m2, simplify_px=config.simplify_px, block_size=config.block_size,
-        scene=scene or "", scene_date=date,
+        raster, out, classes=classes, boundary_class=boundary, threshold=post.threshold,
+        min_area_m2=post.min_area_m2, fill_holes_m2=post.fill_holes_m2, core_boundary_max=post.core_boundary_max,
+        simplify_px=post.simplify_px, block_size=config.block_size, scene=scene or "", scene_date=date,
     )  # fmt: skip
     result = {"config": to_dict(config), "raster": str(raster), "out": str(out), "polygons": n,
-              "classes": classes, "boundary_class": boundary}  # fmt: skip
+              "classes": classes, "boundary_class": boundary, "postprocess": post.to_dict()}  # fmt: skip
     write_json(out.with_suffix(".json"), result)
     return result
+
+
+def _resolve_post(
+    config: VectorizeConfig, raster: Path, tags: dict[str, str], classes: list[dict], boundary: int | None
+) -> PostProcess:
+    """Post-processing for an existing prediction: options > its model's config > the raster's grid."""
+    from geoseg.train.model import read_model_config
+
+    mcfg: dict[str, Any] = {}
+    for src in (config.model, tags.get("model")):
+        if not src:
+            continue
+        try:
+            mcfg = read_model_config(src)
+            break
+        except (GeosegError, OSError):
+            if src == config.model:
+                raise
+            log.info("%s: model %s of the MODEL tag not readable; post-processing from the raster", raster, src)
+    if mcfg.get("resolution_m") is None:
+        with rasterio.open(raster) as ds:
+            mcfg = {**mcfg, "resolution_m": math.sqrt(pixel_area_m2(ds.crs, ds.transform, ds.width, ds.height))}
+    fg = [int(c["id"]) for c in classes if int(c["id"]) not in (0, boundary)]
+    return resolve_postprocess(
+        mcfg, fg_classes=fg, threshold=config.threshold, min_area_m2=config.min_area_m2,
+        fill_holes_m2=config.fill_holes_m2, core_boundary_max=config.core_boundary_max, simplify_px=config.simplify_px,
+    )  # fmt: skip

@@ -36,6 +36,7 @@ from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
 from geoseg.io.rasters import SceneInfo, open_raster, read_window, scene_info
 from geoseg.io.vectors import read_aoi
+from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
 from geoseg.predict.plan import Band, ScenePlan, aoi_geometry, plan_scene
 from geoseg.predict.stitch import PredictFn, RowReader, input_width, predict_band
@@ -54,8 +55,9 @@ class PredictConfig:
 
     ``overlap`` (pixels) defaults to a quarter of the tile; ``tile_size`` to the model's;
     ``bands`` are 1-based scene band indexes fed to the model (default: all, in order);
-    ``min_area`` is in true m²; ``workers`` > 0 starts a local dask cluster, ``scheduler``
-    connects to one.
+    ``threshold``, ``min_area`` and ``fill_holes`` (true m²) and ``core_boundary_max`` default
+    (None) to the model's calibrated or data-derived values (:mod:`geoseg.postprocess`);
+    ``workers`` > 0 starts a local dask cluster, ``scheduler`` connects to one.
     """
 
     scenes: tuple[str, ...]
@@ -72,8 +74,10 @@ class PredictConfig:
     float_output: bool = False
     blend: str = "hann"
     bands: tuple[int, ...] | None = None
-    threshold: float = 0.5
-    min_area: float = 0.0
+    threshold: float | None = None
+    min_area: float | None = None
+    fill_holes: float | None = None
+    core_boundary_max: float | None = None
     vectorize: bool = True
     resume: bool = False
     workers: int = 0
@@ -229,6 +233,7 @@ class _Prepared:
     out: Path
     scene_dirs: list[Path]
     fingerprint: str
+    post: PostProcess | None = None
 
 
 def _prepare(cfg: PredictConfig) -> _Prepared:
@@ -242,10 +247,13 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     if cfg.compress.upper() not in COMPRESSIONS:
         raise ConfigError(f"--compress {cfg.compress!r}: use one of {', '.join(COMPRESSIONS)}")
     BLEND_WINDOWS[cfg.blend]  # unknown name -> RegistryError listing the valid ones
-    if not 0.0 < cfg.threshold < 1.0:
+    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1, got {cfg.threshold}")
-    if cfg.min_area < 0:
-        raise ConfigError(f"--min-area must be >= 0 m², got {cfg.min_area}")
+    if cfg.core_boundary_max is not None and not 0.0 < cfg.core_boundary_max < 1.0:
+        raise ConfigError(f"--core-boundary-max must be between 0 and 1, got {cfg.core_boundary_max}")
+    for opt, val in (("--min-area", cfg.min_area), ("--fill-holes", cfg.fill_holes)):
+        if val is not None and not val >= 0:
+            raise ConfigError(f"{opt} must be >= 0 m², got {val}")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
@@ -304,7 +312,15 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     single = len(kept) == 1
     scene_dirs = [out if single else out / Path(i.path).stem for i in kept]
     fp = _fingerprint(cfg, model_dir, mcfg, kept, plans, final_indexes)
-    return _Prepared(cfg, model_dir, mcfg, kept, plans, skipped, final_indexes, tile, overlap, out, scene_dirs, fp)
+    bnd = mcfg.get("boundary_class")
+    post = resolve_postprocess(
+        mcfg, fg_classes=[int(c["id"]) for c in classes if int(c["id"]) not in (0, bnd)],
+        threshold=cfg.threshold, min_area_m2=cfg.min_area, fill_holes_m2=cfg.fill_holes,
+        core_boundary_max=cfg.core_boundary_max,
+    )  # fmt: skip
+    return _Prepared(
+        cfg, model_dir, mcfg, kept, plans, skipped, final_indexes, tile, overlap, out, scene_dirs, fp, post
+    )
 
 
 def _no_overlap_message(cfg: PredictConfig, aoi: Any, infos: list[SceneInfo]) -> str:
@@ -409,6 +425,8 @@ def _finish_scene(
     n_poly: int | None = None
     if cfg.vectorize:
         t = time.perf_counter()
+        post = prep.post
+        assert post is not None  # resolved in _prepare
         vec = _optional("geoseg.vectorize")
         if vec is not None:
             gpkg = stage / INSTANCES
@@ -419,8 +437,11 @@ def _finish_scene(
                         gpkg,
                         classes=classes,
                         boundary_class=mcfg.get("boundary_class"),
-                        threshold=cfg.threshold,
-                        min_area_m2=cfg.min_area,
+                        threshold=post.threshold,
+                        min_area_m2=post.min_area_m2,
+                        fill_holes_m2=post.fill_holes_m2,
+                        core_boundary_max=post.core_boundary_max,
+                        simplify_px=post.simplify_px,
                         scene=info.name,
                         scene_date=info.date.isoformat() if info.date else None,
                     )
@@ -576,6 +597,7 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
             "model_config": prep.model_cfg,
             "tile_size": prep.tile,
             "overlap": prep.overlap,
+            "postprocess": prep.post.to_dict() if prep.post is not None else None,
             "layout": "flat" if len(prep.infos) == 1 else "per-scene",
             "scenes": [to_dict(r) for r in results],
             "skipped_scenes": prep.skipped,

@@ -15,7 +15,9 @@ Conventions (also in the README):
 * Boundary class (``boundary_width = w > 0``): a label pixel is boundary when a pixel within ``w``
   pixels (Chebyshev distance, i.e. a ``2w+1`` square) belongs to another instance or to no valid
   label. So outlines get an inner rim of ``w`` pixels and touching polygons are separated by ``2w``
-  pixels. The scene edge is not an outline (computed as if the scene went on).
+  pixels. Close contact: a *background* pixel within ``w`` pixels of two different instances (the
+  narrow gap between neighbours, as in HOT's ramp) is boundary too, so the model learns to keep
+  the gap open. The scene edge is not an outline (computed as if the scene went on).
 
 All rasterization uses the pixel-centre rule (``all_touched=False``) and is done per window, so
 the cost and memory are bounded by the window, not the scene.
@@ -339,7 +341,8 @@ def burn_mask(
         if len(val_pad):
             inst = labels.instance.tolist()
             pairs = [(prep.shapes[i], inst[i]) for i in val_pad]
-            out[boundary_pixels(grid, pairs, pad)] = boundary_class
+            rim, gap = boundary_pixels(grid, pairs, pad)
+            out[rim | (gap & (out == 0))] = boundary_class
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
@@ -348,8 +351,9 @@ def burn_mask(
     return out
 
 
-def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> np.ndarray:
-    """Bool (H, W): label pixels within ``width`` px of another instance or of unlabelled space.
+def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rim, gap)`` bool (H, W): label pixels within ``width`` px of another instance or of unlabelled
+    space; unlabelled pixels within ``width`` px of two different instances (close contact).
 
     ``shapes``: ``(geometry, instance id > 0)`` pairs, later pairs win where they overlap.
     """
@@ -360,7 +364,11 @@ def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> np
     hi = ndimage.maximum_filter(inst, size=size, mode="nearest")
     lo = ndimage.minimum_filter(inst, size=size, mode="nearest")
     edge = (inst > 0) & ((hi != inst) | (lo != inst))
-    return edge[pad : pad + grid.height, pad : pad + grid.width]
+    big = np.iinfo(np.int32).max
+    lo_nz = ndimage.minimum_filter(np.where(inst > 0, inst, big), size=size, mode="nearest")
+    gap = (inst == 0) & (hi > 0) & (lo_nz < big) & (hi != lo_nz)
+    crop = (slice(pad, pad + grid.height), slice(pad, pad + grid.width))
+    return edge[crop], gap[crop]
 
 
 @dataclass(frozen=True)

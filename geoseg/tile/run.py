@@ -37,6 +37,7 @@ from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
 from geoseg.tile import sampling, store
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
+from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
 from geoseg.tile.parallel import Executor
 from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
 
@@ -71,7 +72,7 @@ class TileConfig:
     max_unusable_fraction: float = 0.5  # nodata or ignore
     val_fraction: float = 0.2
     val_block_tiles: int = 8
-    boundary_width: int = 0
+    boundary_width: int | None = None  # None: auto from the label object sizes (tile.objects)
     seed: int = 0
     workers: int = 1
     scheduler: str | None = None
@@ -91,7 +92,7 @@ class TileConfig:
             (0 <= self.max_unusable_fraction <= 1, "--max-unusable-fraction must be in [0, 1]"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (self.val_block_tiles >= 1, "--val-block-tiles must be >= 1"),
-            (self.boundary_width >= 0, "--boundary-width must be >= 0"),
+            (self.boundary_width is None or self.boundary_width >= 0, "--boundary-width must be >= 0"),
             (self.max_label_age is None or self.max_label_age >= 0, "--max-label-age must be >= 0 days"),
             (self.workers >= 1, "--workers must be >= 1"),
             (len(self.scene_dates) in (0, 1, len(self.scenes)), "give one --scene-date, or one per scene"),
@@ -141,8 +142,6 @@ def run(config: TileConfig) -> TileResult:
                 )
     coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
     lookalikes = read_polygons(config.hard_negatives, what="hard-negatives layer") if config.hard_negatives else None
-    boundary_class = len(labels.class_names) + 1 if config.boundary_width > 0 else None
-
     per_scene = []
     for s in scenes:
         valid = labels.validity(s.date, max_age_days=config.max_label_age, undated=config.undated)
@@ -162,6 +161,13 @@ def run(config: TileConfig) -> TileResult:
             log.warning("%s: %d undated labels dropped (their pixels are ignore)", config.labels, labels.undated)
     if all(sl.n_valid == 0 for sl in per_scene):
         log.warning("%s: no label is valid for any scene date; every labelled pixel is ignore", config.labels)
+
+    objects = label_object_summary(per_scene, [s.grid.crs for s in scenes], scenes[0].grid.resolution_m())
+    if config.boundary_width is None:
+        boundary_width, boundary_source = auto_boundary_width(objects), "auto"
+    else:
+        boundary_width, boundary_source = int(config.boundary_width), "option"
+    boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
 
     # ---- chunk plan -------------------------------------------------------------------------
     itemsize = np.dtype(dtype).itemsize
@@ -196,7 +202,7 @@ def run(config: TileConfig) -> TileResult:
         timer.lap("start-up")
         # ---- scan ----------------------------------------------------------------------------
         scan_items = []
-        pad_px = config.boundary_width + 2
+        pad_px = boundary_width + 2
         for si, (s, cache, tree, chunks) in enumerate(plans):
             for key, tiles in sorted(chunks.items()):
                 r0 = min(r for r, _ in tiles)
@@ -268,7 +274,7 @@ def run(config: TileConfig) -> TileResult:
                 str(zarr_path),
                 dtype,
                 boundary_class,
-                config.boundary_width,
+                boundary_width,
                 cache,
             )
             ex_items.append(((int(si), int(cr), int(cc)), task))
@@ -307,6 +313,8 @@ def run(config: TileConfig) -> TileResult:
             "tile_size": t_size,
             "bands": store.band_stats(ordered, dtype, names),
             "resolution_m": first.resolution_m(),
+            "objects": objects,
+            "boundary": {"width_px": boundary_width, "source": boundary_source, "rule": BOUNDARY_RULE},
             "scenes": [s.to_dict() for s in scenes],
             "date_range": _date_range(scenes),
             "tiles_crs": first.crs.to_wkt(),

@@ -36,7 +36,7 @@ from geoseg.train import loop
 from geoseg.train.dataset import DatasetInfo, TileDataset, TileSampler, kind_weights, read_dataset
 from geoseg.train.losses import LOSSES, build_loss
 from geoseg.train.metrics import class_scores, mean_iou, rank_score, score_classes
-from geoseg.train.model import ARCHS, DEFAULT_ENCODER, build_model, save_model
+from geoseg.train.model import ARCHS, DEFAULT_ENCODER, build_model, load_model, read_model_config, save_model
 from geoseg.train.report import plot_curves, write_metrics_csv
 from geoseg.train.transforms import build_train_transform
 from geoseg.train.weights import apply_weights
@@ -81,6 +81,8 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     keep: str = "best"  # best: epoch with the highest val mIoU; last: the final epoch (tiny val splits)
+    calibrate: bool = True  # choose the post-processing on the val split (geoseg.train.calibrate)
+    calibrate_max_tiles: int = 256
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -97,6 +99,7 @@ class TrainConfig:
             "--max-steps-per-epoch": self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
             "--workers": self.workers is None or self.workers >= 0,
             "--threads": self.threads is None or self.threads >= 1,
+            "--calibrate-max-tiles": self.calibrate_max_tiles >= 1,
         }
         for opt, ok in checks.items():
             if not ok:
@@ -137,6 +140,7 @@ def model_config(cfg: TrainConfig, ds: DatasetInfo, weights_info: dict[str, Any]
         "resolution_m": info.get("resolution_m"),
         "dataset": str(ds.path),
         "date_range": info.get("date_range"),
+        "objects": info.get("objects"),  # label object areas: the instance step's derived defaults
         "dtype": ds.dtype,
         "weights": weights_info.get("source"),
         "score": {"name": "mIoU", "class_ids": score_classes(ds.num_classes, ds.boundary_class)},
@@ -375,6 +379,8 @@ def _run(cfg: TrainConfig) -> TrainResult:
     if rt.is_main:
         if not (out / "model").exists():  # resumed a run whose model/ was deleted: export the checkpoint state
             save_model(out / "model", model, {**mcfg, "epoch": len(history), "val_miou": history[-1]["miou"]})
+        if cfg.calibrate:
+            run_info["postprocess"] = _calibrate(out / "model", val_ds, rt, cfg)
         run_info["timing"] = {"seconds_this_session": round(time.perf_counter() - t_start, 3)}
         _write_reports(out, history, ds.classes, run_info, "complete", best, best_epoch, cfg)
     if rt.distributed:
@@ -382,6 +388,39 @@ def _run(cfg: TrainConfig) -> TrainResult:
         torch.distributed.destroy_process_group()
     best_miou = history[best_epoch - 1]["miou"] if best_epoch else math.nan
     return TrainResult(out, out / "model", len(history), best_epoch, best_miou, history, rt.is_main)
+
+
+def _calibrate(model_dir: Path, val_ds: TileDataset, rt: loop.Runtime, cfg: TrainConfig) -> dict[str, Any]:
+    """Calibrate the kept model's post-processing on the val split; store it in its config.json."""
+    from geoseg.train.calibrate import calibrate, val_probabilities
+
+    mcfg = read_model_config(model_dir)
+    if len(val_ds) == 0:
+        block: dict[str, Any] = {"calibrated": False, "reason": "no validation tiles; derived defaults used"}
+    else:
+        model, _ = load_model(model_dir, rt.device)
+        rows = np.arange(len(val_ds))
+        if len(rows) > cfg.calibrate_max_tiles:
+            rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.calibrate_max_tiles, replace=False))
+        sub = TileDataset(
+            val_ds.zarr_path, val_ds.rows[rows], val_ds.mean.ravel(), 1.0 / val_ds.scale.ravel(),
+            num_classes=val_ds.num_classes, ignore_index=val_ds.ignore_index, nodata=val_ds.nodata,
+        )  # fmt: skip
+        t = time.perf_counter()
+        probs, masks = val_probabilities(model, sub, rt.device, batch_size=cfg.batch_size)
+        block = calibrate(probs, masks, model_cfg=mcfg, progress=cfg.progress)
+        block["seconds"] = round(time.perf_counter() - t, 2)
+    if block.get("calibrated"):
+        p, sc, d = block["params"], block["scores"], block["default_scores"]
+        log.info(
+            "calibrated post-processing on %d val tiles: threshold %.2f, core %.2f, min area %.2f m² -> object F1 "
+            "%.3f (defaults %.3f)", block["tiles"], p["threshold"], p["core_boundary_max"], p["min_area_m2"],
+            sc["f1"], d["f1"],
+        )  # fmt: skip
+    else:
+        log.warning("%s: post-processing not calibrated: %s", model_dir, block["reason"])
+    write_json(model_dir / "config.json", {**mcfg, "postprocess": block})
+    return block
 
 
 def _write_reports(

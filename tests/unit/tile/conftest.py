@@ -105,11 +105,16 @@ def reference_mask(
         )
         edge = np.zeros(inst.shape, bool)
         core = inst[p:-p, p:-p]
+        first = np.zeros(core.shape, np.int64)  # some instance id seen in the neighbourhood (0: none yet)
+        two = np.zeros(core.shape, bool)  # two different instance ids seen
         for dy in range(-p, p + 1):
             for dx in range(-p, p + 1):
                 nb = inst[p + dy : p + dy + grid.height, p + dx : p + dx + grid.width]
                 edge[p:-p, p:-p] |= (core > 0) & (nb != core)
-        out[edge[p:-p, p:-p]] = len(classes) + 1
+                two |= (nb > 0) & (first > 0) & (nb != first)
+                first = np.where((first == 0) & (nb > 0), nb, first)
+        gap = (core == 0) & two & (out == 0)  # close contact: background between two instances
+        out[edge[p:-p, p:-p] | gap] = len(classes) + 1
     if coverage is not None:
         cov = rasterize(
             [(x, 1) for x in coverage.to_crs(grid.crs.to_wkt()).geometry],

@@ -22,7 +22,8 @@ from geoseg.tile import TileConfig, run
 
 from .conftest import SCENE_DATE, load_dataset, random_labels, reference_mask
 
-ALL = {"negative_ratio": 100.0, "val_fraction": 0.0, "max_unusable_fraction": 1.0, "min_positive_fraction": 0.0}
+ALL = {"negative_ratio": 100.0, "val_fraction": 0.0, "max_unusable_fraction": 1.0, "min_positive_fraction": 0.0,
+       "boundary_width": 0}  # the rim is tested on its own (the default is auto)
 
 
 def _tile(tmp: Path, scenes: list[Path], labels: Path, out: str = "ds", **kw) -> Path:
@@ -235,7 +236,35 @@ def test_touching_polygons_are_separated_by_boundary(tmp_path: Path) -> None:
     m = load_dataset(out)[2][0]
     assert (m[8:18, 13] == 2).all() and (m[8:18, 14] == 2).all()  # both sides of the shared edge
     assert (m[10:16, 6:12] == 1).all() and (m[10:16, 16:22] == 1).all()  # interiors stay class 1
-    assert (m[8, 4:24] == 2).all() and (m[7, 4:24] == 0).all()  # outline inside, background outside
+    assert (m[8, 4:24] == 2).all() and (m[7, 4:13] == 0).all() and (m[7, 15:24] == 0).all()  # outline inside
+    assert (m[7, 13:15] == 2).all()  # close contact: the background pixels touching both ends of the seam
+
+
+def test_narrow_gap_between_objects_is_close_contact(tmp_path: Path) -> None:
+    g = write_scene(tmp_path / "s.tif", xy_image(32, 32, 1, "uint8"))
+    left, right = pixel_box(g, 8, 4, 10, 10), pixel_box(g, 8, 16, 10, 10)  # columns 14-15 between them
+    far = pixel_box(g, 24, 4, 6, 6)  # 6 px below `left`: no contact with it
+    p = write_labels(tmp_path / "l.gpkg", [left, right, far], g.crs, **{"class": ["a", "a", "a"]})
+    out = _tile(tmp_path, [tmp_path / "s.tif"], p, boundary_width=2)
+    m = load_dataset(out)[2][0]
+    assert (m[8:18, 14:16] == 2).all()  # the 2-px gap: within 2 px of both neighbours
+    assert (m[19:23, 4:10] == 0).all()  # between left and far: background (too far apart)
+
+
+def test_default_boundary_width_comes_from_object_sizes(tmp_path: Path) -> None:
+    g = write_scene(tmp_path / "s.tif", xy_image(64, 64, 1, "uint8"))
+    big = [pixel_box(g, 4 + 30 * (i // 2), 4 + 30 * (i % 2), 24, 24) for i in range(4)]  # 576 px each
+    small = [pixel_box(g, 4 + 16 * (i // 4), 4 + 16 * (i % 4), 8, 8) for i in range(16)]  # 64 px each
+    tiny = [pixel_box(g, 4 + 8 * (i // 8), 4 + 8 * (i % 8), 4, 4) for i in range(64)]  # 16 px each
+    for name, geoms, width in (("big", big, 2), ("small", small, 1), ("tiny", tiny, 0)):
+        p = write_labels(tmp_path / f"{name}.gpkg", geoms, g.crs, **{"class": ["a"] * len(geoms)})
+        cfg = TileConfig(scenes=(str(tmp_path / "s.tif"),), labels=str(p), out=str(tmp_path / name), tile_size=32,
+                         progress=False, **{**ALL, "boundary_width": None})  # fmt: skip
+        run(cfg)
+        info = json.loads((tmp_path / name / "dataset.json").read_text())
+        assert info["boundary"] == {**info["boundary"], "width_px": width, "source": "auto"}, name
+        assert (info["boundary_class"] is not None) == (width > 0)
+        assert info["objects"]["per_class"]["1"]["count"] == len(geoms)
 
 
 @pytest.mark.parametrize("codec", ["blosc", "zstd"])
