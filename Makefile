@@ -1,6 +1,7 @@
-# Two entry points for a new machine; each creates .venv and installs geoseg when missing.
+# Entry points for a new machine; each creates .venv and installs geoseg when missing.
 #   make demo   -> the main job: the sample AOI pipeline (tile, train, predict, evaluate)
 #   make test   -> the test-suite
+#   make lint   -> ruff check + mypy (both must be clean; CI runs it)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -25,6 +26,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check geoseg tests benchmarks scripts
+	$(VENV)/bin/mypy geoseg
 
 render:
 	QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/render_qgis.py $(OUT)/predict --out docs/qgis_render.jpg

@@ -108,8 +108,9 @@ def training_pixels(
     dataset = Path(dataset)
     tiles = gpd.read_file(dataset / "tiles.gpkg", layer="tiles")
     idx = sorted(int(i) for i in tiles.loc[tiles["split"] == "train", "index"])
-    root = zarr.open_group(str(dataset / "tiles.zarr"), mode="r")
-    images, masks = root["images"], root["masks"]
+    store = str(dataset / "tiles.zarr")
+    images = zarr.open_array(store, path="images", mode="r")
+    masks = zarr.open_array(store, path="masks", mode="r")
     rng = np.random.default_rng(seed)
     per_tile = max(1, max_pixels // max(len(idx), 1))
     xs, ys = [], []

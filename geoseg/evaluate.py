@@ -151,7 +151,9 @@ def _match(pg: np.ndarray, tg: np.ndarray, pcls: np.ndarray | None, tcls: np.nda
         sel = pair_comp == c
         ps, ts, vs = pi[sel], ti[sel], ious[sel]
         if len(ps) == 1:
-            mp.append(ps[0]), mt.append(ts[0]), mi.append(vs[0])
+            mp.append(ps[0])
+            mt.append(ts[0])
+            mi.append(vs[0])
             continue
         up, ip = np.unique(ps, return_inverse=True)
         ut, it = np.unique(ts, return_inverse=True)
@@ -160,7 +162,9 @@ def _match(pg: np.ndarray, tg: np.ndarray, pcls: np.ndarray | None, tcls: np.nda
         rows, cols = linear_sum_assignment(m, maximize=True)
         for r, c2 in zip(rows, cols, strict=True):
             if m[r, c2] > 0:
-                mp.append(up[r]), mt.append(ut[c2]), mi.append(m[r, c2])
+                mp.append(up[r])
+                mt.append(ut[c2])
+                mi.append(m[r, c2])
     return np.array(mp, int), np.array(mt, int), np.array(mi, float)
 
 

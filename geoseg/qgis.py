@@ -553,8 +553,8 @@ def write_project(out_dir: Path, imagery: list[Path], rasters: list[Path], vecto
             _sub(ml, "featureBlendMode", "0")
             _sub(ml, "layerOpacity", "1")
     props = _sub(root, "properties")
-    paths = _sub(props, "Paths")
-    _sub(paths, "Absolute", "false", type="bool")
+    paths_el = _sub(props, "Paths")
+    _sub(paths_el, "Absolute", "false", type="bool")
     _sub(_sub(props, "SpatialRefSys"), "ProjectionsEnabled", "1", type="int")
     out = out_dir / "project.qgs"
     return _atomic_write_text(out, _to_string(root))

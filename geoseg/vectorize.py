@@ -418,8 +418,8 @@ def vectorize_prediction(
             # interior: scores and polygons
             inner = _sub(region, ext, win)
             lid = np.where(inner > 0, inner - off, 0).astype(np.int32)
-            sums = np.zeros(lab.n + 1)
-            cnts = np.zeros(lab.n + 1, np.int64)
+            sums: np.ndarray = np.zeros(lab.n + 1)
+            cnts: np.ndarray = np.zeros(lab.n + 1, np.int64)
             if lab.n:
                 pin = data[:, int(win.row_off - ext.row_off) : int(win.row_off - ext.row_off + win.height),
                            int(win.col_off - ext.col_off) : int(win.col_off - ext.col_off + win.width)]  # fmt: skip

@@ -1,4 +1,6 @@
-"""GDAL settings set once, at the CLI entry (DESIGN.md principle 7)."""
+"""GDAL settings in one place: the CLI enters :func:`gdal_env` once per command; worker tasks and
+stages called from Python enter it again (it is re-entrant, and a worker process does not inherit
+the parent's ``rasterio.Env``)."""
 
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def make_reader(ds: Any, plan: ScenePlan, indexes: tuple[int, ...], mean: np.nda
 def read_cache_bytes(ds: Any, tile: int) -> int:
     """GDAL block cache for reading a scene strip by strip: the block rows under one strip of windows.
 
-    Sized to the work (DESIGN principle 7) so memory stays bounded by the scene width: a too-small
+    Sized to the work (not a constant) so memory stays bounded by the scene width: a too-small
     cache re-decodes blocks, a whole-scene one grows with the scene. 64 MB .. 1 GB, in bytes.
     """
     block_h = int(ds.block_shapes[0][0]) if ds.block_shapes else 256
@@ -423,53 +423,38 @@ def _finish_scene(
     timing["cog_s"] = time.perf_counter() - t
     files = [prob, cls]
     n_poly: int | None = None
+    from geoseg import qgis as qg
+
     if cfg.vectorize:
+        from geoseg import vectorize as vec
+
         t = time.perf_counter()
         post = prep.post
         assert post is not None  # resolved in _prepare
-        vec = _optional("geoseg.vectorize")
-        if vec is not None:
-            gpkg = stage / INSTANCES
-            with gdal_env():
-                n_poly = int(
-                    vec.vectorize_prediction(
-                        prob,
-                        gpkg,
-                        classes=classes,
-                        boundary_class=mcfg.get("boundary_class"),
-                        threshold=post.threshold,
-                        min_area_m2=post.min_area_m2,
-                        fill_holes_m2=post.fill_holes_m2,
-                        core_boundary_max=post.core_boundary_max,
-                        simplify_px=post.simplify_px,
-                        scene=info.name,
-                        scene_date=info.date.isoformat() if info.date else None,
-                    )
+        gpkg = stage / INSTANCES
+        with gdal_env():
+            n_poly = int(
+                vec.vectorize_prediction(
+                    prob,
+                    gpkg,
+                    classes=classes,
+                    boundary_class=mcfg.get("boundary_class"),
+                    threshold=post.threshold,
+                    min_area_m2=post.min_area_m2,
+                    fill_holes_m2=post.fill_holes_m2,
+                    core_boundary_max=post.core_boundary_max,
+                    simplify_px=post.simplify_px,
+                    scene=info.name,
+                    scene_date=info.date.isoformat() if info.date else None,
                 )
-            if gpkg.exists():
-                files.append(gpkg)
-            timing["vectorize_s"] = time.perf_counter() - t
-    qg = _optional("geoseg.qgis")
-    if qg is not None:
-        files += [
-            Path(p) for p in qg.write_raster_styles(cls, prob, classes, boundary_class=mcfg.get("boundary_class"))
-        ]
-        if (stage / INSTANCES).exists():
-            qg.style_gpkg(stage / INSTANCES, "instances", classes)
+            )
+        if gpkg.exists():
+            files.append(gpkg)
+        timing["vectorize_s"] = time.perf_counter() - t
+    files += [Path(p) for p in qg.write_raster_styles(cls, prob, classes, boundary_class=mcfg.get("boundary_class"))]
+    if (stage / INSTANCES).exists():
+        qg.style_gpkg(stage / INSTANCES, "instances", classes)
     return files, n_poly, timing
-
-
-def _optional(name: str) -> Any:
-    """Import a sibling module that may not exist yet in this build (vectorize, qgis)."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        log.warning("%s is not available; skipping its outputs", name)
-        return None
 
 
 def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> PredictResult:
@@ -581,13 +566,12 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
         for f in files:
             if f.exists() or not (dest_dir / f.name).exists():  # (a resumed run may have moved it already)
                 os.replace(f, dest_dir / f.name)
-    qg = _optional("geoseg.qgis")
-    project = None
-    if qg is not None:
-        rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
-        vectors = [d / INSTANCES for d, _ in staged if (d / INSTANCES).exists()]
-        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20):  # it samples the imagery: keep the block cache small
-            project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
+    from geoseg import qgis as qg
+
+    rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
+    vectors = [d / INSTANCES for d, _ in staged if (d / INSTANCES).exists()]
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2**20):  # it samples the imagery: keep the block cache small
+        project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
     run_json = write_json(
         out / "run.json",
         {

@@ -336,7 +336,7 @@ def burn_mask(
     if len(val):
         ids = labels.class_ids.tolist()
         rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
-    if pad:
+    if pad and boundary_class is not None:  # pad > 0 implies a boundary class
         val_pad = np.flatnonzero(near & labels.valid)
         if len(val_pad):
             inst = labels.instance.tolist()

@@ -179,7 +179,8 @@ def run(config: TileConfig) -> TileResult:
             block = ds.block_shapes[0]
         cache = gdal_cache_mb(s.grid.width, block, s.count, itemsize, chunk_px)
         tree = shapely.STRtree(per_scene[si].geoms)
-        chunks: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        # (row phase, col phase, chunk row, chunk col) -> tile offsets (row, col)
+        chunks: dict[tuple[int, int, int, int], list[tuple[int, int]]] = {}
         for w in s.grid.tiles(t_size, config.stride or t_size, pad=True):
             r, c = int(w.row_off), int(w.col_off)
             # tiles of one chunk share a lattice of pitch t_size (the scan cuts tiles by reshaping),
@@ -212,9 +213,9 @@ def run(config: TileConfig) -> TileResult:
                 scan_items.append(((si, *key), ScanTask(_abs(s.path), s.grid, win, tuple(tiles), t_size, sub, cache)))
         scan: dict[Any, ScanResult] = {}
         with _bar(n_candidates, "scan", config.progress) as bar:
-            for key, res in ex.map(scan_chunk, scan_items):
-                scan[key] = res
-                bar.update(len(res.rows))
+            for key, sres in ex.map(scan_chunk, scan_items):
+                scan[key] = sres
+                bar.update(len(sres.rows))
         del scan_items
         timer.lap(f"scan ({n_candidates} tiles)")
         cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size)
@@ -280,9 +281,9 @@ def run(config: TileConfig) -> TileResult:
             ex_items.append(((int(si), int(cr), int(cc)), task))
         results: dict[Any, ExtractResult] = {}
         with _bar(len(tiles), "tiles", config.progress) as bar:
-            for key, res in ex.map(extract_chunk, ex_items):
-                results[key] = res
-                bar.update(len(res.index))
+            for key, eres in ex.map(extract_chunk, ex_items):
+                results[key] = eres
+                bar.update(len(eres.index))
         ordered = [results[k] for k in sorted(results)]
         timer.lap(f"extract ({len(tiles)} tiles)")
         exact = {
@@ -300,7 +301,7 @@ def run(config: TileConfig) -> TileResult:
         tiles["scene"] = [scenes[i].name for i in tiles["scene"]]
         store.write_index(stage / "tiles.gpkg", tiles, geoms, first.crs)
         names = list(scenes[0].band_names)
-        class_px = sum(r.class_pixels for r in ordered)
+        class_px = sum((r.class_pixels for r in ordered), np.zeros(256, np.int64))
         classes = class_table(labels.class_names, boundary_class is not None)
         realised_split = {sp: int((tiles["split"] == sp).sum()) for sp in ("train", "val")}
         dataset = {

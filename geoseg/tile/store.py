@@ -82,21 +82,21 @@ def band_stats(results: list[ExtractResult], dtype: str, names: list[str]) -> li
             out.append(_stat(b, names[b], mean, var**0.5, p2, p98))
         return out
     sums = np.zeros((count, 2))
-    n = np.zeros(count, np.int64)
+    n_valid = np.zeros(count, np.int64)
     samples = []
     for r in results:
         if r.sums is not None:
             sums += r.sums
-            n += r.valid_pixels
+            n_valid += r.valid_pixels
         if r.sample is not None and r.sample.size:
             samples.append(r.sample)
     sample = np.concatenate(samples, axis=1) if samples else np.zeros((count, 0))
     for b in range(count):
-        if n[b] == 0:
+        if n_valid[b] == 0:
             out.append(_stat(b, names[b], None, None, None, None))
             continue
-        mean = sums[b, 0] / n[b]
-        var = max(sums[b, 1] / n[b] - mean * mean, 0.0)
+        mean = sums[b, 0] / n_valid[b]
+        var = max(sums[b, 1] / n_valid[b] - mean * mean, 0.0)
         p2, p98 = (float(v) for v in np.percentile(sample[b], [2, 98])) if sample.shape[1] else (mean, mean)
         out.append(_stat(b, names[b], float(mean), float(var**0.5), p2, p98))
     return out

@@ -68,14 +68,14 @@ def read_tiles(
     for br, bcs in by_row.items():
         y0, y1 = max(br * bh, r0), min((br + 1) * bh, r0 + h)
         run = [bcs[0]]
-        for bc in [*bcs[1:], None]:  # one read per run of adjacent blocks in a block row
-            if bc is not None and bc == run[-1] + 1:
-                run.append(bc)
+        for nxt in [*bcs[1:], None]:  # one read per run of adjacent blocks in a block row
+            if nxt is not None and nxt == run[-1] + 1:
+                run.append(nxt)
                 continue
             x0, x1 = max(run[0] * bw, c0), min((run[-1] + 1) * bw, c0 + w)
             win = Window(x0, y0, x1 - x0, y1 - y0)
             ds.read(window=win, out=data[:, y0 - r0 : y1 - r0, x0 - c0 : x1 - c0])
-            run = [bc] if bc is not None else []
+            run = [nxt] if nxt is not None else []
     return data, None
 
 
@@ -246,7 +246,7 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         class_pixels=np.zeros(256, np.int64),
         valid_pixels=np.zeros(0, np.int64),
     )
-    burn = {"boundary_class": task.boundary_class, "boundary_width": task.boundary_width}
+    burn: dict[str, Any] = {"boundary_class": task.boundary_class, "boundary_width": task.boundary_width}
     with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
         cnt = ds.count
         res.valid_pixels = np.zeros(cnt, np.int64)
@@ -295,11 +295,13 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
                     px = data[:, valid]
                 res.valid_pixels += px.shape[1]
                 if hist_spec:
+                    assert res.hist is not None  # allocated above for histogram dtypes
                     off, nb = hist_spec
                     for b in range(cnt):
                         v = px[b] if off == 0 else px[b].astype(np.int32) - off
                         res.hist[b] += np.bincount(v, minlength=nb)
                 elif px.shape[1]:
+                    assert res.sums is not None  # allocated above for the other dtypes
                     pf = px.astype(np.float64)
                     res.sums[:, 0] += pf.sum(axis=1)
                     res.sums[:, 1] += (pf * pf).sum(axis=1)
@@ -341,7 +343,7 @@ class ChunkWriter:
 
         self.array = zarr.open_array(store=f"{zarr_path}/{name}", mode="r+")
         self.root = f"{zarr_path}/{name}"
-        codecs = self.array.metadata.codecs
+        codecs: tuple[Any, ...] = getattr(self.array.metadata, "codecs", ())  # zarr v2 metadata has none: generic path
         self.codec = None
         self._dirs: set[str] = set()
         if (

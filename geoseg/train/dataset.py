@@ -54,7 +54,9 @@ def _classes(info: dict[str, Any], source: Path) -> tuple[list[dict[str, Any]], 
     raw = info.get("classes")
     if not isinstance(raw, list) or not raw:
         raise InputError(f"{source}: dataset.json has no 'classes' list; re-run geoseg tile")
-    classes = [{"id": int(c["id"]), "name": str(c["name"]), "color": str(c.get("color", "#888888"))} for c in raw]
+    classes: list[dict[str, Any]] = [
+        {"id": int(c["id"]), "name": str(c["name"]), "color": str(c.get("color", "#888888"))} for c in raw
+    ]
     ids = {c["id"] for c in classes}
     if 0 not in ids:
         classes.insert(0, {"id": 0, "name": "background", "color": "#000000"})
@@ -88,6 +90,8 @@ def read_dataset(path: str | Path) -> DatasetInfo:
         raise InputError(
             f"{path / 'tiles.zarr'}: unreadable ({str(e).splitlines()[0][:160]}); re-run geoseg tile"
         ) from None
+    if not (isinstance(images, zarr.Array) and isinstance(masks, zarr.Array)):
+        raise InputError(f"{path / 'tiles.zarr'}: 'images' and 'masks' must be arrays, not groups; re-run geoseg tile")
     if images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]:
         raise InputError(
             f"{path / 'tiles.zarr'}: images {images.shape} / masks {masks.shape} do not match the contract"

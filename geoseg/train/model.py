@@ -61,7 +61,7 @@ def save_model(model_dir: str | Path, model: torch.nn.Module, config: dict[str, 
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    module = model.module if hasattr(model, "module") else model
+    module: torch.nn.Module = getattr(model, "module", model)  # unwrap DataParallel / compiled wrappers
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     torch.save(state, tmp / "model.pt")
     write_json(tmp / "config.json", config)

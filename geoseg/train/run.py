@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -154,7 +154,7 @@ class _WorkerInit:
         info = torch.utils.data.get_worker_info()
         torch.set_num_threads(1)
         if info is not None:
-            info.dataset.worker_start(info.seed)
+            cast(TileDataset, info.dataset).worker_start(info.seed)
 
 
 def make_loader(
@@ -256,7 +256,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     workers = default_workers() if cfg.workers is None else cfg.workers
     nodatas = {sc.get("nodata") for sc in ds.info.get("scenes", [])} - {None}
     nodata = float(next(iter(nodatas))) if len(nodatas) == 1 else None  # NaN is always treated as no data
-    common = {"num_classes": ds.num_classes, "ignore_index": ds.ignore_index, "nodata": nodata}
+    common: dict[str, Any] = {"num_classes": ds.num_classes, "ignore_index": ds.ignore_index, "nodata": nodata}
     tf = build_train_transform(ignore_index=ds.ignore_index, seed=cfg.seed + rt.rank) if cfg.augment else None
     train_ds = TileDataset(ds.zarr_path, ds.train_rows, ds.mean, ds.std, transform=tf, **common)
     val_ds = TileDataset(ds.zarr_path, ds.val_rows, ds.mean, ds.std, **common)

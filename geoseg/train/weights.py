@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -270,7 +270,7 @@ def _download_imagenet_encoder(model: torch.nn.Module, encoder: str, in_channels
         raise OfflineError(
             f"cannot download ImageNet weights for encoder {encoder!r} ({type(e).__name__}); {offline_hint}"
         ) from None
-    model.encoder.load_state_dict(enc.state_dict(), strict=True)
+    cast(torch.nn.Module, model.encoder).load_state_dict(enc.state_dict(), strict=True)
     return {"source": f"imagenet ({encoder}, smp download)", "tensors": len(enc.state_dict()), "parts": "encoder"}
 
 
