@@ -65,7 +65,9 @@ def regularize_polygons(
     tol = simplify_px * pixel_size
     is_poly = np.array([isinstance(g, Polygon) and not g.is_empty for g in arr])
     idx = np.flatnonzero(is_poly)
-    cand = np.array([_regular_polygon(arr[i], tol, snap_deg, pixel_size, max_shift_px * pixel_size) for i in idx], dtype=object)
+    cand = np.array(
+        [_regular_polygon(arr[i], tol, snap_deg, pixel_size, max_shift_px * pixel_size) for i in idx], dtype=object
+    )
     ok = np.array([c is not None for c in cand], bool)
     if ok.any():
         c, g = cand[ok], arr[idx[ok]]
@@ -106,7 +108,7 @@ def _regular_polygon(poly: Polygon, tol: float, snap_deg: float, step: float, ma
     for ring, sp in zip(rings, splits, strict=True):
         if sp is None:  # a hole too small to simplify: dropped from the regular shape (checked by IoU)
             continue
-        edges_all.append(_drop_chamfers(_snap_edges(ring, sp[0], theta, snap), theta, 3 * step, max_shift))
+        edges_all.append(_drop_chamfers(_snap_edges(ring, sp[0], theta, snap, 1.5 * step), theta, 3 * step, max_shift))
     theta = _refine_theta(theta, [e for edges in edges_all for e in edges])
     new_rings = []
     for edges in edges_all:
@@ -159,16 +161,24 @@ class _Edge:
     """A run of raw outline vertices ``pts`` (in order) fitted by one line of class ``kind``.
 
     ``kind`` 0: direction θ; 1: θ + 90°; -1: free (own direction, from its end points).
+    ``core``: the points more than ``trim`` from both ends (the fit ignores the rounded corners).
     """
 
-    __slots__ = ("kind", "pts")
+    __slots__ = ("kind", "pts", "trim")
 
-    def __init__(self, kind: int, pts: np.ndarray) -> None:
+    def __init__(self, kind: int, pts: np.ndarray, trim: float) -> None:
         self.kind = kind
         self.pts = pts
+        self.trim = trim
+
+    @property
+    def core(self) -> np.ndarray:
+        p = self.pts
+        far = (np.hypot(*(p - p[0]).T) > self.trim) & (np.hypot(*(p - p[-1]).T) > self.trim)
+        return p[far] if far.sum() >= 2 else p
 
 
-def _snap_edges(ring: np.ndarray, ix: np.ndarray, theta: float, snap: float) -> list[_Edge]:
+def _snap_edges(ring: np.ndarray, ix: np.ndarray, theta: float, snap: float, trim: float) -> list[_Edge]:
     n = len(ring)
     edges: list[_Edge] = []
     for k in range(len(ix)):
@@ -186,7 +196,7 @@ def _snap_edges(ring: np.ndarray, ix: np.ndarray, theta: float, snap: float) -> 
         if edges and kind >= 0 and edges[-1].kind == kind:
             edges[-1].pts = np.vstack([edges[-1].pts, pts[1:]])
         else:
-            edges.append(_Edge(kind, pts))
+            edges.append(_Edge(kind, pts, trim))
     if len(edges) > 1 and edges[0].kind >= 0 and edges[0].kind == edges[-1].kind:
         edges[0].pts = np.vstack([edges[-1].pts, edges[0].pts[1:]])
         edges.pop()
@@ -243,12 +253,13 @@ def _refine_theta(theta: float, edges: list[_Edge]) -> float:
     for e in edges:
         if e.kind < 0 or len(e.pts) < 2:
             continue
-        c = e.pts - e.pts.mean(axis=0)
+        p = e.core
+        c = p - p.mean(axis=0)
         m = c.T @ c
         cov += m if e.kind == 0 else -m
     if not np.any(cov):
         return theta
-    w, v = np.linalg.eigh(cov)
+    _, v = np.linalg.eigh(cov)
     nx, ny = v[:, 0]  # normal of the θ direction: smallest eigenvalue of C0 - C1
     t = math.atan2(nx, -ny)  # direction perpendicular to the normal
     # keep θ's meaning (mod 90°) close to the first estimate
@@ -266,7 +277,8 @@ def _line(e: _Edge, theta: float) -> tuple[np.ndarray, float]:
         v = e.pts[-1] - e.pts[0]
         t = v / (np.hypot(*v) or 1.0)
     n = np.array([-t[1], t[0]])
-    s, h = e.pts @ t, e.pts @ n
+    p = e.core
+    s, h = p @ t, p @ n
     ds = np.diff(s)
     span = float(np.sum(ds))
     if abs(span) > 1e-9 and np.all(ds * np.sign(span) >= -1e-9):

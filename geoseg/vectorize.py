@@ -60,6 +60,7 @@ __all__ = [
     "geodesic_areas_m2",
     "label_instances",
     "read_prediction_classes",
+    "regularize_class_ids",
     "run",
     "vectorize_prediction",
 ]
@@ -332,13 +333,17 @@ def vectorize_prediction(
     halo: int | None = None,
     core_boundary_max: float = 0.3,
     style: bool = True,
+    regularize: tuple[str, ...] = (),
 ) -> int:
     """Instances of ``probabilities.tif`` (band i+1 = class id i) -> ``out_gpkg`` layer ``instances``.
 
     Attributes: ``class`` (name), ``class_id``, ``score`` (mean class probability over the
     instance's pixels), ``area_m2`` (true m², any CRS), ``scene``, ``scene_date``. CRS = raster CRS.
     ``min_area_m2`` drops smaller instances; ``simplify_px`` is a topology-preserving
-    simplification tolerance in pixels (0 = none). Nodata pixels never produce polygons.
+    simplification tolerance in pixels (0 = none). Polygons of the classes named in ``regularize``
+    get regular footprints instead (:func:`geoseg.regularize.regularize_polygons`: straight edges
+    at right angles, moved by at most 2 pixels, never overlapping; worked out in ground-scaled
+    pixel space, so any CRS). Nodata pixels never produce polygons.
     Written atomically (temporary name, then rename), with the QGIS style stored in the file
     unless ``style=False``. Returns the number of polygons. Memory: see module docstring.
     """
@@ -353,6 +358,7 @@ def vectorize_prediction(
     fg = sorted(i for i in ids if i != 0 and i != boundary_class)
     if not fg:
         raise ConfigError(f"{probabilities}: no foreground class among {sorted(names.values())}")
+    reg_ids = regularize_class_ids(regularize, classes, boundary_class, what=str(probabilities))
     if not probabilities.exists():
         raise InputNotFoundError(f"{probabilities}: probabilities raster not found")
     try:
@@ -434,7 +440,7 @@ def vectorize_prediction(
     return _assemble(
         parts, uf, node_class.view(), node_sum.view(), node_cnt.view(),
         names=names, crs=crs, transform=transform, min_area_m2=min_area_m2, simplify_px=simplify_px,
-        scene=scene, scene_date=scene_date, out_gpkg=out_gpkg, classes=classes, style=style,
+        scene=scene, scene_date=scene_date, out_gpkg=out_gpkg, classes=classes, style=style, regularize=reg_ids,
     )  # fmt: skip
 
 
@@ -455,8 +461,9 @@ def _assemble(
     out_gpkg: Path,
     classes: list[dict],
     style: bool,
+    regularize: frozenset[int] = frozenset(),
 ) -> int:
-    """Merge parts per global instance, simplify, georeference, measure, filter, write."""
+    """Merge parts per global instance, simplify (or regularise), georeference, measure, filter, write."""
     roots = uf.roots()
     sums = np.bincount(roots, weights=node_sum, minlength=len(roots))
     cnts = np.bincount(roots, weights=node_cnt, minlength=len(roots))
@@ -478,8 +485,11 @@ def _assemble(
         # canonical rings (start at the min corner, no collinear seam vertices), so the result
         # does not depend on where the block seams were
         arr = shapely.simplify(shapely.normalize(arr), 0.0, preserve_topology=True)
-    if len(arr) and simplify_px > 0:
-        arr = shapely.simplify(arr, simplify_px, preserve_topology=True)
+    reg = np.isin(np.array(gclass, dtype=int), sorted(regularize)) if len(arr) else np.zeros(0, bool)
+    if reg.any():
+        arr[reg] = _regularize_pixels(arr[reg], transform, crs)
+    if len(arr) and simplify_px > 0 and not reg.all():
+        arr[~reg] = shapely.simplify(arr[~reg], simplify_px, preserve_topology=True)
     # deterministic order: class, then top-left corner (pixel space)
     if len(arr):
         b = shapely.bounds(arr)
@@ -511,6 +521,37 @@ def _assemble(
     write_instances(gdf, out_gpkg, classes=classes, style=style)
     log.info("%s: %d instance polygons", out_gpkg, len(gdf))
     return len(gdf)
+
+
+def regularize_class_ids(
+    names: tuple[str, ...] | str, classes: list[dict], boundary_class: int | None, *, what: str
+) -> frozenset[int]:
+    """Ids of the object classes named in ``names`` (``--regularize``); unknown names -> ConfigError."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    objects = {str(c["name"]): int(c["id"]) for c in classes if int(c["id"]) not in (0, boundary_class)}
+    bad = [n for n in names if n not in objects]
+    if bad:
+        raise ConfigError(f"{what}: --regularize {bad[0]!r} is not an object class; classes: {', '.join(objects)}")
+    return frozenset(objects[n] for n in names)
+
+
+def _regularize_pixels(geoms: np.ndarray, transform: Affine, crs: CRS) -> np.ndarray:
+    """Regularise pixel-space polygons in a ground-isotropic frame (pixel axes scaled to metres)."""
+    from geoseg.regularize import regularize_polygons
+
+    b = shapely.bounds(geoms)
+    col, row = float(np.mean(b[:, [0, 2]])), float(np.mean(b[:, [1, 3]]))
+    sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs is not None and ProjCRS.from_user_input(crs.to_wkt()).is_geographic:  # degrees: metres here
+        lon, lat = transform * (col, row)
+        lon1, lat1 = transform * (col + 1, row)
+        lon2, lat2 = transform * (col, row + 1)
+        sx = float(_GEOD.inv(lon, lat, lon1, lat1)[2])
+        sy = float(_GEOD.inv(lon, lat, lon2, lat2)[2])
+    scale = np.array([sx, sy])
+    ground = shapely.transform(geoms, lambda xy: xy * scale)
+    out = regularize_polygons(ground, pixel_size=math.sqrt(sx * sy))
+    return shapely.transform(out, lambda xy: xy / scale)
 
 
 def write_instances(gdf: gpd.GeoDataFrame, out_gpkg: Path, *, classes: list[dict], style: bool = True) -> Path:
@@ -664,6 +705,7 @@ class VectorizeConfig:
     model: str | None = None
     scene: str | None = None
     scene_date: str | None = None
+    regularize: tuple[str, ...] = ()
 
 
 def run(config: VectorizeConfig) -> dict[str, Any]:
@@ -690,7 +732,7 @@ def run(config: VectorizeConfig) -> dict[str, Any]:
     n = vectorize_prediction(
         raster, out, classes=classes, boundary_class=boundary, threshold=config.threshold,
         min_area_m2=config.min_area_m2, simplify_px=config.simplify_px, block_size=config.block_size,
-        scene=scene or "", scene_date=date,
+        scene=scene or "", scene_date=date, regularize=tuple(config.regularize),
     )  # fmt: skip
     result = {"config": to_dict(config), "raster": str(raster), "out": str(out), "polygons": n,
               "classes": classes, "boundary_class": boundary}  # fmt: skip

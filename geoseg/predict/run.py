@@ -54,8 +54,9 @@ class PredictConfig:
 
     ``overlap`` (pixels) defaults to a quarter of the tile; ``tile_size`` to the model's;
     ``bands`` are 1-based scene band indexes fed to the model (default: all, in order);
-    ``min_area`` is in true m²; ``workers`` > 0 starts a local dask cluster, ``scheduler``
-    connects to one.
+    ``min_area`` is in true m²; ``regularize`` names the classes whose instance polygons get
+    regular footprints (see :mod:`geoseg.regularize`); ``workers`` > 0 starts a local dask
+    cluster, ``scheduler`` connects to one.
     """
 
     scenes: tuple[str, ...]
@@ -74,6 +75,7 @@ class PredictConfig:
     bands: tuple[int, ...] | None = None
     threshold: float = 0.5
     min_area: float = 0.0
+    regularize: tuple[str, ...] = ()
     vectorize: bool = True
     resume: bool = False
     workers: int = 0
@@ -263,6 +265,10 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         raise ModelError(f"{model_dir / 'config.json'}: normalisation needs {in_ch} mean/std values")
     if any(float(s) <= 0 for s in norm["std"]):
         raise ModelError(f"{model_dir / 'config.json'}: normalisation std must be > 0")
+    if cfg.regularize:
+        from geoseg.vectorize import regularize_class_ids
+
+        regularize_class_ids(cfg.regularize, classes, mcfg.get("boundary_class"), what=str(model_dir))
     tile = int(cfg.tile_size or mcfg["tile_size"])
     overlap = tile // 4 if cfg.overlap is None else int(cfg.overlap)
     if not 0 <= overlap < tile:
@@ -421,6 +427,7 @@ def _finish_scene(
                         boundary_class=mcfg.get("boundary_class"),
                         threshold=cfg.threshold,
                         min_area_m2=cfg.min_area,
+                        regularize=tuple(cfg.regularize),
                         scene=info.name,
                         scene_date=info.date.isoformat() if info.date else None,
                     )
