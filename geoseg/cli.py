@@ -24,6 +24,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+REGULARIZE_HELP = "Class name(s) whose polygons get regular footprints (straight edges, right angles), e.g. building."
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    """``a,b`` -> ``("a", "b")``; None or empty -> ``()``."""
+    return tuple(n.strip() for n in (value or "").split(",") if n.strip())
+
 
 def _version(value: bool) -> None:
     if value:
@@ -248,6 +255,7 @@ def predict(
     core_boundary_max: Annotated[
         float | None, typer.Option("--core-boundary-max", help=_HELP["core_boundary_max"])
     ] = None,
+    regularize: Annotated[str | None, typer.Option(help=REGULARIZE_HELP, metavar="NAME[,NAME]")] = None,
     vectorize_: Annotated[bool, typer.Option("--vectorize/--no-vectorize", help="Write instances.gpkg.")] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")] = False,
     workers: Annotated[int, typer.Option(help="Local dask workers (0 = in-process).")] = 0,
@@ -270,7 +278,8 @@ def predict(
         scenes=tuple(str(s) for s in scenes), model=str(model), out=str(out), aoi=str(aoi) if aoi else None,
         bbox=bbox, overlap=overlap, tile_size=tile_size, batch_size=batch_size, device=device, amp=amp, tta=tta,
         float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
-        fill_holes=fill_holes, core_boundary_max=core_boundary_max, vectorize=vectorize_, resume=resume,
+        fill_holes=fill_holes, core_boundary_max=core_boundary_max, regularize=_names(regularize),
+        vectorize=vectorize_, resume=resume,
         workers=workers, scheduler=scheduler, compress=compress, progress=progress,
     )  # fmt: skip
     res = run_predict(cfg)
@@ -290,6 +299,7 @@ def vectorize(
     simplify: Annotated[
         float | None, typer.Option(help="Topology-preserving simplification tolerance, pixels (default 0.5).")
     ] = None,
+    regularize: Annotated[str | None, typer.Option(help=REGULARIZE_HELP, metavar="NAME[,NAME]")] = None,
     block_size: Annotated[int, typer.Option("--block-size", help="Pixels per block side (memory bound).")] = 1024,
     model: Annotated[
         Path | None, typer.Option(help="Model/run directory for class names (default: raster tags, run.json).")
@@ -307,6 +317,7 @@ def vectorize(
         raster=str(raster), out=str(out), threshold=threshold, min_area_m2=min_area, fill_holes_m2=fill_holes,
         core_boundary_max=core_boundary_max, simplify_px=simplify,
         block_size=block_size, model=str(model) if model else None, scene=scene, scene_date=scene_date,
+        regularize=_names(regularize),
     )  # fmt: skip
     res = run_vectorize(cfg)
     typer.echo(_json.dumps({"out": res["out"], "polygons": res["polygons"]}))

@@ -13,7 +13,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from shapely.geometry import box
+from shapely.geometry import Polygon, box
 
 from geoseg.grid import Grid
 
@@ -95,3 +95,51 @@ def write_labels(path: str | Path, geoms: list[Any], crs: Any, **columns: list[A
     else:
         gdf.to_file(path)
     return path
+
+
+def rasterised_footprints(
+    n_cells: int = 6, cell: int = 64, *, seed: int = 0, sizes: tuple[int, int] = (8, 40)
+) -> tuple[list[Any], list[str], list[Any]]:
+    """Synthetic buildings rasterised and traced back, in pixel coordinates (x = col, y = row).
+
+    A ``n_cells`` x ``n_cells`` grid of ``cell``-pixel cells; each holds a rotated rectangle, an
+    L-shape or a pair of rectangles sharing a wall (sides drawn from ``sizes`` pixels, any angle).
+    Returns ``(truth, kinds, traced)``: the true polygons, their kind (``rect``, ``L``, ``pair``),
+    and each one's 4-connected pixel outline (pixel centres inside; the largest part).
+    """
+    import rasterio.features
+    import shapely
+    from shapely import affinity
+
+    rng = np.random.default_rng(seed)
+    truth: list[Any] = []
+    kinds: list[str] = []
+    lo, hi = sizes
+    for r in range(n_cells):
+        for c in range(n_cells):
+            cx, cy = (c + 0.5) * cell + rng.uniform(-2, 2), (r + 0.5) * cell + rng.uniform(-2, 2)
+            ang = float(rng.uniform(0, 90))
+            kind = ("rect", "L", "pair")[(r * n_cells + c) % 3]
+            if kind == "pair":
+                w1, w2 = (float(v) for v in rng.uniform(lo, max(lo, hi / 2), 2))
+                h = float(rng.uniform(lo, min(hi, cell * 0.6)))
+                shapes = [box(-w1, -h / 2, 0, h / 2), box(0, -h / 2, w2, h / 2)]
+            elif kind == "L":
+                w, h = (float(v) for v in rng.uniform(max(lo, 14), hi, 2))
+                shapes = [box(-w / 2, -h / 2, w / 2, h / 2).difference(box(0, 0, w / 2, h / 2))]
+            else:
+                w, h = (float(v) for v in rng.uniform(lo, hi, 2))
+                shapes = [box(-w / 2, -h / 2, w / 2, h / 2)]
+            for s in shapes:
+                truth.append(affinity.translate(affinity.rotate(s, ang, origin=(0, 0)), cx, cy))
+                kinds.append(kind)
+    size = n_cells * cell
+    label = rasterio.features.rasterize(
+        [(g, i + 1) for i, g in enumerate(truth)], out_shape=(size, size), dtype="int32"
+    )  # fmt: skip
+    parts: dict[int, list[Any]] = {}
+    for geom, val in rasterio.features.shapes(label, mask=label > 0, connectivity=4):
+        parts.setdefault(int(val), []).append(shapely.geometry.shape(geom))
+    traced = [max(parts.get(i + 1, [Polygon()]), key=lambda p: p.area) for i in range(len(truth))]
+    traced = list(shapely.simplify(shapely.normalize(np.array(traced, dtype=object)), 0.0, preserve_topology=True))
+    return truth, kinds, traced

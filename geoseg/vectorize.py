@@ -44,6 +44,8 @@ import rasterio
 import rasterio.features
 import shapely
 from affine import Affine
+from pyproj import CRS as ProjCRS
+from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage as ndi
@@ -60,6 +62,7 @@ __all__ = [
     "geodesic_areas_m2",
     "label_instances",
     "read_prediction_classes",
+    "regularize_class_ids",
     "run",
     "vectorize_prediction",
 ]
@@ -68,6 +71,7 @@ LAYER = "instances"
 # GeoPackage 1.2: read without warnings by older GDALs (QGIS 3.22 ships GDAL 3.6; GDAL 3.10 writes 1.4)
 GPKG_OPTIONS = {"VERSION": "1.2"}
 _STRUCT4 = ndi.generate_binary_structure(2, 1)
+_GEOD = Geod(ellps="WGS84")
 DEFAULT_COLORS = ["#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf"]
 
 
@@ -332,14 +336,18 @@ def vectorize_prediction(
     core_boundary_max: float = 0.3,
     fill_holes_m2: float = 0.0,
     style: bool = True,
+    regularize: tuple[str, ...] = (),
 ) -> int:
     """Instances of ``probabilities.tif`` (band i+1 = class id i) -> ``out_gpkg`` layer ``instances``.
 
     Attributes: ``class`` (name), ``class_id``, ``score`` (mean class probability over the
     instance's pixels), ``area_m2`` (true m², any CRS), ``scene``, ``scene_date``. CRS = raster CRS.
     ``min_area_m2`` drops smaller instances; holes smaller than ``fill_holes_m2`` are filled;
-    ``simplify_px`` is a topology-preserving simplification tolerance in pixels (0 = none). See
-    :mod:`geoseg.postprocess` for how the defaults of these are chosen. Nodata pixels never produce polygons.
+    ``simplify_px`` is a topology-preserving simplification tolerance in pixels (0 = none); see
+    :mod:`geoseg.postprocess` for how the defaults of these are chosen. Polygons of the classes named
+    in ``regularize`` get regular footprints instead (:func:`geoseg.regularize.regularize_polygons`:
+    straight edges at right angles, moved by at most 2 pixels, never overlapping; worked out in
+    ground-scaled pixel space, so any CRS). Nodata pixels never produce polygons.
     Written atomically (temporary name, then rename), with the QGIS style stored in the file
     unless ``style=False``. Returns the number of polygons. Memory: see module docstring.
     """
@@ -354,6 +362,7 @@ def vectorize_prediction(
     fg = sorted(i for i in ids if i != 0 and i != boundary_class)
     if not fg:
         raise ConfigError(f"{probabilities}: no foreground class among {sorted(names.values())}")
+    reg_ids = regularize_class_ids(regularize, classes, boundary_class, what=str(probabilities))
     if not probabilities.exists():
         raise InputNotFoundError(f"{probabilities}: probabilities raster not found")
     try:
@@ -436,8 +445,9 @@ def vectorize_prediction(
     return _assemble(
         parts, uf, node_class.view(), node_sum.view(), node_cnt.view(),
         names=names, crs=crs, transform=transform, min_area_m2=min_area_m2, simplify_px=simplify_px,
-        fill_holes_px=fill_holes_m2 / px_m2 if px_m2 > 0 else 0.0, scene=scene, scene_date=scene_date,
-        out_gpkg=out_gpkg, classes=classes, style=style,
+        fill_holes_px=fill_holes_m2 / px_m2 if px_m2 > 0 else 0.0,
+        min_area_px=0.5 * min_area_m2 / px_m2 if px_m2 > 0 else 0.0, scene=scene, scene_date=scene_date,
+        out_gpkg=out_gpkg, classes=classes, style=style, regularize=reg_ids,
     )  # fmt: skip
 
 
@@ -454,13 +464,15 @@ def _assemble(
     min_area_m2: float,
     simplify_px: float,
     fill_holes_px: float,
+    min_area_px: float = 0.0,
     scene: str,
     scene_date: str | None,
     out_gpkg: Path,
     classes: list[dict],
     style: bool,
+    regularize: frozenset[int] = frozenset(),
 ) -> int:
-    """Merge parts per global instance, simplify, georeference, measure, filter, write."""
+    """Merge parts per global instance, simplify (or regularise), georeference, measure, filter, write."""
     roots = uf.roots()
     sums = np.bincount(roots, weights=node_sum, minlength=len(roots))
     cnts = np.bincount(roots, weights=node_cnt, minlength=len(roots))
@@ -478,14 +490,22 @@ def _assemble(
             gclass.append(int(node_class[root]))
             gscore.append(score)
     arr = np.array(geoms, dtype=object)
+    if len(arr) and min_area_px > 0:  # cheap pre-filter in pixel space (the exact one, in m², is below)
+        big = shapely.area(arr) >= min_area_px
+        arr = arr[big]
+        gclass = [c for c, k in zip(gclass, big.tolist(), strict=True) if k]
+        gscore = [v for v, k in zip(gscore, big.tolist(), strict=True) if k]
     if len(arr) and fill_holes_px > 0:
         arr = fill_small_holes(arr, fill_holes_px)
     if len(arr):
         # canonical rings (start at the min corner, no collinear seam vertices), so the result
         # does not depend on where the block seams were
         arr = shapely.simplify(shapely.normalize(arr), 0.0, preserve_topology=True)
-    if len(arr) and simplify_px > 0:
-        arr = shapely.simplify(arr, simplify_px, preserve_topology=True)
+    reg = np.isin(np.array(gclass, dtype=int), sorted(regularize)) if len(arr) else np.zeros(0, bool)
+    if reg.any():
+        arr[reg] = _regularize_pixels(arr[reg], transform, crs)
+    if len(arr) and simplify_px > 0 and not reg.all():
+        arr[~reg] = shapely.simplify(arr[~reg], simplify_px, preserve_topology=True)
     # deterministic order: class, then top-left corner (pixel space)
     if len(arr):
         b = shapely.bounds(arr)
@@ -517,6 +537,37 @@ def _assemble(
     write_instances(gdf, out_gpkg, classes=classes, style=style)
     log.info("%s: %d instance polygons", out_gpkg, len(gdf))
     return len(gdf)
+
+
+def regularize_class_ids(
+    names: tuple[str, ...] | str, classes: list[dict], boundary_class: int | None, *, what: str
+) -> frozenset[int]:
+    """Ids of the object classes named in ``names`` (``--regularize``); unknown names -> ConfigError."""
+    names = (names,) if isinstance(names, str) else tuple(names)
+    objects = {str(c["name"]): int(c["id"]) for c in classes if int(c["id"]) not in (0, boundary_class)}
+    bad = [n for n in names if n not in objects]
+    if bad:
+        raise ConfigError(f"{what}: --regularize {bad[0]!r} is not an object class; classes: {', '.join(objects)}")
+    return frozenset(objects[n] for n in names)
+
+
+def _regularize_pixels(geoms: np.ndarray, transform: Affine, crs: CRS) -> np.ndarray:
+    """Regularise pixel-space polygons in a ground-isotropic frame (pixel axes scaled to metres)."""
+    from geoseg.regularize import regularize_polygons
+
+    b = shapely.bounds(geoms)
+    col, row = float(np.mean(b[:, [0, 2]])), float(np.mean(b[:, [1, 3]]))
+    sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+    if crs is not None and ProjCRS.from_user_input(crs.to_wkt()).is_geographic:  # degrees: metres here
+        lon, lat = transform * (col, row)
+        lon1, lat1 = transform * (col + 1, row)
+        lon2, lat2 = transform * (col, row + 1)
+        sx = float(_GEOD.inv(lon, lat, lon1, lat1)[2])
+        sy = float(_GEOD.inv(lon, lat, lon2, lat2)[2])
+    scale = np.array([sx, sy])
+    ground = shapely.transform(geoms, lambda xy: xy * scale)
+    out = regularize_polygons(ground, pixel_size=math.sqrt(sx * sy))
+    return shapely.transform(out, lambda xy: xy / scale)
 
 
 def write_instances(gdf: gpd.GeoDataFrame, out_gpkg: Path, *, classes: list[dict], style: bool = True) -> Path:
@@ -677,6 +728,7 @@ class VectorizeConfig:
     model: str | None = None
     scene: str | None = None
     scene_date: str | None = None
+    regularize: tuple[str, ...] = ()
 
 
 def run(config: VectorizeConfig) -> dict[str, Any]:
@@ -705,6 +757,7 @@ def run(config: VectorizeConfig) -> dict[str, Any]:
         raster, out, classes=classes, boundary_class=boundary, threshold=post.threshold,
         min_area_m2=post.min_area_m2, fill_holes_m2=post.fill_holes_m2, core_boundary_max=post.core_boundary_max,
         simplify_px=post.simplify_px, block_size=config.block_size, scene=scene or "", scene_date=date,
+        regularize=tuple(config.regularize),
     )  # fmt: skip
     result = {"config": to_dict(config), "raster": str(raster), "out": str(out), "polygons": n,
               "classes": classes, "boundary_class": boundary, "postprocess": post.to_dict()}  # fmt: skip

@@ -57,7 +57,8 @@ class PredictConfig:
     ``bands`` are 1-based scene band indexes fed to the model (default: all, in order);
     ``threshold``, ``min_area`` and ``fill_holes`` (true m²) and ``core_boundary_max`` default
     (None) to the model's calibrated or data-derived values (:mod:`geoseg.postprocess`);
-    ``workers`` > 0 starts a local dask cluster, ``scheduler`` connects to one.
+    ``regularize`` names the classes whose instance polygons get regular footprints (see
+    :mod:`geoseg.regularize`); ``workers`` > 0 starts a local dask cluster, ``scheduler`` connects to one.
     """
 
     scenes: tuple[str, ...]
@@ -78,6 +79,7 @@ class PredictConfig:
     min_area: float | None = None
     fill_holes: float | None = None
     core_boundary_max: float | None = None
+    regularize: tuple[str, ...] = ()
     vectorize: bool = True
     resume: bool = False
     workers: int = 0
@@ -271,6 +273,10 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         raise ModelError(f"{model_dir / 'config.json'}: normalisation needs {in_ch} mean/std values")
     if any(float(s) <= 0 for s in norm["std"]):
         raise ModelError(f"{model_dir / 'config.json'}: normalisation std must be > 0")
+    if cfg.regularize:
+        from geoseg.vectorize import regularize_class_ids
+
+        regularize_class_ids(cfg.regularize, classes, mcfg.get("boundary_class"), what=str(model_dir))
     tile = int(cfg.tile_size or mcfg["tile_size"])
     overlap = tile // 4 if cfg.overlap is None else int(cfg.overlap)
     if not 0 <= overlap < tile:
@@ -444,6 +450,7 @@ def _finish_scene(
                     fill_holes_m2=post.fill_holes_m2,
                     core_boundary_max=post.core_boundary_max,
                     simplify_px=post.simplify_px,
+                    regularize=tuple(cfg.regularize),
                     scene=info.name,
                     scene_date=info.date.isoformat() if info.date else None,
                 )

@@ -246,3 +246,21 @@ def test_tta_undo_and_mean(real_model: Path) -> None:
 
 
 _ = dt
+
+
+def test_regularize_names_checked_up_front_and_passed_to_vectorize(
+    tmp_path: Path, identity_model: Path, identity
+) -> None:
+    from geoseg.errors import ConfigError
+
+    a, _ = _scene(tmp_path, "a.tif", "EPSG:32636", (500_000.0, 40_000.0), 0.5)
+    aoi = write_labels(tmp_path / "aoi.geojson", [pixel_box(Grid.from_dataset(rasterio.open(a)), 0, 0, H, W)],
+                       "EPSG:32636")  # fmt: skip
+    cfg = PredictConfig(scenes=(str(a),), model=str(identity_model), out=str(tmp_path / "bad"), aoi=str(aoi),
+                        regularize=("roof",), progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="'roof' is not an object class; classes: class1, class2"):
+        run(cfg, predict_fn=identity)
+    assert not (tmp_path / "bad").exists()  # nothing written before the check
+    run(replace(cfg, out=str(tmp_path / "ok"), regularize=("class1",)), predict_fn=identity)
+    assert json.loads((tmp_path / "ok" / "run.json").read_text())["config"]["regularize"] == ["class1"]
+    assert (tmp_path / "ok" / "instances.gpkg").exists()
