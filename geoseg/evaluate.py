@@ -5,11 +5,20 @@
   (pixel-centre rule), so memory is bounded by the window. Pixels outside the AOI or where the
   prediction is nodata are ignored. Predicted boundary-class pixels (the inner rim of objects,
   see ``geoseg.tile.labels``) count as the nearest foreground class.
-* Object metrics at IoU >= 0.5 with one-to-one matching (maximum total IoU, Hungarian
+* Object metrics with one-to-one matching (maximum total IoU, Hungarian
   ``scipy.optimize.linear_sum_assignment`` per connected group of candidate pairs found with an
-  STRtree), overall, per class and per size bin (true m² of the truth / predicted object).
+  STRtree), overall, per class and per size bin (true m² of the truth / predicted object), at the
+  configured IoU (default 0.5) and at each of ``iou_thresholds`` (default 0.25, 0.5, 0.75).
+* Merges (a prediction covering >= ``min_cover`` of the area of each of two or more truths) and
+  splits (a truth covered >= ``min_cover`` by each of two or more predictions), default 10 %.
+* Sweep (optional): the class raster and the instances re-derived from ``probabilities.tif`` at a
+  range of probability thresholds, with pixel IoU and object F1 at each, and a plot.
 * Error map: a GeoPackage of tiles (``tile_px`` pixels) with TP/FP/FN foreground pixel counts,
   IoU and error fraction, styled with a graduated colour so QGIS shows where the model is wrong.
+
+The pure functions (:func:`object_scores`, :func:`merges_splits`, :func:`overlaps`) take numpy
+arrays of shapely geometries in one projected CRS and hold memory to O(objects + overlapping
+pairs): no all-pairs matrices.
 """
 
 from __future__ import annotations
@@ -39,10 +48,19 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluateConfig",
+    "Overlaps",
+    "classes_at_threshold",
     "confusion_matrix",
+    "format_sweep_table",
+    "iou_key",
+    "merge_split_masks",
+    "merges_splits",
     "metrics_from_confusion",
     "object_metrics",
+    "object_scores",
+    "overlaps",
     "pixel_metrics",
+    "plot_sweep",
     "run",
 ]
 
