@@ -1013,8 +1013,11 @@ def _clip(gdf: gpd.GeoDataFrame, region: Any) -> gpd.GeoDataFrame:
     """Polygons of ``gdf`` intersected with ``region`` (empty and non-polygonal leftovers dropped)."""
     if len(gdf) == 0:
         return gdf.copy()
-    geoms = shapely.intersection(np.asarray(gdf.geometry.values, dtype=object), region)
-    geoms = np.array([_polys(g) for g in geoms], dtype=object)
+    geoms = np.asarray(gdf.geometry.values, dtype=object).copy()
+    shapely.prepare(region)
+    cut = ~shapely.contains(region, geoms)  # only polygons not wholly inside need the intersection
+    if cut.any():
+        geoms[cut] = [_polys(g) for g in shapely.intersection(geoms[cut], region)]
     out = gdf.copy()
     out[out.geometry.name] = geoms
     keep = ~shapely.is_empty(geoms) & (shapely.area(geoms) > 0)
