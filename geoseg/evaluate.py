@@ -593,7 +593,14 @@ def valid_area(ds: rasterio.DatasetReader, block: int = 1024) -> Any:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Options of ``geoseg evaluate``."""
+    """Options of ``geoseg evaluate``.
+
+    ``iou``: the headline object match threshold (``object``); ``iou_thresholds``: also reported
+    under ``object.by_iou``; ``min_cover``: merge/split overlap as a fraction of the truth's area;
+    ``sweep``: re-derive classes and instances from ``probabilities.tif`` at ``sweep_thresholds``
+    (default :func:`default_sweep_thresholds`) with ``sweep_min_area`` m² (default: the
+    prediction's ``run.json``, else 0).
+    """
 
     predicted: str
     truth: str
@@ -611,6 +618,10 @@ class EvaluateConfig:
     sweep: bool = False
     sweep_thresholds: tuple[float, ...] | None = None
     sweep_min_area: float | None = None
+
+    def validate(self) -> None:
+        """Range checks of the options (InputError naming the option)."""
+        _check_options(self)
 
 
 def default_sweep_thresholds() -> tuple[float, ...]:
@@ -775,7 +786,6 @@ def _sweep(
     boundary: int | None,
     region: Any,
     tobj: gpd.GeoDataFrame,
-    crs: Any,
     work_dir: Path,
 ) -> dict[str, Any]:
     """Pixel and object scores at each probability threshold (the ``sweep`` block of eval.json).
@@ -921,7 +931,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     from geoseg.io.vectors import clean_polygons, read_aoi, read_vector, to_crs
     from geoseg.vectorize import geodesic_areas_m2, read_prediction_classes
 
-    _check_options(config)
+    config.validate()
     classes_tif, inst_path = _resolve(config)
     classes, boundary = read_prediction_classes(classes_tif, Path(config.model) if config.model else None)
     if boundary is None:
@@ -998,7 +1008,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     if sweep_thr and acc.sweep_cm is not None:
         sw = _sweep(config, probs_path=classes_tif.parent / "probabilities.tif", thresholds=sweep_thr,
                     cms=acc.sweep_cm, fg=fg, names=names, classes=classes, boundary=boundary, region=region,
-                    tobj=tobj, crs=crs, work_dir=out.parent)  # fmt: skip
+                    tobj=tobj, work_dir=out.parent)  # fmt: skip
         sw["plot"] = str(plot_sweep(sw, out.with_name(f"{out.stem}_sweep.png")))
         result["sweep"] = sw
     result["error_map"] = str(_write_error_map(acc.tiles, crs, err_path)) if acc.tiles else None
