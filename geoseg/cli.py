@@ -340,31 +340,58 @@ def evaluate(
     instances: Annotated[Path | None, typer.Option(help="Instances GeoPackage (default: in the prediction dir).")] = (
         None
     ),
-    iou: Annotated[float, typer.Option(help="IoU for an object match (one-to-one).")] = 0.5,
+    iou: Annotated[float, typer.Option(help="IoU for an object match (one-to-one): the `object` block.")] = 0.5,
+    iou_thresholds: Annotated[
+        str, typer.Option("--iou-thresholds", help="Further IoU thresholds reported under object.by_iou.")
+    ] = "0.25,0.5,0.75",
+    min_cover: Annotated[
+        float, typer.Option("--min-cover", help="Merge/split: overlap as a fraction of the truth's area.")
+    ] = 0.1,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Re-derive classes + instances from probabilities.tif per threshold.")
+    ] = False,
+    sweep_thresholds: Annotated[
+        str | None, typer.Option("--sweep-thresholds", help="Sweep thresholds (default 0.3,0.35,...,0.8).")
+    ] = None,
+    sweep_min_area: Annotated[
+        float | None, typer.Option("--sweep-min-area", help="Sweep min object area, m² (default: run.json, else 0).")
+    ] = None,
     size_bins: Annotated[str, typer.Option("--size-bins", help="Object size-bin edges in m² (comma-separated).")] = (
         "50,200"
     ),
     tile_px: Annotated[int, typer.Option("--tile-px", help="Error-map tile size in pixels.")] = 256,
     model: Annotated[Path | None, typer.Option(help="Model/run directory for class names (default: tags).")] = None,
 ) -> None:
-    """Pixel IoU/F1 per class and object precision/recall/F1 (IoU >= 0.5, one-to-one); JSON on stdout."""
+    """Pixel IoU/F1 per class, object P/R/F1 (one-to-one) at several IoUs, merges and splits; JSON on stdout.
+
+    With --sweep the threshold table also goes to stderr and the plot to <out stem>_sweep.png.
+    """
     import json as _json
 
     from geoseg.errors import InputError
-    from geoseg.evaluate import EvaluateConfig
+    from geoseg.evaluate import EvaluateConfig, format_sweep_table
     from geoseg.evaluate import run as run_evaluate
 
-    try:
-        bins = tuple(float(b) for b in size_bins.split(",") if b.strip())
-    except ValueError:
-        raise InputError(f"--size-bins {size_bins!r}: expected comma-separated numbers (m²), e.g. 50,200") from None
+    def _floats(text: str, opt: str, example: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(b) for b in text.split(",") if b.strip())
+        except ValueError:
+            raise InputError(f"{opt} {text!r}: expected comma-separated numbers, e.g. {example}") from None
+
     cfg = EvaluateConfig(
         predicted=str(predicted), truth=str(truth), aoi=str(aoi) if aoi else None, out=str(out) if out else None,
         error_map=str(error_map) if error_map else None, class_field=class_field,
-        instances=str(instances) if instances else None, iou=iou, size_bins=bins, tile_px=tile_px,
-        model=str(model) if model else None,
+        instances=str(instances) if instances else None, iou=iou,
+        size_bins=_floats(size_bins, "--size-bins", "50,200"), tile_px=tile_px, model=str(model) if model else None,
+        iou_thresholds=_floats(iou_thresholds, "--iou-thresholds", "0.25,0.5,0.75"), min_cover=min_cover,
+        sweep=sweep or sweep_thresholds is not None,
+        sweep_thresholds=_floats(sweep_thresholds, "--sweep-thresholds", "0.4,0.5,0.6") if sweep_thresholds else None,
+        sweep_min_area=sweep_min_area,
     )  # fmt: skip
-    typer.echo(_json.dumps(run_evaluate(cfg), indent=2))
+    res = run_evaluate(cfg)
+    if res.get("sweep"):
+        typer.echo(format_sweep_table(res["sweep"]), err=True)
+    typer.echo(_json.dumps(res, indent=2))
 @app.command("run")
 def run_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/sample_aoi.yaml).")],

@@ -247,6 +247,9 @@ def _headline(ev: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("precision", "recall", "f1"):
         out[f"object {key} (IoU >= {obj.get('iou_threshold', 0.5)})"] = obj.get(key)
     out["objects predicted / true"] = f"{obj.get('n_pred')} / {obj.get('n_truth')}"
+    ms = obj.get("merges_splits")
+    if isinstance(ms, dict):
+        out["merges / splits (predictions / truths)"] = f"{ms.get('merges')} / {ms.get('splits')}"
     return out
 
 

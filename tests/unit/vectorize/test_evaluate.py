@@ -11,7 +11,7 @@ import pytest
 import shapely
 
 from geoseg.cli import main
-from geoseg.evaluate import EvaluateConfig, object_metrics, pixel_metrics, run
+from geoseg.evaluate import EvaluateConfig, merges_splits, object_metrics, object_scores, pixel_metrics, run
 from geoseg.testing import pixel_box, write_labels
 
 
@@ -185,3 +185,149 @@ def test_cli_evaluate(prediction, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
     rc = main(["evaluate", str(d), "--truth", str(tmp_path / "missing.gpkg")])
     assert rc == 2 and "missing.gpkg" in capsys.readouterr().err
+
+
+# --- IoU thresholds, merges and splits (pure functions on geometry arrays) -------------------
+def test_object_scores_differ_by_iou_threshold():
+    b = shapely.box
+    truth = np.array([b(0, 0, 10, 10), b(20, 0, 30, 10), b(40, 0, 50, 10), b(60, 0, 70, 10)])
+    pred = np.array([
+        b(0, 0, 10, 9),    # IoU 0.9
+        b(20, 0, 30, 6),   # IoU 0.6
+        b(40, 0, 50, 3),   # IoU 0.3
+        b(60, 0, 70, 2),   # IoU 0.2: no match at any threshold
+    ])  # fmt: skip
+    res = object_scores(pred, truth)
+    assert list(res) == ["0.25", "0.5", "0.75"]
+    assert [res[k]["tp"] for k in res] == [3, 2, 1]
+    assert res["0.25"]["f1"] == pytest.approx(3 / 4) and res["0.75"]["recall"] == pytest.approx(1 / 4)
+    assert res["0.5"]["mean_matched_iou"] == pytest.approx((0.9 + 0.6) / 2)
+    # one-to-one at a low threshold: one prediction over two truths (IoU 0.5 and 0.25) matches one only
+    two = object_scores(np.array([b(0, 0, 20, 10)]), np.array([b(0, 0, 10, 10), b(15, 0, 20, 10)]), (0.25,))
+    assert (two["0.25"]["tp"], two["0.25"]["fn"]) == (1, 1)
+    # classes: a road-labelled prediction never matches a building truth
+    cls = object_scores(pred[:1], truth[:1], (0.5,), pred_classes=["road"], truth_classes=["building"])
+    assert cls["0.5"]["tp"] == 0 and cls["0.5"]["by_class"]["building"]["fn"] == 1
+    # empty inputs: defined counts, undefined ratios
+    e = object_scores(np.array([], dtype=object), truth, (0.5,))["0.5"]
+    assert (e["n_pred"], e["fn"], e["precision"], e["recall"]) == (0, 4, None, 0.0)
+
+
+def test_merges_and_splits_on_hand_made_polygons():
+    b = shapely.box
+    truth = np.array([
+        b(0, 0, 10, 10), b(12, 0, 22, 10),   # merged by one prediction
+        b(40, 0, 50, 10),                    # split in two halves
+        b(60, 0, 70, 10), b(70, 0, 80, 10),  # one prediction covers all of the first and 5 % of the second
+        b(100, 0, 110, 10),                  # two predictions, one covering only 5 %
+    ])  # fmt: skip
+    pred = np.array([
+        b(0, 0, 22, 10),
+        b(40, 0, 45, 10), b(45, 0, 50, 10),
+        b(60, 0, 70.5, 10),
+        b(100, 0, 109.5, 10), b(109.5, 0, 120, 10),
+    ])  # fmt: skip
+    ms = merges_splits(pred, truth)
+    assert (ms["merges"], ms["merged_truths"], ms["splits"], ms["split_preds"]) == (1, 2, 1, 2)
+    assert (ms["n_pred"], ms["n_truth"], ms["min_cover"]) == (6, 6, 0.1)
+    # 10 % exactly counts (inclusive); below does not
+    edge = merges_splits(np.array([b(0, 0, 11, 10)]), np.array([b(0, 0, 10, 10), b(10, 0, 20, 10)]))
+    assert edge["merges"] == 1
+    assert merges_splits(np.array([b(0, 0, 10.9, 10)]), np.array([b(0, 0, 10, 10), b(10, 0, 20, 10)]))["merges"] == 0
+    # a stricter min_cover drops the merge made with 10-50 % covers; classes separate pairs
+    assert merges_splits(pred, truth, min_cover=0.6)["splits"] == 0
+    cls = merges_splits(pred[:1], truth[:2], pred_classes=["building"], truth_classes=["building", "road"])
+    assert cls["merges"] == 0 and cls["by_class"]["road"]["n_truth"] == 1
+
+
+def test_object_scores_scale_to_tens_of_thousands():
+    # 20,000 truths on a grid, predictions shifted by 10 % and every 10th pair merged: pairs stay O(n)
+    n = 20_000
+    x, y = (np.arange(n) % 200) * 10.0, (np.arange(n) // 200) * 10.0
+    truth = shapely.box(x, y, x + 8, y + 8)
+    pred = shapely.box(x + 0.8, y, x + 8.8, y + 8)
+    res = object_scores(pred, truth, (0.5, 0.75))
+    assert res["0.5"]["tp"] == n and res["0.75"]["tp"] == n  # IoU 7.2/8.8 = 0.82
+    wide = shapely.box(x[::10], y[::10], x[::10] + 18, y[::10] + 8)  # covers truths i and i+1
+    ms = merges_splits(wide, truth)
+    assert ms["merges"] == n // 10 and ms["merged_truths"] == 2 * (n // 10)
+
+
+def test_run_reports_by_iou_and_merges_splits(prediction, tmp_path):
+    d, g = prediction
+    truth = write_labels(tmp_path / "t.gpkg", [pixel_box(g, 10, 10, 20, 10), pixel_box(g, 10, 20, 20, 10)], g.crs)
+    res = run(EvaluateConfig(predicted=str(d), truth=str(truth), out=str(tmp_path / "e.json")))
+    o = res["object"]
+    assert o["iou_threshold"] == 0.5 and o["tp"] == 1  # object A (20x20) has IoU 0.5 with each half
+    assert list(o["by_iou"]) == ["0.25", "0.5", "0.75"] and o["by_iou"]["0.75"]["tp"] == 0
+    assert set(o["by_iou"]["0.5"]["by_size"]) == {"small", "medium", "large"}
+    ms = o["merges_splits"]
+    assert (ms["merges"], ms["merged_truths"], ms["splits"]) == (1, 2, 0)
+    assert ms["by_size"]["medium"]["merged_truths"] == 2 and ms["by_size"]["medium"]["merges"] == 1  # 50, 100 m²
+    assert ms["by_class"]["building"]["merges"] == 1
+
+
+# --- --sweep ----------------------------------------------------------------------------------
+@pytest.fixture
+def sweep_prediction(synth, tmp_path):
+    """A 96x96 prediction whose best threshold is 0.6: false positives at p 0.57, half the truths at
+    p 0.62, the other half at 0.9 joined by a p 0.42 bridge (a merge below 0.45), and a 1 m² p 0.9
+    speck that only run.json's min_area (2 m²) removes."""
+    fg = np.zeros((96, 96), np.float32)
+    fg[8:20, 8:20] = 0.9  # A
+    fg[8:20, 30:42] = 0.9  # B
+    fg[12:16, 20:30] = 0.42  # bridge A-B
+    fg[40:52, 8:20] = 0.62  # C
+    fg[40:52, 40:52] = 0.62  # D
+    fg[70:82, 8:20] = 0.57  # E: no truth
+    fg[90:92, 90:92] = 0.9  # speck: 4 px = 1 m²
+    probs = np.stack([np.where(fg > 0, (1 - fg) / 2, 0.9), np.where(fg > 0, fg, 0.05)])
+    probs = np.concatenate([probs, np.where(fg > 0, (1 - fg) / 2, 0.05)[None]]).astype(np.float32)
+    d = tmp_path / "pred"
+    d.mkdir()
+    g = synth.write_probabilities(d / "probabilities.tif", probs)
+    synth.write_classes(d / "classes.tif", np.argmax(probs, 0), g)
+    (d / "run.json").write_text(json.dumps({"stage": "predict", "config": {"min_area": 2.0, "threshold": 0.5}}))
+    truth = write_labels(tmp_path / "truth.gpkg", [pixel_box(g, r, c, 12, 12) for r, c in
+                                                   ((8, 8), (8, 30), (40, 8), (40, 40))], g.crs)  # fmt: skip
+    return d, truth
+
+
+def test_sweep_table_and_plot(sweep_prediction, tmp_path, capsys):
+    d, truth = sweep_prediction
+    rc = main(["evaluate", str(d), "--truth", str(truth), "--sweep", "--out", str(tmp_path / "ev.json")])
+    assert rc == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    sw = res["sweep"]
+    assert sw["thresholds"] == pytest.approx([0.3 + 0.05 * i for i in range(11)])
+    assert sw["min_area_m2"] == 2.0 and "config.min_area" in sw["min_area_source"]
+    assert sw["best_object_f1"]["threshold"] == pytest.approx(0.6) and sw["best_object_f1"]["object_f1"] == 1.0
+    assert sw["best_pixel_iou"]["threshold"] == pytest.approx(0.6)
+    rows = {round(r["threshold"], 2): r for r in sw["rows"]}
+    assert rows[0.6]["pixel_iou"]["building"] == pytest.approx(4 * 144 / (4 * 144 + 4))  # only the speck is FP
+    assert (rows[0.4]["merges"], rows[0.4]["merged_truths"], rows[0.45]["merges"]) == (1, 2, 0)
+    assert rows[0.55]["object_precision"] == pytest.approx(4 / 5) and rows[0.65]["object_recall"] == 0.5
+    assert list(rows[0.6]["object_f1_by_iou"]) == ["0.25", "0.5", "0.75"]
+    assert "<- best object F1" in cap.err and "0.60" in cap.err  # the table on stderr
+    png = tmp_path / "ev_sweep.png"
+    assert sw["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".geoseg-sweep-*"))  # temporary instances removed
+    # explicit thresholds and min area override run.json: the speck now counts as a false positive
+    res = run(EvaluateConfig(predicted=str(d), truth=str(truth), out=str(tmp_path / "e2.json"), sweep=True,
+                             sweep_thresholds=(0.6,), sweep_min_area=0.0))  # fmt: skip
+    assert res["sweep"]["rows"][0]["object_precision"] == pytest.approx(4 / 5)
+    assert (tmp_path / "e2_sweep.png").exists()
+
+
+def test_sweep_errors(sweep_prediction, tmp_path, capsys):
+    d, truth = sweep_prediction
+    rc = main(["evaluate", str(d), "--truth", str(truth), "--sweep-thresholds", "0.5,1.2", "--out",
+               str(tmp_path / "x.json")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "1.2" in err and err.count("\n") == 1
+    (d / "probabilities.tif").unlink()
+    rc = main(["evaluate", str(d), "--truth", str(truth), "--sweep", "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "probabilities.tif" in err
+    assert not (tmp_path / "x.json").exists()
