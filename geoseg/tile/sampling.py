@@ -115,9 +115,7 @@ def auto_block_tiles(
     return best
 
 
-def _conflicts(
-    df: pd.DataFrame, train: np.ndarray, val: np.ndarray, gap: int, stride_fraction: float
-) -> np.ndarray:
+def _conflicts(df: pd.DataFrame, train: np.ndarray, val: np.ndarray, gap: int, stride_fraction: float) -> np.ndarray:
     """Bool per ``train`` row: some ``val`` row lies closer than ``(gap + 1)`` strides (``stride_fraction``
     tile widths per stride), centre to centre in Chebyshev distance, i.e. the two would share pixels or
     sit inside the gap. Touching at exactly that distance is no conflict. Each tile is grown (or shrunk)
