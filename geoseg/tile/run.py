@@ -230,30 +230,20 @@ def run(config: TileConfig) -> TileResult:
         kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
         first = scenes[0].grid
         left, _, _, top = first.bounds
-        stride = config.stride or t_size
-        gap = sampling.default_gap(t_size, stride) if config.val_gap is None else config.val_gap
-        if config.val_block_tiles == "auto":
-            block_tiles = sampling.auto_block_tiles(
-                cand,
-                kind,
-                val_fraction=config.val_fraction,
-                tile_extent=t_size * first.res[0],
-                origin=(left, top),
-                min_tiles=max(2, math.ceil(2 * (gap + 1) * stride / t_size)),  # blocks at least twice the gap
-            )
-        else:
-            block_tiles = int(config.val_block_tiles)
-        split, split_info = sampling.assign_split(
+        split, split_info = sampling.split_tiles(
             cand,
             kind,
-            val_fraction=config.val_fraction,
-            block_size=sampling.block_size_for(t_size, first.res[0], block_tiles),
+            tile_size=t_size,
+            stride=config.stride or t_size,
+            res=first.res[0],
             origin=(left, top),
+            val_fraction=config.val_fraction,
+            val_block_tiles=config.val_block_tiles,
+            val_gap=config.val_gap,
             seed=config.seed,
-            gap=gap,
-            stride_fraction=stride / t_size,
             val_area=cand["val_area"].to_numpy(bool) if val_area is not None else None,
         )
+        gap, block_tiles = int(split_info["val_gap"]), split_info["val_block_tiles"]
         sel = sampling.select(
             cand,
             kind,
@@ -359,9 +349,7 @@ def run(config: TileConfig) -> TileResult:
             "pixel_counts": {str(c["id"]): int(class_px[c["id"]]) for c in classes} | {"255": int(class_px[255])},
             "split": {
                 **split_info,
-                "val_block_tiles": None if val_area is not None else block_tiles,
                 "val_block_tiles_option": config.val_block_tiles,
-                "val_gap": gap,
                 "val_area": str(config.val_area) if config.val_area else None,
                 "rule": sampling.SPLIT_RULE,
             },

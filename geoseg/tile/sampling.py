@@ -192,30 +192,29 @@ def assign_split(
         bid = {b: j for j, b in enumerate(blocks)}
         cell_id = np.array([bid.get(c, -1) for c in cells], np.int64)
         weight = np.bincount(cell_id[is_pos & sampled], minlength=len(blocks))
-        target = val_fraction * weight.sum()
+        total = int(weight.sum())
         rng = np.random.default_rng([seed, 1])
-        options = []
-        for _ in range(tries):
-            chosen = np.zeros(len(blocks), bool)
-            acc = 0
-            for j in rng.permutation(len(blocks)):
-                if chosen.sum() + 1 >= len(blocks):
-                    break  # keep at least one train block
-                if weight[j] == 0:
-                    chosen[j] = rng.random() < val_fraction
-                elif abs(acc + weight[j] - target) < abs(acc - target):
-                    chosen[j] = True
-                    acc += weight[j]
-            options.append((abs(acc - target), chosen))
-        # exact share after the gap drop for the best few (pre-drop error), the first best wins
-        best = None
-        for _, chosen in sorted(options, key=lambda o: o[0])[:4]:
-            is_val = np.zeros(n, bool)
-            is_val[cell_id >= 0] = chosen[cell_id[cell_id >= 0]]
-            s = share(is_val, finish(is_val))
-            err = abs(s - val_fraction) if s is not None else math.inf
-            if best is None or err < best[0]:
-                best = (err, is_val, int(chosen.sum()))
+        target = val_fraction * total
+        best: tuple[float, np.ndarray, int] | None = None
+        for _ in range(3):  # the gap drops train positives: aim again at val_fraction of what is left
+            options = [_greedy(weight, target, val_fraction, rng) for _ in range(tries)]
+            round_best: tuple[float, int] | None = None
+            for err0, chosen in sorted(options, key=lambda o: o[0])[:4]:  # exact share for the best few
+                is_val = np.zeros(n, bool)
+                is_val[cell_id >= 0] = chosen[cell_id[cell_id >= 0]]
+                keep = finish(is_val)
+                s = share(is_val, keep)
+                err = abs(s - val_fraction) if s is not None else math.inf
+                if best is None or err < best[0]:
+                    best = (err, is_val, int(chosen.sum()))
+                lost = int((is_pos & sampled & ~keep).sum())
+                if round_best is None or err < round_best[0]:
+                    round_best = (err, lost)
+            assert round_best is not None
+            new_target = val_fraction * (total - round_best[1])
+            if new_target == target:
+                break
+            target = new_target
         assert best is not None
         _, is_val, n_val_blocks = best
         info.update({"val_blocks": n_val_blocks, "blocks": len(blocks)})
@@ -225,6 +224,67 @@ def assign_split(
     info["dropped_at_border"] = int((~keep & sampled).sum())
     info["val_share_positives"] = share(is_val & sampled, keep)
     return split, info
+
+
+def split_tiles(
+    df: pd.DataFrame,
+    kind: pd.Series,
+    *,
+    tile_size: int,
+    stride: int,
+    res: float,
+    origin: tuple[float, float],
+    val_fraction: float,
+    val_block_tiles: int | str = "auto",
+    val_gap: int | None = None,
+    seed: int = 0,
+    val_area: np.ndarray | None = None,
+) -> tuple[pd.Series, dict[str, object]]:
+    """The split of ``geoseg tile`` from its options: resolves the default gap (:func:`default_gap`) and
+    ``auto`` blocks (:func:`auto_block_tiles`, at least ``max(2, ceil(2 (gap + 1) S / T))`` tiles: twice
+    the gap), then :func:`assign_split`. ``res``: common-CRS units per pixel of the first scene; the
+    info holds the resolved ``val_block_tiles`` (None with ``val_area``) and ``val_gap``."""
+    gap = default_gap(tile_size, stride) if val_gap is None else int(val_gap)
+    extent = tile_size * res
+    if val_area is not None:
+        block_tiles = None
+    elif val_block_tiles == "auto":
+        min_tiles = max(2, math.ceil(2 * (gap + 1) * stride / tile_size))
+        block_tiles = auto_block_tiles(
+            df, kind, val_fraction=val_fraction, tile_extent=extent, origin=origin, min_tiles=min_tiles
+        )
+    else:
+        block_tiles = int(val_block_tiles)
+    split, info = assign_split(
+        df,
+        kind,
+        val_fraction=val_fraction,
+        block_size=block_size_for(tile_size, res, block_tiles or 1),
+        origin=origin,
+        seed=seed,
+        gap=gap,
+        stride_fraction=stride / tile_size,
+        val_area=val_area,
+    )
+    info["val_block_tiles"] = block_tiles
+    return split, info
+
+
+def _greedy(
+    weight: np.ndarray, target: float, val_fraction: float, rng: np.random.Generator
+) -> tuple[float, np.ndarray]:
+    """One random block order filled greedily towards ``target`` val positives: ``(|error|, chosen)``."""
+    chosen = np.zeros(len(weight), bool)
+    acc = 0
+    for j in rng.permutation(len(weight)):
+        if chosen.sum() + 1 >= len(weight):
+            break  # keep at least one train block
+        if weight[j] == 0:
+            chosen[j] = rng.random() < val_fraction
+        elif abs(acc + weight[j] - target) < abs(acc - target):
+            chosen[j] = True
+            acc += weight[j]
+    return abs(acc - target), chosen
 
 
 def hard_negative_scores(neg: np.ndarray, pos: np.ndarray, ref: np.ndarray) -> np.ndarray:
