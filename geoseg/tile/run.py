@@ -243,7 +243,8 @@ def run(config: TileConfig) -> TileResult:
             seed=config.seed,
             val_area=cand["val_area"].to_numpy(bool) if val_area is not None else None,
         )
-        gap, block_tiles = int(split_info["val_gap"]), split_info["val_block_tiles"]
+        gap = sampling.default_gap(t_size, config.stride or t_size) if config.val_gap is None else config.val_gap
+        block_tiles = split_info["val_block_tiles"]
         sel = sampling.select(
             cand,
             kind,
@@ -390,7 +391,7 @@ def run(config: TileConfig) -> TileResult:
             log.warning("no validation tiles: no usable tile intersects --val-area %s", config.val_area)
     elif config.val_fraction > 0:
         log.info(
-            "split: %d-tile blocks (%s), %s of %s blocks val, gap %d strides; val share of positives %s "
+            "split: %s-tile blocks (%s), %s of %s blocks val, gap %d strides; val share of positives %s "
             "(requested %.3g)",
             block_tiles,
             "auto" if config.val_block_tiles == "auto" else "--val-block-tiles",
@@ -402,7 +403,7 @@ def run(config: TileConfig) -> TileResult:
         )
         if realised_split["val"] == 0:
             log.warning(
-                "no validation tiles: the usable tiles span too few %d-tile split blocks; lower --val-block-tiles "
+                "no validation tiles: the usable tiles span too few %s-tile split blocks; lower --val-block-tiles "
                 "or give --val-area",
                 block_tiles,
             )

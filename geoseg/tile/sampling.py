@@ -196,10 +196,10 @@ def assign_split(
         rng = np.random.default_rng([seed, 1])
         target = val_fraction * total
         best: tuple[float, np.ndarray, int] | None = None
-        for _ in range(3):  # the gap drops train positives: aim again at val_fraction of what is left
+        for _round in range(3):  # the gap drops train positives: aim again at val_fraction of what is left
             options = [_greedy(weight, target, val_fraction, rng) for _ in range(tries)]
             round_best: tuple[float, int] | None = None
-            for err0, chosen in sorted(options, key=lambda o: o[0])[:4]:  # exact share for the best few
+            for _, chosen in sorted(options, key=lambda o: o[0])[:4]:  # exact share for the best few
                 is_val = np.zeros(n, bool)
                 is_val[cell_id >= 0] = chosen[cell_id[cell_id >= 0]]
                 keep = finish(is_val)
