@@ -151,7 +151,8 @@ def assign_split(
     val_area: np.ndarray | None = None,
     tries: int = 32,
 ) -> tuple[pd.Series, dict[str, object]]:
-    """``train`` / ``val`` / ``None`` (train tile dropped in the gap) per candidate; see the module docstring.
+    """``train`` / ``val`` per sampled candidate, ``None`` for train tiles dropped in the gap (and, once a
+    val split exists, for candidates that are never sampled); see the module docstring.
 
     ``origin`` is (left, top) of the block grid in the common CRS; blocks count right and down.
     ``gap`` is in strides of the tile grid, ``stride_fraction`` = stride / tile size. ``val_area``: bool
@@ -220,7 +221,7 @@ def assign_split(
         info.update({"val_blocks": n_val_blocks, "blocks": len(blocks)})
     keep = finish(is_val)
     split[:] = np.where(is_val, "val", "train")
-    split[~keep] = None
+    split[~keep | ~sampled] = None
     info["dropped_at_border"] = int((~keep & sampled).sum())
     info["val_share_positives"] = share(is_val & sampled, keep)
     return split, info
