@@ -110,8 +110,30 @@ def tile(
     max_unusable_fraction: Annotated[
         float, typer.Option(help="Skip tiles with more nodata + ignore pixels than this fraction.")
     ] = 0.5,
-    val_fraction: Annotated[float, typer.Option(help="Share of positives in the validation split.")] = 0.2,
-    val_block_tiles: Annotated[int, typer.Option(help="Spatial split block edge, in tiles.")] = 8,
+    val_fraction: Annotated[float, typer.Option(help="Share of positive tiles in the validation split.")] = 0.2,
+    val_block_tiles: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|N",
+            help="Split block edge in tiles; auto: the largest edge (>= 2 tiles) giving the positives at least "
+            "max(10, 2/--val-fraction) blocks.",
+        ),
+    ] = "auto",
+    val_gap: Annotated[
+        int | None,
+        typer.Option(
+            metavar="TILES",
+            help="Strides of the tile grid between train and val tiles: train tiles nearer a val tile are dropped "
+            "(default: the smallest with no shared pixel, 0 when --stride = --tile-size).",
+        ),
+    ] = None,
+    val_area: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="LAYER",
+            help="Validation polygons: tiles sharing area with them are val, all others train (replaces the blocks).",
+        ),
+    ] = None,
     boundary_width: Annotated[
         int | None,
         typer.Option(help="Boundary class this many pixels wide: inside outlines and in gaps between objects, so "
@@ -154,6 +176,8 @@ def tile(
         max_unusable_fraction=max_unusable_fraction,
         val_fraction=val_fraction,
         val_block_tiles=val_block_tiles,
+        val_gap=val_gap,
+        val_area=str(val_area) if val_area else None,
         boundary_width=boundary_width,
         seed=seed,
         workers=workers,
@@ -167,7 +191,13 @@ def tile(
     typer.echo(f"{'kind':<14} {'requested':>9} {'realised':>9}")
     for k in ("positive", "hard_negative", "easy_negative"):
         typer.echo(f"{k:<14} {c['requested'][k]:>9} {c['realised'][k]:>9}")
-    typer.echo(f"split: train {c['by_split']['train']}, val {c['by_split']['val']}")
+    share = c["val_share_of_positives"]
+    real = "n/a" if share["realised"] is None else f"{share['realised']:.3f}"
+    req = "val area" if share["requested"] is None else f"{share['requested']:.3f}"
+    typer.echo(
+        f"split: train {c['by_split']['train']}, val {c['by_split']['val']}; "
+        f"val share of positives {real} (requested {req})"
+    )
 
 
 @app.command()

@@ -65,7 +65,7 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage("tile", "geoseg.tile.run", "TileConfig", "dataset", "dataset/dataset.json",
-              ("scenes", "labels", "coverage", "hard_negatives")),
+              ("scenes", "labels", "coverage", "hard_negatives", "val_area")),
         Stage("train", "geoseg.train.run", "TrainConfig", "train", "train/model/config.json",
               ("weights", "dataset"), {"dataset": "tile"}, device=True),
         Stage("predict", "geoseg.predict.run", "PredictConfig", "predict", "predict/run.json",

@@ -71,7 +71,9 @@ class TileConfig:
     min_positive_fraction: float = 0.01
     max_unusable_fraction: float = 0.5  # nodata or ignore
     val_fraction: float = 0.2
-    val_block_tiles: int = 8
+    val_block_tiles: int | str = "auto"  # [--val-block-tiles] block edge in tiles, or "auto" (see sampling)
+    val_gap: int | None = None  # [--val-gap] strides between train and val tiles; None = no shared pixel
+    val_area: str | None = None  # [--val-area] polygons: tiles intersecting them are val, no blocks
     boundary_width: int | None = None  # None: auto from the label object sizes (tile.objects)
     seed: int = 0
     workers: int = 1
@@ -79,8 +81,14 @@ class TileConfig:
     processes: bool = False  # LocalCluster workers as processes (default threads: faster start, less memory)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        vbt = self.val_block_tiles
+        if isinstance(vbt, str) and vbt.strip().isdigit():  # "8" from a command line or --set
+            object.__setattr__(self, "val_block_tiles", int(vbt))
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` for out-of-range options (one line, naming the option)."""
+        vbt = self.val_block_tiles
         checks = [
             (len(self.scenes) > 0, "give at least one SCENE"),
             (self.tile_size >= 8, "--tile-size must be at least 8"),
@@ -91,7 +99,11 @@ class TileConfig:
             (0 <= self.min_positive_fraction <= 1, "--min-positive-fraction must be in [0, 1]"),
             (0 <= self.max_unusable_fraction <= 1, "--max-unusable-fraction must be in [0, 1]"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
-            (self.val_block_tiles >= 1, "--val-block-tiles must be >= 1"),
+            (
+                vbt == "auto" or (isinstance(vbt, int) and not isinstance(vbt, bool) and vbt >= 1),
+                f"--val-block-tiles must be auto or an integer >= 1, got {vbt!r}",
+            ),
+            (self.val_gap is None or self.val_gap >= 0, "--val-gap must be >= 0"),
             (self.boundary_width is None or self.boundary_width >= 0, "--boundary-width must be >= 0"),
             (self.max_label_age is None or self.max_label_age >= 0, "--max-label-age must be >= 0 days"),
             (self.workers >= 1, "--workers must be >= 1"),
@@ -142,6 +154,8 @@ def run(config: TileConfig) -> TileResult:
                 )
     coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
     lookalikes = read_polygons(config.hard_negatives, what="hard-negatives layer") if config.hard_negatives else None
+    val_area = read_polygons(config.val_area, what="val-area layer") if config.val_area else None
+
     per_scene = []
     for s in scenes:
         valid = labels.validity(s.date, max_age_days=config.max_label_age, undated=config.undated)
@@ -218,16 +232,27 @@ def run(config: TileConfig) -> TileResult:
                 bar.update(len(sres.rows))
         del scan_items
         timer.lap(f"scan ({n_candidates} tiles)")
-        cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size)
+        cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size, val_area)
 
         # ---- select ----------------------------------------------------------------------------
         kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
         first = scenes[0].grid
-        block = sampling.block_size_for(t_size, first.res[0], config.val_block_tiles)
         left, _, _, top = first.bounds
-        split, split_info = sampling.assign_split(
-            cand, kind, val_fraction=config.val_fraction, block_size=block, origin=(left, top), seed=config.seed
+        split, split_info = sampling.split_tiles(
+            cand,
+            kind,
+            tile_size=t_size,
+            stride=config.stride or t_size,
+            res=first.res[0],
+            origin=(left, top),
+            val_fraction=config.val_fraction,
+            val_block_tiles=config.val_block_tiles,
+            val_gap=config.val_gap,
+            seed=config.seed,
+            val_area=cand["val_area"].to_numpy(bool) if val_area is not None else None,
         )
+        gap = sampling.default_gap(t_size, config.stride or t_size) if config.val_gap is None else config.val_gap
+        block_tiles = split_info["val_block_tiles"]
         sel = sampling.select(
             cand,
             kind,
@@ -242,8 +267,8 @@ def run(config: TileConfig) -> TileResult:
             n_pos = int((kind == "positive").sum())
             if n_pos:  # positives existed, so the split dropped them all
                 raise EmptyResultError(
-                    f"{config.labels}: all {n_pos} positive tiles lie within one tile of a train/val block border "
-                    "and were dropped; raise --val-block-tiles or lower --val-fraction"
+                    f"{config.labels}: all {n_pos} positive tiles lie within --val-gap {gap} of a validation tile "
+                    "and were dropped; lower --val-gap or --val-fraction, or give a smaller --val-area"
                 )
             raise EmptyResultError(
                 f"{config.labels}: no tile passed the filters ({n_pos} positive candidates of {len(cand)} tiles); "
@@ -304,6 +329,11 @@ def run(config: TileConfig) -> TileResult:
         class_px = sum((r.class_pixels for r in ordered), np.zeros(256, np.int64))
         classes = class_table(labels.class_names, boundary_class is not None)
         realised_split = {sp: int((tiles["split"] == sp).sum()) for sp in ("train", "val")}
+        pos_split = tiles["split"][tiles["kind"] == "positive"]
+        val_share = {
+            "requested": None if val_area is not None else config.val_fraction,
+            "realised": round(float((pos_split == "val").mean()), 4) if len(pos_split) else None,
+        }
         dataset = {
             "config": to_dict(config),
             "classes": classes,
@@ -321,9 +351,19 @@ def run(config: TileConfig) -> TileResult:
             "tiles_crs": first.crs.to_wkt(),
             "tiles_crs_note": "tiles.gpkg geometries are in the first scene's CRS; row_off/col_off are in the "
             "tile's own scene grid",
-            "counts": {"requested": sel.requested, "realised": sel.realised, "by_split": realised_split},
+            "counts": {
+                "requested": sel.requested,
+                "realised": sel.realised,
+                "by_split": realised_split,
+                "val_share_of_positives": val_share,
+            },
             "pixel_counts": {str(c["id"]): int(class_px[c["id"]]) for c in classes} | {"255": int(class_px[255])},
-            "split": {**split_info, "val_block_tiles": config.val_block_tiles, "rule": sampling.SPLIT_RULE},
+            "split": {
+                **split_info,
+                "val_block_tiles_option": config.val_block_tiles,
+                "val_area": str(config.val_area) if config.val_area else None,
+                "rule": sampling.SPLIT_RULE,
+            },
             "hard_negatives": {
                 "source": "look-alike layer" if lookalikes is not None else "spectral similarity",
                 "statistic": None if lookalikes is not None else sampling.HARD_NEGATIVE_STATISTIC,
@@ -350,8 +390,33 @@ def run(config: TileConfig) -> TileResult:
         write_json(stage / "dataset.json", dataset)
         timer.lap("index + dataset.json")
     log.info("geoseg tile timings: %s", timer.summary())
-    if config.val_fraction > 0 and realised_split["val"] == 0:
-        log.warning("no validation tiles: the scenes span too few split blocks; lower --val-block-tiles")
+    if val_area is not None:
+        log.info(
+            "split: val = tiles intersecting %s, gap %d strides; val share of positives %s",
+            config.val_area,
+            gap,
+            val_share["realised"],
+        )
+        if realised_split["val"] == 0:
+            log.warning("no validation tiles: no usable tile intersects --val-area %s", config.val_area)
+    elif config.val_fraction > 0:
+        log.info(
+            "split: %s-tile blocks (%s), %s of %s blocks val, gap %d strides; val share of positives %s "
+            "(requested %.3g)",
+            block_tiles,
+            "auto" if config.val_block_tiles == "auto" else "--val-block-tiles",
+            split_info.get("val_blocks"),
+            split_info.get("blocks"),
+            gap,
+            val_share["realised"],
+            config.val_fraction,
+        )
+        if realised_split["val"] == 0:
+            log.warning(
+                "no validation tiles: the usable tiles span too few %s-tile split blocks; lower --val-block-tiles "
+                "or give --val-area",
+                block_tiles,
+            )
     _log_counts(sel.requested, sel.realised, realised_split)
     return TileResult(out=Path(config.out), n_tiles=len(tiles), counts=dataset["counts"], dataset=dataset)
 
@@ -423,9 +488,19 @@ def _bar(total: int, desc: str, enabled: bool) -> tqdm:
 
 
 def _candidate_table(
-    scan: dict[Any, ScanResult], scenes: list[SceneInfo], per_scene: list[SceneLabels], lookalikes: Any, t: int
+    scan: dict[Any, ScanResult],
+    scenes: list[SceneInfo],
+    per_scene: list[SceneLabels],
+    lookalikes: Any,
+    t: int,
+    val_area: Any = None,
 ) -> pd.DataFrame:
-    """One row per tile: fractions, features, look-alike flag, bounds in scene and common CRS."""
+    """One row per tile: fractions, features, look-alike and val-area flags, bounds in scene and common CRS.
+
+    Both layers are reprojected to each scene's CRS. ``lookalike``: the tile footprint intersects (or
+    touches) a look-alike polygon. ``val_area``: the footprint shares area with a val-area polygon
+    (touching along an edge only does not count), so no pixel inside the layer is in a train tile.
+    """
     parts = []
     for key in sorted(scan):
         r = scan[key]
@@ -444,6 +519,7 @@ def _candidate_table(
         parts.append(d)
     df = pd.concat(parts, ignore_index=True).sort_values(["scene", "row_off", "col_off"], ignore_index=True)
     df["lookalike"] = False
+    df["val_area"] = False
     bounds = np.zeros((len(df), 4))
     for si, s in enumerate(scenes):
         sel = (df["scene"] == si).to_numpy()
@@ -453,13 +529,12 @@ def _candidate_table(
         xb, yb = xa + tr.a * t + tr.b * t, ya + tr.d * t + tr.e * t
         b = np.column_stack([np.minimum(xa, xb), np.minimum(ya, yb), np.maximum(xa, xb), np.maximum(ya, yb)])
         bounds[sel] = b
-        if lookalikes is not None and sel.any():
-            look = to_crs(lookalikes, s.grid.crs).geometry.values
-            tree = shapely.STRtree(look)
-            hit = tree.query(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]), predicate="intersects")[0]
-            flags = np.zeros(int(sel.sum()), bool)
-            flags[np.unique(hit)] = True
-            df.loc[sel, "lookalike"] = flags
+        if sel.any():
+            tboxes = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+            if lookalikes is not None:
+                df.loc[sel, "lookalike"] = _hits(tboxes, to_crs(lookalikes, s.grid.crs).geometry.values, False)
+            if val_area is not None:
+                df.loc[sel, "val_area"] = _hits(tboxes, to_crs(val_area, s.grid.crs).geometry.values, True)
     for j, k in enumerate(("sx0", "sy0", "sx1", "sy1")):
         df[k] = bounds[:, j]
     common = np.array(bounds)
@@ -473,6 +548,17 @@ def _candidate_table(
     for j, k in enumerate(("x0", "y0", "x1", "y1")):
         df[k] = common[:, j]
     return df
+
+
+def _hits(boxes: np.ndarray, polys: np.ndarray, area: bool) -> np.ndarray:
+    """Bool per box: intersects one of ``polys`` (``area``: shares area, not just an edge or a corner)."""
+    ib, ip = shapely.STRtree(polys).query(boxes, predicate="intersects")
+    if area and len(ib):
+        inner = ~shapely.touches(boxes[ib], polys[ip])
+        ib = ib[inner]
+    flags = np.zeros(len(boxes), bool)
+    flags[np.unique(ib)] = True
+    return flags
 
 
 def _transformer(src: Any, dst: Any) -> Any:

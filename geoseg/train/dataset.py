@@ -126,11 +126,6 @@ def read_dataset(path: str | Path) -> DatasetInfo:
     val = split == "val"
     if not train.any():
         raise InputError(f"{path / 'tiles.gpkg'}: no tiles with split 'train'; re-run geoseg tile")
-    if not val.any():
-        raise InputError(
-            f"{path / 'tiles.gpkg'}: no tiles with split 'val'; re-run geoseg tile so that some tiles go to "
-            "validation (--val-fraction, see its warnings)"
-        )
     return DatasetInfo(
         path=path,
         info=info,

@@ -274,7 +274,10 @@ def _run(cfg: TrainConfig) -> TrainResult:
     val_sampler = TileSampler(len(val_ds), shuffle=False, rank=rt.rank, world=rt.world)
     drop_last = len(train_sampler) >= cfg.batch_size
     train_loader = make_loader(train_ds, train_sampler, cfg.batch_size, workers, rt, drop_last=drop_last)
-    val_loader = make_loader(val_ds, val_sampler, cfg.batch_size, workers, rt, drop_last=False)
+    # no val split (a legitimate choice for small data): no validation pass, val metrics NaN, keep the last epoch
+    val_loader = make_loader(val_ds, val_sampler, cfg.batch_size, workers, rt, drop_last=False) if len(val_ds) else None
+    if val_loader is None and rt.is_main:
+        log.warning("%s: no validation tiles; training without validation and keeping the last epoch", ds.path)
     if workers == 0:
         train_ds.reseed(cfg.seed + rt.rank)
     steps = len(train_loader)
@@ -331,7 +334,10 @@ def _run(cfg: TrainConfig) -> TrainResult:
         try:
             tr = loop.train_one_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, rt, progress=bar)
             bar.set_postfix_str(f"loss={tr['loss']:.4f} validating", refresh=True)
-            val_loss, cm = loop.evaluate(net, val_loader, criterion, ds.num_classes, ds.ignore_index, rt)
+            if val_loader is not None:
+                val_loss, cm = loop.evaluate(net, val_loader, criterion, ds.num_classes, ds.ignore_index, rt)
+            else:
+                val_loss, cm = math.nan, np.zeros((ds.num_classes, ds.num_classes), np.int64)
         except BaseException:
             bar.close()
             raise
@@ -350,12 +356,13 @@ def _run(cfg: TrainConfig) -> TrainResult:
             "classes": {k: [float(x) for x in v] for k, v in sc.items()},
         }
         history.append(rec)
-        improved = rank_score(miou) > best
+        keep = cfg.keep if val_loader is not None else "last"
+        improved = rank_score(miou) > best or val_loader is None  # without val, best = last
         if improved:
             best, best_epoch = rank_score(miou), epoch + 1
         if rt.is_main:
-            if improved or cfg.keep == "last":
-                save_model(out / "model", model, {**mcfg, "epoch": epoch + 1, "val_miou": miou, "kept": cfg.keep})
+            if improved or keep == "last":
+                save_model(out / "model", model, {**mcfg, "epoch": epoch + 1, "val_miou": miou, "kept": keep})
             loop.save_checkpoint(
                 ckpt_path,
                 {

@@ -63,6 +63,7 @@ def test_cli_workers_1_in_process_equals_2_worker_processes(case: dict, capsys: 
     assert main(_args(case, out1)) == 0
     printed = capsys.readouterr().out
     assert "requested" in printed and "positive" in printed and "split: train" in printed
+    assert "val share of positives" in printed and "(requested 0.200)" in printed
     out2 = case["tmp"] / "two"
     exe = Path(sys.executable).with_name("geoseg")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "geoseg.cli"]
@@ -142,6 +143,8 @@ CASES = {
     ),
     "missing labels": (lambda t, c: {"labels": t / "none.gpkg"}, [], "not found"),
     "bad option": (lambda t, c: {}, ["--undated", "maybe"], "--undated"),
+    "bad block option": (lambda t, c: {}, ["--val-block-tiles", "big"], "--val-block-tiles must be auto"),
+    "missing val area": (lambda t, c: {}, ["--val-area", "no_val_area.gpkg"], "not found"),
 }
 
 

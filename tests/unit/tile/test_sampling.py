@@ -14,7 +14,7 @@ from shapely.geometry import box
 
 from geoseg.testing import pixel_box, write_labels, write_scene
 from geoseg.tile import TileConfig, run
-from geoseg.tile.sampling import assign_split, candidate_kind, select
+from geoseg.tile.sampling import assign_split, auto_block_tiles, candidate_kind, default_gap, select, split_tiles
 
 from .conftest import SCENE_DATE, load_dataset
 
@@ -42,29 +42,130 @@ def _no_touch(val: list, train: list) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_blocked_split_val_never_touches_train(seed: int) -> None:
+def test_blocked_split_with_gap_one_never_touches_train(seed: int) -> None:
     df = _table(seed=seed)
     kind = candidate_kind(df, 0.01, 0.5)
-    split, info = assign_split(df, kind, val_fraction=0.25, block_size=50.0, origin=(0.0, 0.0), seed=seed)
+    split, info = assign_split(df, kind, val_fraction=0.25, block_size=50.0, origin=(0.0, 0.0), seed=seed, gap=1)
     boxes = shapely.box(df.x0, df.y0, df.x1, df.y1)
     val = list(boxes[(split == "val").to_numpy()])
     train = list(boxes[(split == "train").to_numpy() & kind.notna().to_numpy()])
     _no_touch(val, train)
-    # tiles within one tile of a train/val border are dropped, the others kept
+    # only train tiles next to a val tile are dropped; val keeps all its tiles
     assert info["dropped_at_border"] > 0
     assert split[kind.notna()].notna().sum() > 0.5 * kind.notna().sum()
+    assert split[kind.notna()].isna().sum() == info["dropped_at_border"]
     pos = kind == "positive"
     share = ((split == "val") & pos).sum() / (split.notna() & pos).sum()
-    assert 0.1 < share < 0.45
+    assert info["val_share_positives"] == pytest.approx(share)
+    assert abs(share - 0.25) < 0.1
+
+
+def test_default_gap_with_aligned_blocks_drops_nothing() -> None:
+    df = _table(seed=5)
+    kind = candidate_kind(df, 0.01, 0.5)
+    split, info = assign_split(df, kind, val_fraction=0.25, block_size=50.0, origin=(0.0, 0.0), seed=0)
+    assert info["dropped_at_border"] == 0 and (split[kind.notna()] == "val").any()
+    boxes = shapely.box(df.x0, df.y0, df.x1, df.y1)
+    val, train = boxes[(split == "val").to_numpy()], boxes[(split == "train").to_numpy()]
+    # val and train may touch along an edge but share no area
+    assert shapely.area(shapely.intersection(shapely.union_all(val), shapely.union_all(train))) == 0
+    assert default_gap(256, 256) == 0 and default_gap(256, 128) == 1 and default_gap(256, 100) == 2
 
 
 def test_split_with_offset_grids_and_other_tile_size_still_separates() -> None:
     df = _table(n=24, t=7.0, seed=3)  # 7-unit tiles on 25-unit blocks: tiles straddle block borders
     df[["x0", "x1"]] += 3.3
     kind = candidate_kind(df, 0.01, 0.5)
-    split, _ = assign_split(df, kind, val_fraction=0.3, block_size=25.0, origin=(0.0, 0.0), seed=0)
+    split, _ = assign_split(df, kind, val_fraction=0.3, block_size=25.0, origin=(0.0, 0.0), seed=0, gap=1)
     boxes = shapely.box(df.x0, df.y0, df.x1, df.y1)
-    _no_touch(list(boxes[(split == "val").to_numpy()]), list(boxes[(split == "train").to_numpy()]))
+    used = kind.notna().to_numpy()  # tiles never sampled are no part of either split's dataset
+    _no_touch(list(boxes[(split == "val").to_numpy() & used]), list(boxes[(split == "train").to_numpy() & used]))
+
+
+def synthetic_tiles(size: int, t: int, stride: int, seed: int, res: float = 0.5) -> pd.DataFrame:
+    """Candidate table of a ``size``² scene (tiles of ``t`` px every ``stride`` px, edge tiles padded) whose
+    label raster holds ~size²/3000 buildings of 6-20 px, denser in a few random neighbourhoods."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((size + t, size + t), np.int32)  # padded: edge tiles run past the scene
+    centres = rng.uniform(0, size, (max(2, size // 512), 2))
+    for _ in range(size * size // 3000):
+        if rng.random() < 0.6:  # clustered around a neighbourhood centre
+            r, c = (centres[rng.integers(len(centres))] + rng.normal(0, size / 8, 2)).clip(0, size - 20).astype(int)
+        else:
+            r, c = rng.integers(0, size - 20, 2)
+        h, w = rng.integers(6, 21, 2)
+        lab[r : r + h, c : c + w] = 1
+    ii = np.zeros((size + t + 1, size + t + 1), np.int64)
+    ii[1:, 1:] = lab.cumsum(0).cumsum(1)
+    o = np.arange(0, size, stride)
+    rr, cc = (a.ravel() for a in np.meshgrid(o, o, indexing="ij"))
+    frac = (ii[rr + t, cc + t] - ii[rr, cc + t] - ii[rr + t, cc] + ii[rr, cc]) / (t * t)
+    df = pd.DataFrame({"scene": 0, "row_off": rr, "col_off": cc, "label_fraction": frac, "unusable_fraction": 0.0})
+    df["x0"], df["x1"] = cc * res, (cc + t) * res
+    df["y1"], df["y0"] = -rr * res, -(rr + t) * res
+    df["lookalike"] = False
+    return df
+
+
+def _shared_pixels(df: pd.DataFrame, split: pd.Series, kind: pd.Series, t: int) -> int:
+    """Pairs of a sampled val and train tile whose pixel footprints overlap (independent of the split code)."""
+    from scipy.spatial import cKDTree
+
+    used = kind.notna().to_numpy()
+    val = df.loc[(split == "val").to_numpy() & used, ["row_off", "col_off"]].to_numpy(float)
+    train = df.loc[(split == "train").to_numpy() & used, ["row_off", "col_off"]].to_numpy(float)
+    if not len(val) or not len(train):
+        return 0
+    hits = cKDTree(train).query_ball_point(val, r=t - 0.5, p=np.inf)  # |dr| < t and |dc| < t
+    return sum(len(h) for h in hits)
+
+
+@pytest.mark.parametrize(
+    ("size", "t", "stride"),
+    [(512, 64, 64), (512, 64, 32), (2048, 128, 128), (2048, 256, 128), (2048, 64, 48), (4096, 256, 256),
+     (4096, 128, 64), (4096, 256, 192)],
+)  # fmt: skip
+def test_default_split_hits_the_fraction_without_shared_pixels(size: int, t: int, stride: int) -> None:
+    df = synthetic_tiles(size, t, stride, seed=size + t + stride)
+    kind = candidate_kind(df, 0.01, 0.5)
+    for seed in (0, 1):
+        split, info = split_tiles(
+            df, kind, tile_size=t, stride=stride, res=0.5, origin=(0.0, 0.0), val_fraction=0.2, seed=seed
+        )
+        assert info["val_gap"] == -(-t // stride) - 1
+        assert _shared_pixels(df, split, kind, t) == 0
+        # one gap less would share pixels: the default is the smallest gap
+        if info["val_gap"] > 0:
+            tight, _ = split_tiles(
+                df, kind, tile_size=t, stride=stride, res=0.5, origin=(0.0, 0.0), val_fraction=0.2, seed=seed,
+                val_gap=info["val_gap"] - 1,
+            )  # fmt: skip
+            assert _shared_pixels(df, tight, kind, t) > 0
+        pos = (kind == "positive").to_numpy()
+        share = ((split == "val").to_numpy() & pos).sum() / (split.notna().to_numpy() & pos).sum()
+        assert info["val_share_positives"] == pytest.approx(share)
+        if info["blocks"] >= 8:
+            assert abs(share - 0.2) <= 0.1, (info, share)
+        # no more train tiles lost than the gap ring needs
+        assert info["dropped_at_border"] <= 0.35 * kind.notna().sum()
+    if size >= 2048:
+        assert info["blocks"] >= 10  # the scene allows enough blocks: auto finds them
+
+
+def test_auto_blocks_shrink_with_the_scene_and_grow_with_it() -> None:
+    small = synthetic_tiles(1024, 64, 64, seed=1)
+    big = synthetic_tiles(4096, 64, 64, seed=1)
+    n = [
+        auto_block_tiles(d, candidate_kind(d, 0.01, 0.5), val_fraction=0.2, tile_extent=32.0, origin=(0.0, 0.0))
+        for d in (small, big)
+    ]
+    assert 2 <= n[0] < n[1]
+    # an explicit integer is used as given
+    _, info = split_tiles(
+        big, candidate_kind(big, 0.01, 0.5), tile_size=64, stride=64, res=0.5, origin=(0.0, 0.0),
+        val_fraction=0.2, val_block_tiles=7,
+    )  # fmt: skip
+    assert info["val_block_tiles"] == 7 and info["block_size"] == 7 * 64 * 0.5
 
 
 def test_select_counts_and_spectral_hard_negatives() -> None:
@@ -154,7 +255,12 @@ def test_run_counts_split_and_seed(grid_case: dict) -> None:
     assert (idx.label_fraction[idx.kind == "positive"] >= 0.01).all()
     assert (idx.label_fraction[idx.kind != "positive"] == 0).all()
     assert meta["counts"]["by_split"]["val"] > 0 and meta["counts"]["by_split"]["train"] > 0
-    _no_touch(list(idx.geometry[idx.split == "val"]), list(idx.geometry[idx.split == "train"]))
+    val_u, train_u = idx.geometry[idx.split == "val"].union_all(), idx.geometry[idx.split == "train"].union_all()
+    assert val_u.intersection(train_u).area == 0  # stride = tile size: default gap 0, tiles may touch
+    share = meta["counts"]["val_share_of_positives"]
+    pos = idx[idx.kind == "positive"]
+    assert share["requested"] == 0.25 and share["realised"] == pytest.approx((pos.split == "val").mean(), abs=1e-4)
+    assert meta["split"]["val_gap"] == 0 and meta["split"]["val_block_tiles"] == 4
     # hard negatives (spectral) are brighter than easy ones: the look-alikes are found without the layer
     bright = (images[:, 0] > 150).mean(axis=(1, 2))
     assert bright[idx.kind == "hard_negative"].mean() > bright[idx.kind == "easy_negative"].mean()
@@ -167,6 +273,33 @@ def test_run_counts_split_and_seed(grid_case: dict) -> None:
     run(_cfg(grid_case, "c", seed=5))
     idx_c, _, _ = load_dataset(grid_case["tmp"] / "c")
     assert not idx_c[["row_off", "col_off", "kind"]].equals(idx[["row_off", "col_off", "kind"]])
+
+
+def test_run_auto_blocks_and_val_area(grid_case: dict) -> None:
+    # defaults: auto blocks, gap from the stride (8 px stride on 16 px tiles: gap 1)
+    run(_cfg(grid_case, "auto", val_block_tiles="auto", stride=8))
+    meta = json.loads((grid_case["tmp"] / "auto" / "dataset.json").read_text())
+    assert meta["split"]["val_block_tiles"] >= 2 and meta["split"]["val_gap"] == 1
+    assert meta["split"]["val_block_tiles_option"] == "auto" and meta["config"]["val_block_tiles"] == "auto"
+    assert meta["split"]["blocks"] >= 10
+    assert abs(meta["counts"]["val_share_of_positives"]["realised"] - 0.25) <= 0.1
+    idx, _, _ = load_dataset(grid_case["tmp"] / "auto")
+    val_u, train_u = idx.geometry[idx.split == "val"].union_all(), idx.geometry[idx.split == "train"].union_all()
+    assert val_u.intersection(train_u).area == 0  # overlapping tiles, yet no pixel in both splits
+    # --val-area, given in another CRS: exactly the tiles sharing area with it are val, with the gap around them
+    scene_crs = gpd.read_file(grid_case["labels"]).crs
+    area = box(500_000 + 20.3, 40_000 - 70.1, 500_000 + 61.7, 40_000 - 31.9)  # scene CRS metres, off the tile grid
+    write_labels(grid_case["tmp"] / "va.gpkg", list(gpd.GeoSeries([area], crs=scene_crs).to_crs(4326)), "EPSG:4326")
+    run(_cfg(grid_case, "va", val_area=str(grid_case["tmp"] / "va.gpkg"), stride=8))
+    meta = json.loads((grid_case["tmp"] / "va" / "dataset.json").read_text())
+    idx, _, _ = load_dataset(grid_case["tmp"] / "va")
+    inside = np.array([g.intersection(area).area > 1e-6 for g in idx.geometry])
+    assert inside.any() and (~inside).any()
+    assert (idx.split[inside] == "val").all() and (idx.split[~inside] == "train").all()
+    assert meta["split"]["val_area"] and meta["split"]["val_block_tiles"] is None
+    assert meta["counts"]["val_share_of_positives"]["requested"] is None
+    val_u, train_u = idx.geometry[idx.split == "val"].union_all(), idx.geometry[idx.split == "train"].union_all()
+    assert val_u.intersection(train_u).area == 0 and train_u.intersection(area).area == 0
 
 
 def test_run_lookalike_layer_gives_hard_negatives(grid_case: dict) -> None:

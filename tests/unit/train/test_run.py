@@ -118,6 +118,27 @@ def test_killed_run_leaves_loadable_model_and_resumes(make_dataset: Callable[...
     assert res.epochs_completed == done + 1
 
 
+def test_training_without_val_keeps_the_last_epoch_and_warns_once(
+    make_dataset: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = make_dataset("noval", n_train=4, n_val=0)
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="geoseg"):
+        res = run(TrainConfig(dataset=data, out=out, epochs=2, weights="none", max_steps_per_epoch=1, **FAST))
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "validation" in r.getMessage()]
+    assert len(warned) == 1 and "keeping the last epoch" in warned[0].getMessage()
+    assert res.epochs_completed == 2 and res.best_epoch == 2
+    _, cfg = load_model(out, "cpu")
+    assert cfg["epoch"] == 2 and cfg["kept"] == "last"
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["best"]["epoch"] == 2 and info["dataset"]["tiles"]["val"] == 0
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 and all(r["val_loss"] == "" and r["iou"] == "" for r in rows)
+    assert all(r["train_loss"] != "" for r in rows)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
@@ -134,8 +155,6 @@ def test_bad_inputs_exit_2_with_one_line(
 ) -> None:
     out = str(tmp_path / "run")
     assert "not found" in _error_line(capsys, ["train", str(tmp_path / "nope"), "--out", out])
-    novel = make_dataset("noval", n_train=4, n_val=0)
-    assert "no tiles with split 'val'" in _error_line(capsys, ["train", str(novel), "--out", out])
     empty = make_dataset("empty", n_train=2, n_val=1)
     g = zarr.open_group(str(empty / "tiles.zarr"), mode="w")
     g.create_array("images", shape=(0, 3, 64, 64), chunks=(1, 3, 64, 64), dtype="uint8")
