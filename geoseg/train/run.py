@@ -424,8 +424,8 @@ def _calibrate(model_dir: Path, val_ds: TileDataset, rt: loop.Runtime, cfg: Trai
             "%.3f (defaults %.3f)", block["tiles"], p["threshold"], p["core_boundary_max"], p["min_area_m2"],
             sc["f1"], d["f1"],
         )  # fmt: skip
-    else:
-        log.warning("%s: post-processing not calibrated: %s", model_dir, block["reason"])
+    else:  # (without val tiles the one warning about that has been given already)
+        (log.warning if len(val_ds) else log.info)("%s: post-processing not calibrated: %s", model_dir, block["reason"])
     write_json(model_dir / "config.json", {**mcfg, "postprocess": block})
     return block
 
