@@ -143,3 +143,97 @@ def rasterised_footprints(
     traced = [max(parts.get(i + 1, [Polygon()]), key=lambda p: p.area) for i in range(len(truth))]
     traced = list(shapely.simplify(shapely.normalize(np.array(traced, dtype=object)), 0.0, preserve_topology=True))
     return truth, kinds, traced
+
+
+def write_buildings_scene(
+    folder: str | Path,
+    *,
+    height: int = 768,
+    width: int = 768,
+    res: float = 0.3,
+    seed: int = 0,
+    crs: Any = "EPSG:32636",
+    date: dt.date | None = None,
+) -> dict[str, Any]:
+    """A synthetic town: rectangular buildings (alone, in touching pairs and rows), look-alike slabs.
+
+    Buildings have varied roof colours (red, grey, blue, white), a lighter ridge and a dark
+    shadow on two sides; touching neighbours differ in colour and meet at a dark seam. Slabs have
+    the same colours but no ridge, no shadow and a speckled texture, so only the shape cues tell
+    them apart. Writes ``scene.tif`` (3-band uint8), ``buildings.gpkg`` (field ``class`` =
+    ``building``) and ``slabs.gpkg``; returns their paths, the grid, and per-building
+    ``group`` ids (buildings of one touching pair/row share a group).
+    """
+    from scipy import ndimage
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    palette = np.array([[170, 60, 50], [150, 150, 155], [70, 90, 150], [215, 215, 205]], float)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), 6) * 40
+    img = np.stack([90 + noise, 110 + noise, 60 + 0.7 * noise]) + rng.normal(0, 6, (3, height, width))
+    occupied = np.zeros((height, width), bool)
+    buildings: list[Any] = []
+    groups: list[int] = []
+    slabs: list[Any] = []
+
+    def free(r: int, c: int, h: int, w: int, margin: int = 4) -> bool:
+        r0, c0 = max(0, r - margin), max(0, c - margin)
+        inside = r >= 2 and c >= 2 and r + h < height - 2 and c + w < width - 2
+        return bool(inside and not occupied[r0 : r + h + margin, c0 : c + w + margin].any())
+
+    def paint(r: int, c: int, h: int, w: int, colour: np.ndarray, *, building: bool) -> None:
+        sl = (slice(r, r + h), slice(c, c + w))
+        for b in range(3):
+            img[b][sl] = colour[b] + rng.normal(0, 4 if building else 14, (h, w))
+        if building:
+            if w >= h:
+                img[:, r + h // 2, c : c + w] += 35  # ridge
+            else:
+                img[:, r : r + h, c + w // 2] += 35
+            img[:, r + h : r + h + 2, c + 1 : c + w + 2] *= 0.45  # shadow below and to the right
+            img[:, r + 1 : r + h + 2, c + w : c + w + 2] *= 0.45
+        occupied[max(0, r - 1) : r + h + 2, max(0, c - 1) : c + w + 2] = True
+
+    group = 0
+    for _ in range(4000):
+        kind = rng.choice(["single", "pair", "row", "slab"], p=[0.45, 0.25, 0.1, 0.2])
+        h, w = (int(v) for v in rng.integers(10, 26, 2))
+        n = {"single": 1, "pair": 2, "row": 3, "slab": 1}[str(kind)]
+        horizontal = bool(rng.integers(0, 2))
+        th, tw = (h, w * n) if horizontal else (h * n, w)
+        r, c = int(rng.integers(0, height - th)), int(rng.integers(0, width - tw))
+        if not free(r, c, th + 2, tw + 2):
+            continue
+        if kind == "slab":
+            paint(r, c, th, tw, palette[rng.integers(0, 4)], building=False)
+            slabs.append(pixel_box_rc(r, c, th, tw, res, crs))
+            continue
+        colours = rng.permutation(4)
+        for k in range(n):
+            rr, cc = (r, c + k * w) if horizontal else (r + k * h, c)
+            paint(rr, cc, h, w, palette[colours[k % 4]], building=True)
+            buildings.append(pixel_box_rc(rr, cc, h, w, res, crs))
+            groups.append(group)
+        if n > 1:  # dark seams between touching neighbours
+            for k in range(1, n):
+                if horizontal:
+                    img[:, r : r + h, c + k * w] *= 0.6
+                else:
+                    img[:, r + k * h, c : c + w] *= 0.6
+        group += 1
+    data = np.clip(img, 0, 255).astype(np.uint8)
+    grid = write_scene(folder / "scene.tif", data, crs=crs, res=res, origin=_ORIGIN, date=date)
+    b = write_labels(folder / "buildings.gpkg", buildings, crs, **{"class": ["building"] * len(buildings)})
+    s = write_labels(folder / "slabs.gpkg", slabs, crs, kind=["slab"] * len(slabs))
+    return {"scene": folder / "scene.tif", "labels": b, "slabs": s, "grid": grid, "groups": groups,
+            "buildings": buildings}  # fmt: skip
+
+
+_ORIGIN = (500_000.0, 40_000.0)
+
+
+def pixel_box_rc(r: int, c: int, h: int, w: int, res: float, crs: Any, origin: tuple[float, float] = _ORIGIN) -> Any:
+    """Box of pixels ``[r, r + h) x [c, c + w)`` of a north-up grid at ``origin`` with pixel size ``res``."""
+    x0, y0 = origin
+    return box(x0 + c * res, y0 - (r + h) * res, x0 + (c + w) * res, y0 - r * res)
