@@ -87,6 +87,27 @@ class PredictConfig:
     compress: str = "ZSTD"
     progress: bool = True
 
+    def validate(self) -> None:
+        """Range checks that need no file (``geoseg run`` calls this before any stage starts)."""
+        if not self.scenes:
+            raise InputError("give at least one scene")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
+        if str(self.compress).upper() not in COMPRESSIONS:
+            raise ConfigError(f"--compress {self.compress!r}: use one of {', '.join(COMPRESSIONS)}")
+        BLEND_WINDOWS[self.blend]  # unknown name -> RegistryError listing the valid ones
+        for opt, val in (("--threshold", self.threshold), ("--core-boundary-max", self.core_boundary_max)):
+            if val is not None and not (isinstance(val, int | float) and 0.0 < val < 1.0):
+                raise ConfigError(f"{opt} must be between 0 and 1, got {val!r}")
+        for opt, val in (("--min-area", self.min_area), ("--fill-holes", self.fill_holes)):
+            if val is not None and not (isinstance(val, int | float) and val >= 0):
+                raise ConfigError(f"{opt} must be >= 0 m², got {val!r}")
+        for opt, ival in (("--overlap", self.overlap), ("--tile-size", self.tile_size)):
+            if ival is not None and not (isinstance(ival, int) and ival >= 0):
+                raise ConfigError(f"{opt} must be an integer >= 0, got {ival!r}")
+        if self.bands is not None and not all(isinstance(b, int) and b >= 1 for b in self.bands):
+            raise ConfigError(f"--bands must be 1-based band numbers, got {self.bands!r}")
+
 
 @dataclass
 class SceneResult:
@@ -242,20 +263,7 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     """Validate every input before anything is written (bad input -> one-line GeosegError)."""
     from geoseg.train.model import read_model_config, resolve_model_dir
 
-    if not cfg.scenes:
-        raise InputError("give at least one scene")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    if cfg.compress.upper() not in COMPRESSIONS:
-        raise ConfigError(f"--compress {cfg.compress!r}: use one of {', '.join(COMPRESSIONS)}")
-    BLEND_WINDOWS[cfg.blend]  # unknown name -> RegistryError listing the valid ones
-    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
-        raise ConfigError(f"--threshold must be between 0 and 1, got {cfg.threshold}")
-    if cfg.core_boundary_max is not None and not 0.0 < cfg.core_boundary_max < 1.0:
-        raise ConfigError(f"--core-boundary-max must be between 0 and 1, got {cfg.core_boundary_max}")
-    for opt, val in (("--min-area", cfg.min_area), ("--fill-holes", cfg.fill_holes)):
-        if val is not None and not val >= 0:
-            raise ConfigError(f"{opt} must be >= 0 m², got {val}")
+    cfg.validate()
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")

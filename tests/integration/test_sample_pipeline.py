@@ -80,8 +80,16 @@ def test_bad_pipeline_fails_before_any_work(tmp_path: Path, capsys: pytest.Captu
         "unknown_key": text.replace("  train:\n", "  train:\n    epochz: 1\n"),
         "unknown_stage": text.replace("  evaluate:", "  evaluatee:"),
         "missing_file": text.replace("aoi: ../sample_aoi/holdout_aoi.geojson", "aoi: ../sample_aoi/nope.geojson", 1),
+        # a bad option of a late stage stops the pipeline before the first stage starts
+        "predict_threshold": text.replace("  predict:\n", "  predict:\n    threshold: 7\n"),
+        "predict_blend": text.replace("  predict:\n", "  predict:\n    blend: nonsense\n"),
+        "predict_min_area": text.replace("  predict:\n", "  predict:\n    min_area: -5\n"),
+        "predict_batch": text.replace("  predict:\n", "  predict:\n    batch_size: 0\n"),
+        "train_lr": text.replace("    lr: 0.002\n", "    lr: fast\n"),
     }
-    expected = {"unknown_key": "epochz", "unknown_stage": "evaluatee", "missing_file": "nope.geojson"}
+    expected = {"unknown_key": "epochz", "unknown_stage": "evaluatee", "missing_file": "nope.geojson",
+                "predict_threshold": "--threshold", "predict_blend": "nonsense", "predict_min_area": "--min-area",
+                "predict_batch": "--batch-size", "train_lr": "lr"}  # fmt: skip
     for name, body in cases.items():
         assert body != text, name  # the case really changes the file
         p = tmp_path / "pipelines" / f"{name}.yaml"
