@@ -84,3 +84,28 @@ def read_json(path: str | os.PathLike[str], *, what: str = "config") -> dict[str
     if isinstance(sv, int) and sv > SCHEMA_VERSION:
         raise ConfigError(f"{path}: schema_version {sv} is newer than this geoseg ({SCHEMA_VERSION}); upgrade geoseg")
     return data
+
+
+_NUMERIC = {
+    "int": (int,),
+    "float": (int, float),
+    "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+}
+
+
+def check_option_types(cfg: Any) -> None:
+    """Raise :class:`~geoseg.errors.ConfigError` naming the option when a numeric field of a stage
+    config dataclass holds a non-number (e.g. ``lr: fast`` in a pipeline file)."""
+    import dataclasses
+
+    from geoseg.errors import ConfigError
+
+    for f in dataclasses.fields(cfg):
+        kinds = _NUMERIC.get(str(f.type))
+        if kinds is None:
+            continue
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            want = "an integer" if str(f.type).startswith("int") else "a number"
+            raise ConfigError(f"--{f.name.replace('_', '-')}: expected {want}, got {v!r}")

@@ -30,7 +30,7 @@ import numpy as np
 import rasterio
 
 from geoseg import __version__
-from geoseg.config import read_json, to_dict, write_json
+from geoseg.config import check_option_types, read_json, to_dict, write_json
 from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
@@ -89,6 +89,7 @@ class PredictConfig:
 
     def validate(self) -> None:
         """Range checks that need no file (``geoseg run`` calls this before any stage starts)."""
+        check_option_types(self)
         if not self.scenes:
             raise InputError("give at least one scene")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

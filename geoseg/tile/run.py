@@ -30,7 +30,7 @@ import pandas as pd
 import shapely
 from tqdm import tqdm
 
-from geoseg.config import to_dict, write_json
+from geoseg.config import check_option_types, to_dict, write_json
 from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
 from geoseg.io.output import staged_output
 from geoseg.io.rasters import SceneInfo, open_raster, scene_info
@@ -88,6 +88,7 @@ class TileConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for out-of-range options (one line, naming the option)."""
+        check_option_types(self)
         vbt = self.val_block_tiles
         checks = [
             (len(self.scenes) > 0, "give at least one SCENE"),

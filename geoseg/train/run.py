@@ -30,7 +30,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from geoseg.config import to_dict, write_json
+from geoseg.config import check_option_types, to_dict, write_json
 from geoseg.errors import ConfigError, GeosegError
 from geoseg.train import loop
 from geoseg.train.dataset import DatasetInfo, TileDataset, TileSampler, kind_weights, read_dataset
@@ -88,6 +88,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_option_types(self)
         object.__setattr__(self, "dataset", Path(self.dataset))
         object.__setattr__(self, "out", Path(self.out))
         checks = {

@@ -89,7 +89,7 @@ def test_bad_pipeline_fails_before_any_work(tmp_path: Path, capsys: pytest.Captu
     }
     expected = {"unknown_key": "epochz", "unknown_stage": "evaluatee", "missing_file": "nope.geojson",
                 "predict_threshold": "--threshold", "predict_blend": "nonsense", "predict_min_area": "--min-area",
-                "predict_batch": "--batch-size", "train_lr": "lr"}  # fmt: skip
+                "predict_batch": "--batch-size", "train_lr": "--lr: expected a number"}  # fmt: skip
     for name, body in cases.items():
         assert body != text, name  # the case really changes the file
         p = tmp_path / "pipelines" / f"{name}.yaml"
