@@ -45,7 +45,7 @@ import rasterio.features
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
-from pyproj import Geod
+from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage as ndi
@@ -54,7 +54,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError
-from geoseg.grid import geodesic_areas_m2
+from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ LAYER = "instances"
 GPKG_OPTIONS = {"VERSION": "1.2"}
 _STRUCT4 = ndi.generate_binary_structure(2, 1)
 _GEOD = Geod(ellps="WGS84")
+_FLOAT_UNIT = 2.0**-24  # fixed-point unit of the score sums of float rasters
 REGULARIZE_SHIFT_PX = 2.0  # the most a regularised outline may move (geoseg.regularize max_shift_px)
 DEFAULT_COLORS = ["#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf"]
 
@@ -122,7 +123,7 @@ def label_instances(
     fallback: list[np.ndarray] = []
     if h == 0 or w == 0:
         return BlockLabels(region, marker, np.zeros(0, np.int16), np.zeros(0, bool))
-    am = np.argmax(probs, axis=0).astype(np.int16)
+    am = _argmax0(probs)
     am[~valid] = -1
     bnd = (am == boundary_class) if boundary_class is not None else None
     next_id = 0
@@ -167,6 +168,24 @@ def label_instances(
     cls = np.concatenate(classes) if classes else np.zeros(0, np.int16)
     fbs = np.concatenate(fallback) if fallback else np.zeros(0, bool)
     return BlockLabels(region, marker, cls, fbs)
+
+
+def _argmax0(probs: np.ndarray) -> np.ndarray:
+    """``np.argmax(probs, axis=0)`` as int16 (first maximum wins), one contiguous pass per class."""
+    best = probs[0].copy()
+    am = np.zeros(best.shape, np.int16)
+    for k in range(1, probs.shape[0]):
+        gt = probs[k] > best
+        am[gt] = k
+        np.maximum(best, probs[k], out=best)
+    return am
+
+
+def _lonlat(crs: CRS, xy: tuple[float, float]) -> tuple[float, float]:
+    """(lon, lat) of the point ``xy`` given in ``crs``."""
+    t = Transformer.from_crs(ProjCRS.from_user_input(crs.to_wkt()), ProjCRS.from_epsg(4326), always_xy=True)
+    lon, lat = t.transform(*xy)
+    return float(lon), float(lat)
 
 
 def fill_small_holes(geoms: np.ndarray, max_area: float) -> np.ndarray:
@@ -351,8 +370,10 @@ class _Post:
     regularize: frozenset[int]
     gap_px: float  # regularised objects closer than this are regularised together
     centre: tuple[float, float]  # (col, row) where a geographic CRS's ground scale is taken
+    origin: tuple[float, float]  # (lon, lat) of the scene centre: origin of the equal-area projection
     scene: str
     scene_date: str | None
+    score_unit: float  # probability per unit of the (integer) score sums
 
 
 @dataclass
@@ -498,6 +519,7 @@ class _Stream:
         if out.any():
             self.writer.add(self.ready.take(out).sorted())
             self.ready = self.ready.take(~out)
+        self.writer.end_row()
         self.peak_state = max(self.peak_state, self.n + len(kept_geom) + len(self.held) + len(self.ready))
 
     def _merge(
@@ -517,7 +539,7 @@ class _Stream:
         parts, idx = shapely.get_parts(merged, return_index=True)  # multi-part only if the halo was too small
         oc = oc[idx]
         with np.errstate(invalid="ignore", divide="ignore"):
-            score = np.where(ccnt[oc] > 0, csum[oc] / np.maximum(ccnt[oc], 1), np.nan)
+            score = np.where(ccnt[oc] > 0, csum[oc] * self.post.score_unit / np.maximum(ccnt[oc], 1), np.nan)
         objs = _Objects(np.asarray(parts, dtype=object), ccls[oc].astype(np.int16), score, np.zeros((len(parts), 0)))
         if self.post.min_area_px > 0:  # cheap pre-filter in pixel space (the exact one, in m², comes later)
             objs = objs.take(shapely.area(objs.geoms) >= self.post.min_area_px)
@@ -558,7 +580,7 @@ class _Stream:
             return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
 
         g = shapely.orient_polygons(shapely.transform(g, _geo))
-        areas = geodesic_areas_m2(g, post.crs)
+        areas = local_areas_m2(g, post.crs, post.origin)
         out = _Objects(g, objs.cls, objs.score, objs.key, areas)
         return out.take(areas >= post.min_area_m2)
 
@@ -566,9 +588,10 @@ class _Stream:
 class _Writer:
     """Appends batches of finished objects to a temporary GeoPackage; ``commit`` styles and renames it.
 
-    Rows are buffered up to ``batch_rows`` and written through pyogrio (one open per batch)."""
+    Rows are written through pyogrio, one append (one open of the file) per block row or per
+    ``batch_rows`` rows, whichever comes first."""
 
-    def __init__(self, out_gpkg: Path, post: _Post, *, classes: list[dict], style: bool, batch_rows: int = 50_000):
+    def __init__(self, out_gpkg: Path, post: _Post, *, classes: list[dict], style: bool, batch_rows: int = 20_000):
         self.out = Path(out_gpkg)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.with_name(f".{self.out.stem}.tmp.gpkg")
@@ -580,9 +603,15 @@ class _Writer:
         self.created = False
 
     def add(self, objs: _Objects) -> None:
+        """Queue ``objs`` (already in output order); written once ``batch_rows`` are queued or at ``end_row``."""
         self.buf.append(objs)
         self.n_buf += len(objs)
         if self.n_buf >= self.batch_rows:
+            self.flush()
+
+    def end_row(self) -> None:
+        """Write what is queued (one append per block row keeps memory O(objects of a block row))."""
+        if self.n_buf:
             self.flush()
 
     def flush(self) -> None:
@@ -692,19 +721,26 @@ def vectorize_prediction(
             min_area_px=0.5 * min_area_m2 / px_m2 if px_m2 > 0 else 0.0,
             fill_holes_px=fill_holes_m2 / px_m2 if px_m2 > 0 else 0.0, simplify_px=simplify_px,
             regularize=reg_ids, gap_px=2 * REGULARIZE_SHIFT_PX * aniso + 1.0, centre=(ds.width / 2, ds.height / 2),
+            origin=_lonlat(crs, transform * (ds.width / 2, ds.height / 2)),
             scene=scene, scene_date=scene_date,
+            score_unit=scale if np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) else _FLOAT_UNIT,
         )  # fmt: skip
         writer = _Writer(out_gpkg, post, classes=classes, style=style)
         stream = _Stream(post, writer)
         pending: dict[tuple[int, int], list[tuple[Window, np.ndarray, np.ndarray]]] = defaultdict(list)
         bs, width, height = int(block_size), ds.width, ds.height
         nbr, nbc = math.ceil(height / bs), math.ceil(width / bs)
+        # GDAL's block cache need only hold one haloed block row of the raster (it grows to its limit otherwise)
+        row_bytes = width * (bs + 2 * halo) * ds.count * np.dtype(ds.dtypes[0]).itemsize
+        cache = max(64 * 2**20, 2 * row_bytes)
         try:
-            with tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar:
+            with (
+                rasterio.Env(GDAL_CACHEMAX=cache),
+                tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar,
+            ):
                 for r, c, win in _block_grid(width, height, bs):
                     _vectorize_block(ds, r, c, win, halo, bs, nbr, nbc, pending, stream, fg=fg,
-                                     boundary_class=boundary_class, thr_raw=thr_raw, core_raw=core_raw,
-                                     scale=scale)  # fmt: skip
+                                     boundary_class=boundary_class, thr_raw=thr_raw, core_raw=core_raw)  # fmt: skip
                     bar.update()
                     if c == nbc - 1:
                         stream.end_row(pending, min((r + 1) * bs, height), last=r == nbr - 1)
@@ -731,7 +767,6 @@ def _vectorize_block(
     boundary_class: int | None,
     thr_raw: float,
     core_raw: float,
-    scale: float,
 ) -> None:
     """Label one haloed block, record its unions with earlier neighbours and its overlaps with later
     ones (in ``pending``), and add its interior polygons and scores to ``stream``."""
@@ -750,7 +785,10 @@ def _vectorize_block(
         pin = _sub(data.transpose(1, 2, 0), ext, win)  # (h, w, C) view
         lid = inner[m]
         pk = np.take_along_axis(pin[m], lab.classes[lid - 1][:, None].astype(np.intp), axis=1)[:, 0]
-        sums = np.bincount(lid, weights=pk.astype(np.float64) * scale, minlength=lab.n + 1)
+        # exact sums (integers, so the block layout cannot change their rounding): raw units for integer
+        # rasters, fixed point for float ones; score = sum * score_unit / count
+        fixed = pk.astype(np.float64) if np.issubdtype(pk.dtype, np.integer) else np.round(pk * (1 / _FLOAT_UNIT))
+        sums = np.bincount(lid, weights=fixed, minlength=lab.n + 1)
         cnts = np.bincount(lid, minlength=lab.n + 1)
     off = stream.add_block(lab.classes, lab.fallback, sums[1:], cnts[1:])
     if lab.n:  # polygons of the interior, in global pixel coordinates
@@ -771,7 +809,8 @@ def _vectorize_block(
         pairs.append(np.stack([a[sel], b[sel]]))
         pp = np.concatenate(pairs, axis=1).astype(np.int64)
         if pp.size:
-            stream.edges.append(np.unique(pp, axis=1))
+            key = np.unique((pp[0] << 32) | pp[1])
+            stream.edges.append(np.stack([key >> 32, key & 0xFFFFFFFF]))
     # keep the overlaps with later neighbours
     for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
         nr, nc = r + dr, c + dc
