@@ -22,8 +22,26 @@ its own interior (``rasterio.features.shapes``, 4-connected, pixel-exact, holes 
 pixel coordinates* (integers, exact), and the parts of one global instance are unioned, so an
 object crossing a seam comes out as one polygon whatever the block size.
 
-Memory: O(C * (block_size + 2 * halo)^2) for one block, plus the overlap bands of one block row
-(O(width * halo)), plus the output polygons.
+Streaming: unions are graph edges; at the end of each block row the connected components of the
+nodes so far are the objects. An object none of whose nodes occurs in the overlaps kept for the
+next block row can no longer change: it is merged, post-processed (hole filling, the pixel-space
+min-area pre-filter, canonical rings, simplification or regularisation, georeferencing, true area,
+the m² filter, all per object) and appended to a temporary GeoPackage (one append per block row,
+then the style and an atomic rename). Only the nodes in those overlaps are kept, renumbered, with
+the score totals and polygon parts of their unfinished objects. Objects of ``regularize`` classes
+wait until every object within reach of the regulariser (``2 x 2 px`` of movement + 1 px) is
+finished too, since neighbours are regularised together (so they never overlap).
+
+Output order (documented, the same for every block size): by the bottom edge of the object's raw
+pixel outline (the pixel row its last pixel is on; top of the scene first), then class id, left,
+top and right edge, pixel area and centroid. An object is written once no unfinished or later
+object can sort before it.
+
+Memory: O(C * (block_size + 2 * halo)^2) for one block, plus O(width * (block_size + halo)) for
+the objects and overlap bands of one block row, plus the objects crossing the next seam, plus
+(only with ``regularize``) clusters of regularised objects closer than ~5 px to each other.
+Independent of the number of objects and of the scene height. GDAL's block cache is limited to
+two haloed block rows of the raster while vectorizing.
 """
 
 from __future__ import annotations
@@ -686,7 +704,9 @@ def vectorize_prediction(
     straight edges at right angles, moved by at most 2 pixels, never overlapping; worked out in
     ground-scaled pixel space, so any CRS). Nodata pixels never produce polygons.
     Written atomically (temporary name, then rename), with the QGIS style stored in the file
-    unless ``style=False``. Returns the number of polygons. Memory: see module docstring.
+    unless ``style=False``. Rows are ordered by their bottom pixel row (top of the scene first), then
+    class id, left edge, ...: the same for every ``block_size`` (see the module docstring). Returns
+    the number of polygons. Memory: independent of the number of polygons, see module docstring.
     """
     probabilities, out_gpkg = Path(probabilities), Path(out_gpkg)
     if block_size < 8:
