@@ -16,7 +16,14 @@ Prints three ratios, each against a baseline measured in the same run:
     mask (target <= 1.5). gdal_polygonize runs in a subprocess; its interpreter+GDAL start-up is
     measured and subtracted (both figures printed).
 
-Run: ``.venv/bin/python benchmarks/predict_bench.py [--device auto] [--tile 256] [--batch 8]``.
+(w) ``--worst-case``: instance-step memory with a prediction full of small objects (no model): a
+    3-class (background, object, boundary) probabilities raster with one 5-14 px object every 20 px
+    (30 % of them two touching halves split by boundary pixels; ~1 M objects at 20000²) vectorized by
+    ``vectorize_prediction`` at each ``--worst-sizes`` size in its own subprocess; prints peak RSS
+    (``VmHWM``) per size and the largest / smallest ratio (target < 1.3, under 1 GB at 20000²).
+
+Run: ``.venv/bin/python benchmarks/predict_bench.py [--device auto] [--tile 256] [--batch 8]``;
+``--worst-case [--worst-sizes 2048 4096 8192 20000]`` runs (w) only.
 """
 
 from __future__ import annotations
@@ -151,11 +158,11 @@ def bare_forward(args: argparse.Namespace) -> float:
     return args.forward_batches * args.batch / (time.perf_counter() - t)
 
 
-def run_child(extra: list[str]) -> dict:
-    """Run a child predict; sample its RSS every 20 ms with psutil; return its report."""
+def run_child(extra: list[str], flag: str = "--child") -> dict:
+    """Run a child (predict, or ``--worst-child``); sample its RSS every 20 ms with psutil; return its report."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *extra], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, flag, *extra], stdout=subprocess.PIPE, text=True)
     peak = 0
     stop = threading.Event()
 
@@ -164,7 +171,7 @@ def run_child(extra: list[str]) -> dict:
         p = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
-                if "--child" not in p.cmdline():  # not exec'd yet: still a copy of this (parent) process
+                if flag not in p.cmdline():  # not exec'd yet: still a copy of this (parent) process
                     time.sleep(0.005)
                     continue
                 rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
@@ -232,6 +239,83 @@ def bench_vectorize(tmp: Path, size: int = 2048) -> dict | None:
             "gdal_polygons": n_gdal}  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------ (w)
+WORST_CLASSES = [
+    {"id": 0, "name": "background", "color": "#000000"},
+    {"id": 1, "name": "building", "color": "#e41a1c"},
+    {"id": 2, "name": "boundary", "color": "#ffff33"},
+]
+
+
+def write_worst_case(path: Path, size: int, cell: int = 20, strip: int = 500) -> None:
+    """Probabilities raster (uint8 p*254, like ``geoseg predict``) with one small object per ``cell``² cell,
+    written strip by strip (the generator never holds the scene)."""
+    import rasterio
+    from affine import Affine
+    from rasterio.windows import Window
+
+    prof = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32636",
+            "transform": Affine(0.5, 0, 500_000.0, 0, -0.5, 40_000.0), "tiled": True, "blockxsize": 256,
+            "blockysize": 256, "compress": "zstd", "nodata": 255}  # fmt: skip
+    strip = max(cell, strip // cell * cell)
+    ncc = -(-size // cell)
+    with rasterio.open(path, "w", **prof) as ds:
+        for r0 in range(0, size, strip):
+            h = min(strip, size - r0)
+            ncr = -(-h // cell)
+            rng = np.random.default_rng([7, r0])
+            ww, hh = rng.integers(5, 15, (ncr, ncc)), rng.integers(5, 15, (ncr, ncc))
+            ox = 1 + (rng.random((ncr, ncc)) * (cell - 1 - ww)).astype(int)
+            oy = 1 + (rng.random((ncr, ncc)) * (cell - 1 - hh)).astype(int)
+            split = rng.random((ncr, ncc)) < 0.3
+            y, x = np.arange(h)[:, None], np.arange(size)[None, :]
+            cy, cx, ly, lx = y // cell, x // cell, y % cell, x % cell
+            x0, y0, w, hgt, sp = (a[cy, cx] for a in (ox, oy, ww, hh, split))
+            inside = (ly >= y0) & (ly < y0 + hgt) & (lx >= x0) & (lx < x0 + w)
+            rim = (ly == y0) | (ly == y0 + hgt - 1) | (lx == x0) | (lx == x0 + w - 1) | (sp & (lx == x0 + w // 2))
+            rim &= inside
+            p = np.empty((3, h, size), np.float32)
+            p[0], p[1], p[2] = 0.9, 0.05, 0.05
+            p[:, inside] = np.array([0.05, 0.9, 0.05], np.float32)[:, None]
+            p[:, rim] = np.array([0.05, 0.35, 0.6], np.float32)[:, None]
+            ds.write(np.round(p * 254).astype("uint8"), window=Window(0, r0, size, h))
+        ds.scales = (1 / 254,) * 3
+        for i, c in enumerate(WORST_CLASSES, 1):
+            ds.set_band_description(i, c["name"])
+
+
+def worst_child(args: argparse.Namespace) -> None:
+    """Vectorize one worst-case raster with the default block size; print polygons, time, peak RSS."""
+    from geoseg.vectorize import vectorize_prediction
+
+    t = time.perf_counter()
+    n = vectorize_prediction(Path(args.scene), Path(args.out), classes=WORST_CLASSES, boundary_class=2,
+                             min_area_m2=0.0, simplify_px=0.5)  # fmt: skip
+    print("BENCH " + json.dumps({"polygons": n, "vectorize_s": time.perf_counter() - t, "maxrss_mb": peak_rss_mb()}))
+
+
+def bench_worst_case(tmp: Path, sizes: list[int]) -> None:
+    reps = {}
+    for s in sorted(sizes):
+        src = tmp / f"worst_{s}.tif"
+        if not src.exists():
+            t = time.perf_counter()
+            write_worst_case(src, s)
+            print(f"# wrote worst-case {s}x{s} probabilities in {time.perf_counter() - t:.1f}s", flush=True)
+        r = run_child(["--scene", str(src), "--out", str(tmp / f"worst_{s}.gpkg")], flag="--worst-child")
+        reps[s] = r
+        print(f"(w) {s}x{s}: {r['polygons']} polygons, vectorize {r['vectorize_s']:.1f}s, peak RSS "
+              f"{r['maxrss_mb']:.0f} MB (sampled {r['sampled_peak_mb']:.0f} MB)", flush=True)  # fmt: skip
+        (tmp / f"worst_{s}.gpkg").unlink(missing_ok=True)
+    lo, hi = min(reps), max(reps)
+    if 2048 in reps and 8192 in reps:
+        print(f"(w) peak memory ratio 8192²/2048² = {reps[8192]['maxrss_mb'] / reps[2048]['maxrss_mb']:.3f} "
+              f"(target < 1.3)")  # fmt: skip
+    if hi != lo and (lo, hi) != (2048, 8192):
+        print(f"(w) peak memory ratio {hi}²/{lo}² = {reps[hi]['maxrss_mb'] / reps[lo]['maxrss_mb']:.3f} "
+              f"({reps[hi]['polygons'] / max(reps[lo]['polygons'], 1):.0f}x the polygons)")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -251,9 +335,23 @@ def main() -> None:
     ap.add_argument("--memory-model", default="pointwise", choices=["real", "pointwise"])
     ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"])
     ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    ap.add_argument("--worst-case", action="store_true", help="only (w): vectorize memory with many small objects")
+    ap.add_argument("--worst-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    ap.add_argument("--worst-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
+        return
+    if args.worst_child:
+        worst_child(args)
+        return
+    if args.worst_case:
+        tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="predict_bench_"))
+        tmp.mkdir(parents=True, exist_ok=True)
+        print(f"# predict_bench --worst-case: workdir {tmp}, cpus {os.cpu_count()}", flush=True)
+        bench_worst_case(tmp, args.worst_sizes)
+        if not args.workdir:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
 
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="predict_bench_"))

@@ -19,6 +19,12 @@
 The pure functions (:func:`object_scores`, :func:`merges_splits`, :func:`overlaps`) take numpy
 arrays of shapely geometries in one projected CRS and hold memory to O(objects + overlapping
 pairs): no all-pairs matrices.
+
+Memory: the pixel metrics and the error map are accumulated window by window (the error map keeps
+one small record per ``tile_px`` tile: O(scene area / tile_px²)). The object metrics hold all truth
+and all predicted polygons of the evaluated region at once (matching needs both sides of every
+candidate pair): O(objects), inherent in a global one-to-one matching; evaluate large scenes by
+region if that is too much.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-__all__ = ["Grid", "Window", "geodesic_area_m2", "geodesic_areas_m2"]
+__all__ = ["Grid", "Window", "geodesic_area_m2", "geodesic_areas_m2", "local_areas_m2"]
 
 _GEOD = Geod(ellps="WGS84")
 
@@ -212,3 +212,40 @@ def geodesic_areas_m2(geoms: Any, crs: Any) -> np.ndarray:
         ll = shapely.transform(arr, _fn)
     ll = shapely.orient_polygons(ll)  # exterior CCW, holes CW: pyproj sums signed ring areas
     return np.array([abs(float(_GEOD.geometry_area_perimeter(g)[0])) for g in ll])
+
+
+LOCAL_AREA_MAX_SIZE_X_DIST_M2 = 1e8  # size (m) x distance from the origin (m) below which local_areas_m2 is planar
+
+
+def local_areas_m2(geoms: Any, crs: Any, origin: tuple[float, float]) -> np.ndarray:
+    """True areas in m² (WGS84 ellipsoid) of polygons given in ``crs``, fast, for the many small ones.
+
+    Planar areas in the Lambert azimuthal equal-area projection of the ellipsoid centred at
+    ``origin`` (lon, lat): the projection preserves area exactly, so the result differs from
+    :func:`geodesic_areas_m2` only by straight versus geodesic edges, about 1e-15 x size x distance
+    from the origin (m², relative): < 1e-7 while size x distance <= 1e8 m² (1 km objects 100 km away,
+    10 m objects anywhere in a 1000 km scene), which is the order of the geodesic sum's own rounding
+    for small polygons. Larger or farther polygons use :func:`geodesic_areas_m2`. One vectorised
+    transform instead of a Python loop (about 7x faster). Pass a fixed ``origin`` (e.g. the scene
+    centre) so that a polygon's area does not depend on the batch it comes in.
+    """
+    arr = np.asarray(geoms, dtype=object)
+    if arr.size == 0:
+        return np.zeros(0)
+    src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    laea = ProjCRS.from_proj4(f"+proj=laea +lat_0={origin[1]!r} +lon_0={origin[0]!r} +ellps=WGS84 +units=m +no_defs")
+    t = Transformer.from_crs(src, laea, always_xy=True)
+
+    def _fn(xy: np.ndarray) -> np.ndarray:
+        x, y = t.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    proj = shapely.transform(arr, _fn)
+    areas = shapely.area(proj)
+    b = shapely.bounds(proj)
+    size = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    dist = np.maximum(np.hypot((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2), 1000.0)
+    far = ~(np.isfinite(areas) & (size * dist <= LOCAL_AREA_MAX_SIZE_X_DIST_M2))
+    if far.any():
+        areas[far] = geodesic_areas_m2(arr[far], crs)
+    return areas

@@ -22,8 +22,26 @@ its own interior (``rasterio.features.shapes``, 4-connected, pixel-exact, holes 
 pixel coordinates* (integers, exact), and the parts of one global instance are unioned, so an
 object crossing a seam comes out as one polygon whatever the block size.
 
-Memory: O(C * (block_size + 2 * halo)^2) for one block, plus the overlap bands of one block row
-(O(width * halo)), plus the output polygons.
+Streaming: unions are graph edges; at the end of each block row the connected components of the
+nodes so far are the objects. An object none of whose nodes occurs in the overlaps kept for the
+next block row can no longer change: it is merged, post-processed (hole filling, the pixel-space
+min-area pre-filter, canonical rings, simplification or regularisation, georeferencing, true area,
+the m² filter, all per object) and appended to a temporary GeoPackage (one append per block row,
+then the style and an atomic rename). Only the nodes in those overlaps are kept, renumbered, with
+the score totals and polygon parts of their unfinished objects. Objects of ``regularize`` classes
+wait until every object within reach of the regulariser (``2 x 2 px`` of movement + 1 px) is
+finished too, since neighbours are regularised together (so they never overlap).
+
+Output order (documented, the same for every block size): by the bottom edge of the object's raw
+pixel outline (the pixel row its last pixel is on; top of the scene first), then class id, left,
+top and right edge, pixel area and centroid. An object is written once no unfinished or later
+object can sort before it.
+
+Memory: O(C * (block_size + 2 * halo)^2) for one block, plus O(width * (block_size + halo)) for
+the objects and overlap bands of one block row, plus the objects crossing the next seam, plus
+(only with ``regularize``) clusters of regularised objects closer than ~5 px to each other.
+Independent of the number of objects and of the scene height. GDAL's block cache is limited to
+two haloed block rows of the raster while vectorizing.
 """
 
 from __future__ import annotations
@@ -45,14 +63,16 @@ import rasterio.features
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
-from pyproj import Geod
+from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError
-from geoseg.grid import geodesic_areas_m2
+from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
 
 log = logging.getLogger(__name__)
@@ -72,6 +92,8 @@ LAYER = "instances"
 GPKG_OPTIONS = {"VERSION": "1.2"}
 _STRUCT4 = ndi.generate_binary_structure(2, 1)
 _GEOD = Geod(ellps="WGS84")
+_FLOAT_UNIT = 2.0**-24  # fixed-point unit of the score sums of float rasters
+REGULARIZE_SHIFT_PX = 2.0  # the most a regularised outline may move (geoseg.regularize max_shift_px)
 DEFAULT_COLORS = ["#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf"]
 
 
@@ -119,7 +141,7 @@ def label_instances(
     fallback: list[np.ndarray] = []
     if h == 0 or w == 0:
         return BlockLabels(region, marker, np.zeros(0, np.int16), np.zeros(0, bool))
-    am = np.argmax(probs, axis=0).astype(np.int16)
+    am = _argmax0(probs)
     am[~valid] = -1
     bnd = (am == boundary_class) if boundary_class is not None else None
     next_id = 0
@@ -164,6 +186,24 @@ def label_instances(
     cls = np.concatenate(classes) if classes else np.zeros(0, np.int16)
     fbs = np.concatenate(fallback) if fallback else np.zeros(0, bool)
     return BlockLabels(region, marker, cls, fbs)
+
+
+def _argmax0(probs: np.ndarray) -> np.ndarray:
+    """``np.argmax(probs, axis=0)`` as int16 (first maximum wins), one contiguous pass per class."""
+    best = probs[0].copy()
+    am = np.zeros(best.shape, np.int16)
+    for k in range(1, probs.shape[0]):
+        gt = probs[k] > best
+        am[gt] = k
+        np.maximum(best, probs[k], out=best)
+    return am
+
+
+def _lonlat(crs: CRS, xy: tuple[float, float]) -> tuple[float, float]:
+    """(lon, lat) of the point ``xy`` given in ``crs``."""
+    t = Transformer.from_crs(ProjCRS.from_user_input(crs.to_wkt()), ProjCRS.from_epsg(4326), always_xy=True)
+    lon, lat = t.transform(*xy)
+    return float(lon), float(lat)
 
 
 def fill_small_holes(geoms: np.ndarray, max_area: float) -> np.ndarray:
@@ -217,71 +257,6 @@ def grow_markers(markers: np.ndarray, domain: np.ndarray, max_iter: int = 100_00
     return lab
 
 
-class _Buffer:
-    """A growable 1-D numpy array (amortised O(1) appends)."""
-
-    def __init__(self, dtype: Any) -> None:
-        self.dtype = np.dtype(dtype)
-        self._a = np.zeros(1024, self.dtype)
-        self._n = 0
-
-    def extend(self, values: np.ndarray) -> None:
-        need = self._n + len(values)
-        if need > len(self._a):
-            grown = np.zeros(max(need, 2 * len(self._a)), self.dtype)
-            grown[: self._n] = self._a[: self._n]
-            self._a = grown
-        self._a[self._n : need] = values
-        self._n = need
-
-    def view(self) -> np.ndarray:
-        return self._a[: self._n]
-
-
-class _UnionFind:
-    """Union-find over integer nodes ``1..n`` (0 unused), grown as blocks add nodes."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = [0]
-
-    def add(self, n: int) -> int:
-        """Add ``n`` nodes; returns the offset to add to local ids ``1..n``."""
-        off = len(self.parent) - 1
-        self.parent.extend(range(off + 1, off + n + 1))
-        return off
-
-    def find(self, x: int) -> int:
-        p = self.parent
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if ra < rb:
-                ra, rb = rb, ra
-            self.parent[ra] = rb
-
-    def roots(self) -> np.ndarray:
-        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
-
-
-def _intersect(a: Window, b: Window) -> Window | None:
-    c0, r0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
-    c1 = min(a.col_off + a.width, b.col_off + b.width)
-    r1 = min(a.row_off + a.height, b.row_off + b.height)
-    if c1 <= c0 or r1 <= r0:
-        return None
-    return Window(c0, r0, c1 - c0, r1 - r0)
-
-
-def _sub(arr: np.ndarray, outer: Window, inner: Window) -> np.ndarray:
-    r, c = int(inner.row_off - outer.row_off), int(inner.col_off - outer.col_off)
-    return arr[r : r + int(inner.height), c : c + int(inner.width)]
-
-
 # ---------------------------------------------------------------------------------------------
 # block-wise vectorization
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +295,386 @@ def _raw_scale(ds: rasterio.DatasetReader) -> float:
     return float(s) if s and s != 1.0 else 1.0 / 254.0
 
 
+class _Buffer:
+    """A growable 1-D numpy array (amortised O(1) appends)."""
+
+    def __init__(self, dtype: Any, values: np.ndarray | None = None) -> None:
+        self.dtype = np.dtype(dtype)
+        self._a = np.zeros(max(1024, 0 if values is None else len(values)), self.dtype)
+        self._n = 0
+        if values is not None:
+            self.extend(values)
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self._n + len(values)
+        if need > len(self._a):
+            grown = np.zeros(max(need, 2 * len(self._a)), self.dtype)
+            grown[: self._n] = self._a[: self._n]
+            self._a = grown
+        self._a[self._n : need] = values
+        self._n = need
+
+    def view(self) -> np.ndarray:
+        return self._a[: self._n]
+
+
+def _intersect(a: Window, b: Window) -> Window | None:
+    c0, r0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
+    c1 = min(a.col_off + a.width, b.col_off + b.width)
+    r1 = min(a.row_off + a.height, b.row_off + b.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _sub(arr: np.ndarray, outer: Window, inner: Window) -> np.ndarray:
+    r, c = int(inner.row_off - outer.row_off), int(inner.col_off - outer.col_off)
+    return arr[r : r + int(inner.height), c : c + int(inner.width)]
+
+
+def _components(n: int, edges: list[np.ndarray]) -> tuple[int, np.ndarray]:
+    """``(count, label per node)`` of the undirected graph on nodes ``0..n-1`` with (2, k) ``edges``."""
+    e = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
+    if e.shape[1] == 0:
+        return n, np.arange(n)
+    g = coo_matrix((np.ones(e.shape[1], np.int8), (e[0], e[1])), shape=(n, n))
+    count, lab = connected_components(g, directed=False)
+    return int(count), lab
+
+
+def _polygons_px(lid: np.ndarray, mask: np.ndarray, col_off: int, row_off: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, polygons)`` of the 4-connected regions of ``lid`` under ``mask`` (GDAL polygonize),
+    in global pixel coordinates (integers), built into shapely in one vectorised call."""
+    vals: list[int] = []
+    coords: list[Any] = []
+    ring_off, poly_off = [0], [0]
+    shift = Affine.translation(col_off, row_off)
+    for geom, val in rasterio.features.shapes(lid, mask=mask, connectivity=4, transform=shift):
+        vals.append(int(val))
+        for ring in geom["coordinates"]:
+            coords.extend(ring)
+            ring_off.append(len(coords))
+        poly_off.append(len(ring_off) - 1)
+    if not vals:
+        return np.zeros(0, np.int64), np.zeros(0, dtype=object)
+    geoms = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.asarray(coords, np.float64),
+        (np.asarray(ring_off, np.int64), np.asarray(poly_off, np.int64)),
+    )  # fmt: skip
+    return np.asarray(vals, np.int64), geoms
+
+
+_KEY_COLS = 8  # ymax, class, xmin, ymin, xmax, area, centroid x, centroid y (pixel space, raw outline)
+
+
+def _order_keys(geoms_px: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """(n, 8) sort keys of raw pixel-space objects: bottom edge first (see :func:`vectorize_prediction`)."""
+    b = shapely.bounds(geoms_px)
+    c = shapely.get_coordinates(shapely.centroid(geoms_px))
+    return np.column_stack([b[:, 3], cls, b[:, 0], b[:, 1], b[:, 2], shapely.area(geoms_px), c[:, 0], c[:, 1]])
+
+
+@dataclass
+class _Post:
+    """Per-object post-processing (pixel units unless named ``_m2``) and the output attributes."""
+
+    names: dict[int, str]
+    crs: CRS
+    transform: Affine
+    min_area_m2: float
+    min_area_px: float
+    fill_holes_px: float
+    simplify_px: float
+    regularize: frozenset[int]
+    gap_px: float  # regularised objects closer than this are regularised together
+    centre: tuple[float, float]  # (col, row) where a geographic CRS's ground scale is taken
+    origin: tuple[float, float]  # (lon, lat) of the scene centre: origin of the equal-area projection
+    scene: str
+    scene_date: str | None
+    score_unit: float  # probability per unit of the (integer) score sums
+
+
+@dataclass
+class _Objects:
+    """Finished objects (one row each): geometry, class id, score, sort key (``_order_keys``)."""
+
+    geoms: np.ndarray
+    cls: np.ndarray
+    score: np.ndarray
+    key: np.ndarray
+    area_m2: np.ndarray | None = None  # set once post-processed (geometry then in the raster CRS)
+
+    @classmethod
+    def empty(cls) -> _Objects:
+        return cls(np.zeros(0, dtype=object), np.zeros(0, np.int16), np.zeros(0), np.zeros((0, _KEY_COLS)))
+
+    def __len__(self) -> int:
+        return len(self.geoms)
+
+    def take(self, sel: np.ndarray) -> _Objects:
+        a = None if self.area_m2 is None else self.area_m2[sel]
+        return _Objects(self.geoms[sel], self.cls[sel], self.score[sel], self.key[sel], a)
+
+    @staticmethod
+    def concat(parts: list[_Objects]) -> _Objects:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return _Objects.empty()
+        if len(parts) == 1:
+            return parts[0]
+        areas = [p.area_m2 for p in parts]
+        return _Objects(
+            np.concatenate([p.geoms for p in parts]), np.concatenate([p.cls for p in parts]),
+            np.concatenate([p.score for p in parts]), np.concatenate([p.key for p in parts]),
+            None if any(a is None for a in areas) else np.concatenate(areas),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def sorted(self) -> _Objects:
+        return self.take(np.lexsort(self.key.T[::-1]))
+
+
+class _Stream:
+    """The block driver's state between block rows, and the hand-over of finished objects to the writer.
+
+    Nodes are the instance ids of the blocks' labellings (``1..n``; 0 = none), with class, core-less
+    flag, score sum and pixel count. Within a block row, unions found in the window overlaps are
+    collected as graph edges; at the end of the row the connected components of the graph are the
+    objects so far. An object is *finished* when none of its nodes occurs in the overlaps kept for
+    the next block row (no later block can add to it): it is merged, post-processed and queued for
+    writing. Everything else is compacted: only the nodes that occur in those overlaps are kept
+    (renumbered ``1..m``; one per object holds its score totals and accumulated polygon parts), so
+    the state never grows with the number of finished objects or the scene height.
+    """
+
+    def __init__(self, post: _Post, writer: _Writer) -> None:
+        self.post, self.writer = post, writer
+        self.cls = _Buffer(np.int16, np.zeros(1, np.int16))
+        self.fb = _Buffer(bool, np.zeros(1, bool))
+        self.sum = _Buffer(np.float64, np.zeros(1))
+        self.cnt = _Buffer(np.int64, np.zeros(1, np.int64))
+        self.edges: list[np.ndarray] = []
+        self.part_node: list[np.ndarray] = []
+        self.part_geom: list[np.ndarray] = []
+        self.held = _Objects.empty()  # finished regularised-class objects waiting for their neighbours
+        self.ready = _Objects.empty()  # post-processed, waiting for their place in the output order
+        self.peak_state = 0  # most nodes + parts + held + ready at any row end (for tests / logging)
+
+    @property
+    def n(self) -> int:
+        """Number of nodes (ids ``1..n``)."""
+        return len(self.cls.view()) - 1
+
+    def add_block(self, classes: np.ndarray, fallback: np.ndarray, sums: np.ndarray, cnts: np.ndarray) -> int:
+        """Add a block's nodes; returns the offset of its local ids ``1..k``."""
+        off = self.n
+        self.cls.extend(classes)
+        self.fb.extend(fallback)
+        self.sum.extend(sums)
+        self.cnt.extend(cnts)
+        return off
+
+    def end_row(
+        self, pending: dict[Any, list[tuple[Window, np.ndarray, np.ndarray]]], row_stop: int, last: bool
+    ) -> None:
+        """Finish, post-process and queue the objects no later block can touch; compact the rest.
+
+        ``pending``: the overlaps kept for the next block row (their node ids are renumbered in place);
+        ``row_stop``: the first pixel row of the next block row.
+        """
+        post = self.post
+        ncomp, lab = _components(self.n + 1, self.edges)
+        csum = np.bincount(lab, weights=self.sum.view(), minlength=ncomp)
+        ccnt = np.bincount(lab, weights=self.cnt.view(), minlength=ncomp)
+        ccls = np.zeros(ncomp, np.int16)
+        ccls[lab] = self.cls.view()
+        arrays = [a for lst in pending.values() for _, reg, mark in lst for a in (reg, mark)]
+        live_nodes = np.unique(np.concatenate([a[a > 0] for a in arrays])) if arrays and not last else np.zeros(0, int)
+        live = np.zeros(ncomp, bool)
+        live[lab[live_nodes]] = True
+        pnode = np.concatenate(self.part_node) if self.part_node else np.zeros(0, np.int64)
+        pgeom = np.concatenate(self.part_geom) if self.part_geom else np.zeros(0, dtype=object)
+        pc = lab[pnode]
+        fin = ~live[pc]
+        objs = self._merge(pgeom[fin], pc[fin], csum, ccnt, ccls)
+        # compaction: keep the nodes of the overlaps; the first of each object carries its totals and parts
+        keep = ~fin
+        lc = lab[live_nodes]
+        uc, first = np.unique(lc, return_index=True)
+        rep = np.zeros(ncomp, np.int64)
+        rep[uc] = first + 1
+        s, c = np.zeros(len(live_nodes) + 1), np.zeros(len(live_nodes) + 1, np.int64)
+        s[rep[uc]], c[rep[uc]] = csum[uc], ccnt[uc]
+        self.cls = _Buffer(np.int16, np.r_[np.int16(0), self.cls.view()[live_nodes]])
+        self.fb = _Buffer(bool, np.r_[False, self.fb.view()[live_nodes]])
+        self.sum, self.cnt = _Buffer(np.float64, s), _Buffer(np.int64, c)
+        nid = np.arange(1, len(live_nodes) + 1)
+        to = rep[lc]
+        self.edges = [np.stack([nid[nid != to], to[nid != to]]).astype(np.int64)]
+        kept_geom, kept_comp = pgeom[keep], pc[keep]
+        self.part_node, self.part_geom = [rep[kept_comp]], [kept_geom]
+        for a in arrays:
+            nz = a > 0
+            a[nz] = np.searchsorted(live_nodes, a[nz]) + 1
+        # regularised classes wait until no unfinished or later object is within reach
+        is_reg = np.isin(objs.cls, sorted(post.regularize)) if post.regularize else np.zeros(len(objs), bool)
+        self.ready = _Objects.concat([self.ready, self._finish(objs.take(~is_reg), regular=False)])
+        self.held = _Objects.concat([self.held, objs.take(is_reg)])
+        if len(self.held):
+            go = self._reg_clusters_done(kept_geom[np.isin(ccls[kept_comp], sorted(post.regularize))], row_stop, last)
+            self.ready = _Objects.concat([self.ready, self._finish(self.held.take(go).sorted(), regular=True)])
+            self.held = self.held.take(~go)
+        # output order: every object not yet ready ends at pixel row >= limit
+        limit = math.inf
+        if not last:
+            limit = row_stop + 1
+            if len(kept_geom):
+                cmax = np.full(ncomp, -np.inf)
+                np.maximum.at(cmax, kept_comp, shapely.bounds(kept_geom)[:, 3])
+                limit = min(limit, float(cmax[np.isfinite(cmax)].min()))
+            if len(self.held):
+                limit = min(limit, float(self.held.key[:, 0].min()))
+        out = self.ready.key[:, 0] < limit
+        if out.any():
+            self.writer.add(self.ready.take(out).sorted())
+            self.ready = self.ready.take(~out)
+        self.writer.end_row()
+        self.peak_state = max(self.peak_state, self.n + len(kept_geom) + len(self.held) + len(self.ready))
+
+    def _merge(
+        self, geoms: np.ndarray, comp: np.ndarray, csum: np.ndarray, ccnt: np.ndarray, ccls: np.ndarray
+    ) -> _Objects:
+        """Union the parts of each finished object; split multi-part results; drop tiny ones; fill holes."""
+        if not len(geoms):
+            return _Objects.empty()
+        o = np.argsort(comp, kind="stable")
+        geoms, comp = geoms[o], comp[o]
+        starts = np.flatnonzero(np.r_[True, comp[1:] != comp[:-1]])
+        ends = np.r_[starts[1:], len(comp)]
+        merged = geoms[starts].copy()
+        for i in np.flatnonzero(ends - starts > 1).tolist():
+            merged[i] = shapely.union_all(geoms[starts[i] : ends[i]])
+        oc = comp[starts]
+        parts, idx = shapely.get_parts(merged, return_index=True)  # multi-part only if the halo was too small
+        oc = oc[idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.where(ccnt[oc] > 0, csum[oc] * self.post.score_unit / np.maximum(ccnt[oc], 1), np.nan)
+        objs = _Objects(np.asarray(parts, dtype=object), ccls[oc].astype(np.int16), score, np.zeros((len(parts), 0)))
+        if self.post.min_area_px > 0:  # cheap pre-filter in pixel space (the exact one, in m², comes later)
+            objs = objs.take(shapely.area(objs.geoms) >= self.post.min_area_px)
+        if len(objs) and self.post.fill_holes_px > 0:
+            objs.geoms = fill_small_holes(objs.geoms, self.post.fill_holes_px)
+        objs.key = _order_keys(objs.geoms, objs.cls) if len(objs) else np.zeros((0, _KEY_COLS))
+        return objs
+
+    def _reg_clusters_done(self, live_parts: np.ndarray, row_stop: int, last: bool) -> np.ndarray:
+        """Which held objects can be regularised now: their whole cluster (objects within ``gap_px``
+        of each other, transitively) is finished and no later block can add an object within reach."""
+        held = self.held
+        if last:
+            return np.ones(len(held), bool)
+        hull = shapely.polygons(shapely.get_exterior_ring(np.concatenate([held.geoms, live_parts])))
+        tree = shapely.STRtree(hull)
+        a, b = tree.query(hull, predicate="dwithin", distance=self.post.gap_px)
+        _, cl = _components(len(hull), [np.stack([a, b]).astype(np.int64)])
+        blocked = np.zeros(len(hull), bool)
+        blocked[cl[len(held) :]] = True  # a cluster with an unfinished object
+        blocked[cl[: len(held)][held.key[:, 0] >= row_stop - self.post.gap_px]] = True  # later objects in reach
+        return ~blocked[cl[: len(held)]]
+
+    def _finish(self, objs: _Objects, *, regular: bool) -> _Objects:
+        """Canonical rings, simplification or regularisation, georeferencing, true areas, the m² filter."""
+        if not len(objs):
+            return objs
+        post = self.post
+        # canonical rings (start at the min corner, no collinear seam vertices): independent of the seams
+        g = shapely.simplify(shapely.normalize(objs.geoms), 0.0, preserve_topology=True)
+        if regular:
+            g = _regularize_pixels(g, post.transform, post.crs, post.centre)
+        elif post.simplify_px > 0:
+            g = shapely.simplify(g, post.simplify_px, preserve_topology=True)
+        t = post.transform
+
+        def _geo(xy: np.ndarray) -> np.ndarray:
+            return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
+
+        g = shapely.orient_polygons(shapely.transform(g, _geo))
+        areas = local_areas_m2(g, post.crs, post.origin)
+        out = _Objects(g, objs.cls, objs.score, objs.key, areas)
+        return out.take(areas >= post.min_area_m2)
+
+
+class _Writer:
+    """Appends batches of finished objects to a temporary GeoPackage; ``commit`` styles and renames it.
+
+    Rows are written through pyogrio, one append (one open of the file) per block row or per
+    ``batch_rows`` rows, whichever comes first."""
+
+    def __init__(self, out_gpkg: Path, post: _Post, *, classes: list[dict], style: bool, batch_rows: int = 20_000):
+        self.out = Path(out_gpkg)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.with_name(f".{self.out.stem}.tmp.gpkg")
+        self.tmp.unlink(missing_ok=True)
+        self.post, self.classes, self.style, self.batch_rows = post, classes, style, batch_rows
+        self.buf: list[_Objects] = []
+        self.n_buf = 0
+        self.written = 0
+        self.created = False
+
+    def add(self, objs: _Objects) -> None:
+        """Queue ``objs`` (already in output order); written once ``batch_rows`` are queued or at ``end_row``."""
+        self.buf.append(objs)
+        self.n_buf += len(objs)
+        if self.n_buf >= self.batch_rows:
+            self.flush()
+
+    def end_row(self) -> None:
+        """Write what is queued (one append per block row keeps memory O(objects of a block row))."""
+        if self.n_buf:
+            self.flush()
+
+    def flush(self) -> None:
+        objs = _Objects.concat(self.buf)
+        self.buf, self.n_buf = [], 0
+        if self.created and not len(objs):
+            return
+        gdf = self._frame(objs)
+        gdf.to_file(self.tmp, driver="GPKG", layer=LAYER, engine="pyogrio", geometry_type="Polygon",
+                    dataset_options=GPKG_OPTIONS, append=self.created)  # fmt: skip
+        self.created = True
+        self.written += len(gdf)
+
+    def _frame(self, objs: _Objects) -> gpd.GeoDataFrame:
+        post, n = self.post, len(objs)
+        areas = objs.area_m2 if objs.area_m2 is not None else np.zeros(n)
+        gdf = gpd.GeoDataFrame(
+            {
+                "class": pd.Series([post.names[int(c)] for c in objs.cls], dtype=str),
+                "class_id": pd.Series(objs.cls.astype(np.int32), dtype=np.int32),
+                "score": pd.Series(objs.score, dtype=np.float64),
+                "area_m2": pd.Series(areas, dtype=np.float64),
+                "scene": pd.Series([post.scene] * n, dtype=str),
+                "scene_date": pd.Series([post.scene_date or ""] * n, dtype=str),
+            },
+            geometry=gpd.GeoSeries(list(objs.geoms), crs=post.crs.to_wkt() if post.crs else None),
+        )
+        if post.scene_date is None:
+            gdf["scene_date"] = pd.Series([None] * n, dtype=object)
+        return gdf
+
+    def commit(self) -> int:
+        """Write what is buffered, style, rename into place; returns the number of polygons written."""
+        self.flush()
+        if self.style:
+            from geoseg.qgis import style_gpkg
+
+            style_gpkg(self.tmp, LAYER, self.classes)
+        os.replace(self.tmp, self.out)
+        return self.written
+
+    def abort(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 def vectorize_prediction(
     probabilities: Path,
     out_gpkg: Path,
@@ -349,7 +704,9 @@ def vectorize_prediction(
     straight edges at right angles, moved by at most 2 pixels, never overlapping; worked out in
     ground-scaled pixel space, so any CRS). Nodata pixels never produce polygons.
     Written atomically (temporary name, then rename), with the QGIS style stored in the file
-    unless ``style=False``. Returns the number of polygons. Memory: see module docstring.
+    unless ``style=False``. Rows are ordered by their bottom pixel row (top of the scene first), then
+    class id, left edge, ...: the same for every ``block_size`` (see the module docstring). Returns
+    the number of polygons. Memory: independent of the number of polygons, see module docstring.
     """
     probabilities, out_gpkg = Path(probabilities), Path(out_gpkg)
     if block_size < 8:
@@ -377,166 +734,112 @@ def vectorize_prediction(
         core_raw = core_boundary_max / scale
         crs, transform = ds.crs, ds.transform
         px_m2 = pixel_area_m2(ds.crs, ds.transform, ds.width, ds.height)
-        uf = _UnionFind()
-        node_class = _Buffer(np.int16)
-        node_fb = _Buffer(bool)
-        node_sum = _Buffer(np.float64)
-        node_cnt = _Buffer(np.int64)
-        for buf in (node_class, node_fb, node_sum, node_cnt):
-            buf.extend(np.zeros(1, buf.dtype))  # node 0 = none
-        parts: list[tuple[int, Any]] = []
+        sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
+        aniso = math.sqrt(max(sx, sy) / min(sx, sy)) if min(sx, sy) > 0 else 1.0
+        post = _Post(
+            names=names, crs=crs, transform=transform, min_area_m2=min_area_m2,
+            min_area_px=0.5 * min_area_m2 / px_m2 if px_m2 > 0 else 0.0,
+            fill_holes_px=fill_holes_m2 / px_m2 if px_m2 > 0 else 0.0, simplify_px=simplify_px,
+            regularize=reg_ids, gap_px=2 * REGULARIZE_SHIFT_PX * aniso + 1.0, centre=(ds.width / 2, ds.height / 2),
+            origin=_lonlat(crs, transform * (ds.width / 2, ds.height / 2)),
+            scene=scene, scene_date=scene_date,
+            score_unit=scale if np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) else _FLOAT_UNIT,
+        )  # fmt: skip
+        writer = _Writer(out_gpkg, post, classes=classes, style=style)
+        stream = _Stream(post, writer)
         pending: dict[tuple[int, int], list[tuple[Window, np.ndarray, np.ndarray]]] = defaultdict(list)
         bs, width, height = int(block_size), ds.width, ds.height
         nbr, nbc = math.ceil(height / bs), math.ceil(width / bs)
-        blocks = list(_block_grid(width, height, bs))
-        for r, c, win in tqdm(blocks, desc="vectorize", unit="block", disable=len(blocks) < 4, leave=False):
-            ext = _ext(win, halo, width, height)
-            data, valid = _read_probs(ds, ext)
-            lab = label_instances(
-                data, valid, fg_classes=fg, boundary_class=boundary_class, threshold=thr_raw,
-                core_boundary_max=core_raw,
-            )  # fmt: skip
-            off = uf.add(lab.n)
-            region, marker = lab.region, lab.marker
-            region[region > 0] += off
-            marker[marker > 0] += off
-            node_class.extend(lab.classes)
-            node_fb.extend(lab.fallback)
-            fb_all, cls_all = node_fb.view(), node_class.view()
-            # unions with earlier neighbours over the shared part of both haloed windows
-            for owin, oreg, omark in pending.pop((r, c), []):
-                creg, cmark = _sub(region, ext, owin), _sub(marker, ext, owin)
-                pairs = [np.stack([omark[(omark > 0) & (cmark > 0)], cmark[(omark > 0) & (cmark > 0)]])]
-                both = (oreg > 0) & (creg > 0)
-                a, b = oreg[both], creg[both]
-                sel = (fb_all[a] | fb_all[b]) & (cls_all[a] == cls_all[b])
-                pairs.append(np.stack([a[sel], b[sel]]))
-                pp = np.concatenate(pairs, axis=1).astype(np.int64)
-                if pp.size:
-                    for key in np.unique((pp[0] << 32) | pp[1]).tolist():
-                        uf.union(key >> 32, key & 0xFFFFFFFF)
-            # keep the overlaps with later neighbours
-            for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
-                nr, nc = r + dr, c + dc
-                if not (0 <= nr < nbr and 0 <= nc < nbc):
-                    continue
-                nwin = Window(nc * bs, nr * bs, min(bs, width - nc * bs), min(bs, height - nr * bs))
-                ov = _intersect(ext, _ext(nwin, halo, width, height))
-                if ov is not None:
-                    pending[(nr, nc)].append((ov, _sub(region, ext, ov).copy(), _sub(marker, ext, ov).copy()))
-            # interior: scores and polygons
-            inner = _sub(region, ext, win)
-            lid = np.where(inner > 0, inner - off, 0).astype(np.int32)
-            sums: np.ndarray = np.zeros(lab.n + 1)
-            cnts: np.ndarray = np.zeros(lab.n + 1, np.int64)
-            if lab.n:
-                pin = data[:, int(win.row_off - ext.row_off) : int(win.row_off - ext.row_off + win.height),
-                           int(win.col_off - ext.col_off) : int(win.col_off - ext.col_off + win.width)]  # fmt: skip
-                m = lid > 0
-                pk = np.take_along_axis(pin[:, m], lab.classes[lid[m] - 1][None].astype(np.intp), axis=0)[0]
-                sums = np.bincount(lid[m], weights=pk.astype(np.float64) * scale, minlength=lab.n + 1)
-                cnts = np.bincount(lid[m], minlength=lab.n + 1)
-                shift = Affine.translation(int(win.col_off), int(win.row_off))
-                for geom, val in rasterio.features.shapes(lid, mask=m, connectivity=4, transform=shift):
-                    parts.append((int(val) + off, shapely.geometry.shape(geom)))
-            node_sum.extend(sums[1:])
-            node_cnt.extend(cnts[1:])
-            del data, valid, lab, region, marker
-    return _assemble(
-        parts, uf, node_class.view(), node_sum.view(), node_cnt.view(),
-        names=names, crs=crs, transform=transform, min_area_m2=min_area_m2, simplify_px=simplify_px,
-        fill_holes_px=fill_holes_m2 / px_m2 if px_m2 > 0 else 0.0,
-        min_area_px=0.5 * min_area_m2 / px_m2 if px_m2 > 0 else 0.0, scene=scene, scene_date=scene_date,
-        out_gpkg=out_gpkg, classes=classes, style=style, regularize=reg_ids,
-    )  # fmt: skip
+        # GDAL's block cache need only hold one haloed block row of the raster (it grows to its limit otherwise)
+        row_bytes = width * (bs + 2 * halo) * ds.count * np.dtype(ds.dtypes[0]).itemsize
+        cache = max(64 * 2**20, 2 * row_bytes)
+        try:
+            with (
+                rasterio.Env(GDAL_CACHEMAX=cache),
+                tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar,
+            ):
+                for r, c, win in _block_grid(width, height, bs):
+                    _vectorize_block(ds, r, c, win, halo, bs, nbr, nbc, pending, stream, fg=fg,
+                                     boundary_class=boundary_class, thr_raw=thr_raw, core_raw=core_raw)  # fmt: skip
+                    bar.update()
+                    if c == nbc - 1:
+                        stream.end_row(pending, min((r + 1) * bs, height), last=r == nbr - 1)
+            n = writer.commit()
+        finally:
+            writer.abort()
+    log.info("%s: %d instance polygons (at most %d objects held at once)", out_gpkg, n, stream.peak_state)
+    return n
 
 
-def _assemble(
-    parts: list[tuple[int, Any]],
-    uf: _UnionFind,
-    node_class: np.ndarray,
-    node_sum: np.ndarray,
-    node_cnt: np.ndarray,
+def _vectorize_block(
+    ds: rasterio.DatasetReader,
+    r: int,
+    c: int,
+    win: Window,
+    halo: int,
+    bs: int,
+    nbr: int,
+    nbc: int,
+    pending: dict[tuple[int, int], list[tuple[Window, np.ndarray, np.ndarray]]],
+    stream: _Stream,
     *,
-    names: dict[int, str],
-    crs: CRS,
-    transform: Affine,
-    min_area_m2: float,
-    simplify_px: float,
-    fill_holes_px: float,
-    min_area_px: float = 0.0,
-    scene: str,
-    scene_date: str | None,
-    out_gpkg: Path,
-    classes: list[dict],
-    style: bool,
-    regularize: frozenset[int] = frozenset(),
-) -> int:
-    """Merge parts per global instance, simplify (or regularise), georeference, measure, filter, write."""
-    roots = uf.roots()
-    sums = np.bincount(roots, weights=node_sum, minlength=len(roots))
-    cnts = np.bincount(roots, weights=node_cnt, minlength=len(roots))
-    groups: dict[int, list[Any]] = defaultdict(list)
-    for node, g in parts:
-        groups[int(roots[node])].append(g)
-    geoms: list[Any] = []
-    gclass: list[int] = []
-    gscore: list[float] = []
-    for root, gs in groups.items():
-        g = gs[0] if len(gs) == 1 else shapely.union_all(gs)
-        score = float(sums[root] / cnts[root]) if cnts[root] else float("nan")
-        for p in getattr(g, "geoms", [g]):  # a multi-part result only if the halo was too small
-            geoms.append(p)
-            gclass.append(int(node_class[root]))
-            gscore.append(score)
-    arr = np.array(geoms, dtype=object)
-    if len(arr) and min_area_px > 0:  # cheap pre-filter in pixel space (the exact one, in m², is below)
-        big = shapely.area(arr) >= min_area_px
-        arr = arr[big]
-        gclass = [c for c, k in zip(gclass, big.tolist(), strict=True) if k]
-        gscore = [v for v, k in zip(gscore, big.tolist(), strict=True) if k]
-    if len(arr) and fill_holes_px > 0:
-        arr = fill_small_holes(arr, fill_holes_px)
-    if len(arr):
-        # canonical rings (start at the min corner, no collinear seam vertices), so the result
-        # does not depend on where the block seams were
-        arr = shapely.simplify(shapely.normalize(arr), 0.0, preserve_topology=True)
-    reg = np.isin(np.array(gclass, dtype=int), sorted(regularize)) if len(arr) else np.zeros(0, bool)
-    if reg.any():
-        arr[reg] = _regularize_pixels(arr[reg], transform, crs)
-    if len(arr) and simplify_px > 0 and not reg.all():
-        arr[~reg] = shapely.simplify(arr[~reg], simplify_px, preserve_topology=True)
-    # deterministic order: class, then top-left corner (pixel space)
-    if len(arr):
-        b = shapely.bounds(arr)
-        order = np.lexsort((b[:, 0], b[:, 1], np.array(gclass)))
-        arr = arr[order]
-        gclass = [gclass[i] for i in order]
-        gscore = [gscore[i] for i in order]
-        t = transform
-
-        def _geo(xy: np.ndarray) -> np.ndarray:
-            return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
-
-        arr = shapely.orient_polygons(shapely.transform(arr, _geo))
-    areas = geodesic_areas_m2(arr, crs)
-    keep = areas >= min_area_m2 if len(arr) else np.zeros(0, bool)
-    gdf = gpd.GeoDataFrame(
-        {
-            "class": pd.Series([names[c] for c in np.array(gclass, dtype=int)[keep]] if len(arr) else [], dtype=str),
-            "class_id": pd.Series(np.array(gclass, dtype=np.int32)[keep] if len(arr) else [], dtype=np.int32),
-            "score": pd.Series(np.array(gscore, dtype=np.float64)[keep] if len(arr) else [], dtype=np.float64),
-            "area_m2": pd.Series(areas[keep], dtype=np.float64),
-            "scene": pd.Series([scene] * int(keep.sum()), dtype=str),
-            "scene_date": pd.Series([scene_date or ""] * int(keep.sum()), dtype=str),
-        },
-        geometry=gpd.GeoSeries(list(arr[keep]) if len(arr) else [], crs=crs.to_wkt()),
-    )
-    if scene_date is None:
-        gdf["scene_date"] = pd.Series([None] * len(gdf), dtype=object)
-    write_instances(gdf, out_gpkg, classes=classes, style=style)
-    log.info("%s: %d instance polygons", out_gpkg, len(gdf))
-    return len(gdf)
+    fg: list[int],
+    boundary_class: int | None,
+    thr_raw: float,
+    core_raw: float,
+) -> None:
+    """Label one haloed block, record its unions with earlier neighbours and its overlaps with later
+    ones (in ``pending``), and add its interior polygons and scores to ``stream``."""
+    width, height = ds.width, ds.height
+    ext = _ext(win, halo, width, height)
+    data, valid = _read_probs(ds, ext)
+    lab = label_instances(data, valid, fg_classes=fg, boundary_class=boundary_class, threshold=thr_raw,
+                          core_boundary_max=core_raw)  # fmt: skip
+    region, marker = lab.region, lab.marker
+    # interior: scores
+    inner = _sub(region, ext, win)
+    m = inner > 0
+    sums: np.ndarray = np.zeros(lab.n + 1)
+    cnts: np.ndarray = np.zeros(lab.n + 1, np.int64)
+    if lab.n:
+        pin = _sub(data.transpose(1, 2, 0), ext, win)  # (h, w, C) view
+        lid = inner[m]
+        pk = np.take_along_axis(pin[m], lab.classes[lid - 1][:, None].astype(np.intp), axis=1)[:, 0]
+        # exact sums (integers, so the block layout cannot change their rounding): raw units for integer
+        # rasters, fixed point for float ones; score = sum * score_unit / count
+        fixed = pk.astype(np.float64) if np.issubdtype(pk.dtype, np.integer) else np.round(pk * (1 / _FLOAT_UNIT))
+        sums = np.bincount(lid, weights=fixed, minlength=lab.n + 1)
+        cnts = np.bincount(lid, minlength=lab.n + 1)
+    off = stream.add_block(lab.classes, lab.fallback, sums[1:], cnts[1:])
+    if lab.n:  # polygons of the interior, in global pixel coordinates
+        vals, geoms = _polygons_px(inner, m, int(win.col_off), int(win.row_off))
+        stream.part_node.append(vals + off)
+        stream.part_geom.append(geoms)
+    region[region > 0] += off
+    marker[marker > 0] += off
+    fb_all, cls_all = stream.fb.view(), stream.cls.view()
+    # unions with earlier neighbours over the shared part of both haloed windows
+    for owin, oreg, omark in pending.pop((r, c), []):
+        creg, cmark = _sub(region, ext, owin), _sub(marker, ext, owin)
+        both_m = (omark > 0) & (cmark > 0)
+        pairs = [np.stack([omark[both_m], cmark[both_m]])]
+        both = (oreg > 0) & (creg > 0)
+        a, b = oreg[both], creg[both]
+        sel = (fb_all[a] | fb_all[b]) & (cls_all[a] == cls_all[b])
+        pairs.append(np.stack([a[sel], b[sel]]))
+        pp = np.concatenate(pairs, axis=1).astype(np.int64)
+        if pp.size:
+            key = np.unique((pp[0] << 32) | pp[1])
+            stream.edges.append(np.stack([key >> 32, key & 0xFFFFFFFF]))
+    # keep the overlaps with later neighbours
+    for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        nr, nc = r + dr, c + dc
+        if not (0 <= nr < nbr and 0 <= nc < nbc):
+            continue
+        nwin = Window(nc * bs, nr * bs, min(bs, width - nc * bs), min(bs, height - nr * bs))
+        ov = _intersect(ext, _ext(nwin, halo, width, height))
+        if ov is not None:
+            pending[(nr, nc)].append((ov, _sub(region, ext, ov).copy(), _sub(marker, ext, ov).copy()))
 
 
 def regularize_class_ids(
@@ -551,12 +854,20 @@ def regularize_class_ids(
     return frozenset(objects[n] for n in names)
 
 
-def _regularize_pixels(geoms: np.ndarray, transform: Affine, crs: CRS) -> np.ndarray:
-    """Regularise pixel-space polygons in a ground-isotropic frame (pixel axes scaled to metres)."""
+def _regularize_pixels(
+    geoms: np.ndarray, transform: Affine, crs: CRS, centre: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Regularise pixel-space polygons in a ground-isotropic frame (pixel axes scaled to metres).
+
+    For a geographic CRS the ground scale is taken at pixel ``centre`` (col, row; default: the
+    polygons' mean), so the result of a polygon does not depend on which others are in the batch.
+    """
     from geoseg.regularize import regularize_polygons
 
-    b = shapely.bounds(geoms)
-    col, row = float(np.mean(b[:, [0, 2]])), float(np.mean(b[:, [1, 3]]))
+    if centre is None:
+        b = shapely.bounds(geoms)
+        centre = (float(np.mean(b[:, [0, 2]])), float(np.mean(b[:, [1, 3]])))
+    col, row = centre
     sx, sy = math.hypot(transform.a, transform.d), math.hypot(transform.b, transform.e)
     if crs is not None and ProjCRS.from_user_input(crs.to_wkt()).is_geographic:  # degrees: metres here
         lon, lat = transform * (col, row)
@@ -566,7 +877,7 @@ def _regularize_pixels(geoms: np.ndarray, transform: Affine, crs: CRS) -> np.nda
         sy = float(_GEOD.inv(lon, lat, lon2, lat2)[2])
     scale = np.array([sx, sy])
     ground = shapely.transform(geoms, lambda xy: xy * scale)
-    out = regularize_polygons(ground, pixel_size=math.sqrt(sx * sy))
+    out = regularize_polygons(ground, pixel_size=math.sqrt(sx * sy), max_shift_px=REGULARIZE_SHIFT_PX)
     return shapely.transform(out, lambda xy: xy / scale)
 
 

@@ -218,3 +218,91 @@ def test_cli_vectorize(synth, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "bad.tif" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.gpkg").exists()
+
+
+def _rows(path):
+    """(wkb, class_id, score, area_m2) per output row, in file order."""
+    gdf = _read(path)
+    return list(zip(shapely.to_wkb(gdf.geometry.values), gdf["class_id"], gdf["score"], gdf["area_m2"], strict=True))
+
+
+def test_streaming_edge_cases_same_rows_in_same_order_for_any_block_size(synth, tmp_path):
+    lab = np.zeros((130, 90), np.uint8)
+    lab[3:125, 40:47] = 1  # a tall object spanning 3+ block rows of 32 (and 5 of 24)
+    lab[100:130, 5:20] = 1  # touches the last row
+    lab[0:6, 60:80] = 1  # touches the first row
+    lab[30:34, 0:90] = 1  # crosses every block column, right at a seam (32)
+    lab[30:34, 47] = 2  # ... split from the tall object by a boundary line
+    lab[60:62, 60:62] = 1  # tiny
+    lab[62:70, 62:70] = 1  # touches the tiny one corner to corner
+    _, ref, n_ref = _vec(synth, tmp_path, lab, block_size=4096, name="ref.gpkg")
+    want = _rows(ref)
+    assert n_ref == len(want) >= 5
+    for bs in (8, 16, 24, 32, 33, 64):
+        _, out, _ = _vec(synth, tmp_path, lab, block_size=bs, name=f"b{bs}.gpkg")
+        assert _rows(out) == want, bs  # geometries, attributes and their order
+    # the documented order: bottom edge first (north-up: the polygons' southern edges go south)
+    miny = _read(ref).geometry.bounds["miny"].to_numpy()
+    assert np.all(np.diff(miny) <= 0)
+
+
+def test_block_size_does_not_change_order_with_regularisation(synth, tmp_path):
+    rng = np.random.default_rng(5)
+    lab = np.zeros((120, 120), np.uint8)
+    for r in range(4, 110, 13):  # rows of touching buildings split by boundary lines, some across seams
+        for c in range(4, 110, 27):
+            h, w = rng.integers(7, 11), rng.integers(10, 24)
+            lab[r : r + h, c : c + w] = 1
+            lab[r : r + h, c + w // 2] = 2
+    p = tmp_path / "p.tif"
+    synth.write_probabilities(p, synth.probs_from_labels(lab))
+    kw = dict(classes=synth.CLASSES, boundary_class=2, regularize=("building",), min_area_m2=0)
+    vectorize_prediction(p, tmp_path / "ref.gpkg", block_size=4096, **kw)
+    want = _rows(tmp_path / "ref.gpkg")
+    assert len(want) > 20
+    for bs in (16, 40):
+        vectorize_prediction(p, tmp_path / f"b{bs}.gpkg", block_size=bs, **kw)
+        assert _rows(tmp_path / f"b{bs}.gpkg") == want, bs
+
+
+def _grid_of_objects(rows: int, cols: int, cell: int = 16) -> np.ndarray:
+    lab = np.zeros((rows * cell, cols * cell), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            lab[r * cell + 3 : r * cell + 12, c * cell + 2 : c * cell + 10] = 1
+            lab[r * cell + 3 : r * cell + 12, c * cell + 6] = 2  # two touching halves
+    return lab
+
+
+def test_streaming_memory_does_not_grow_with_object_count(synth, tmp_path):
+    import tracemalloc
+
+    peaks = {}
+    for rows in (16, 160):  # 10x the objects (and the scene height), same width
+        lab = _grid_of_objects(rows, 12)
+        synth.write_probabilities(tmp_path / f"p{rows}.tif", synth.probs_from_labels(lab))
+        tracemalloc.start()
+        n = vectorize_prediction(tmp_path / f"p{rows}.tif", tmp_path / f"o{rows}.gpkg", classes=synth.CLASSES,
+                                 boundary_class=2, block_size=64, style=False)  # fmt: skip
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n == rows * 12 * 2
+    assert peaks[160] < 1.5 * peaks[16], peaks
+
+
+def test_local_areas_match_geodesic_areas():
+    from geoseg.grid import local_areas_m2
+
+    crs = CRS.from_epsg(32636)
+    geoms = [shapely.box(500_000 + dx, 4_000_000, 500_000 + dx + s, 4_000_000 + s) for dx, s in
+             [(0, 3), (5_000, 40), (90_000, 900), (400_000, 20_000)]]  # fmt: skip
+    holed = shapely.Polygon(
+        geoms[2].exterior.coords, [shapely.box(590_100, 4_000_100, 590_200, 4_000_300).exterior.coords]
+    )
+    geoms.append(holed)
+    got = local_areas_m2(geoms, crs, origin=(33.0, 36.1))
+    want = geodesic_areas_m2(geoms, crs)
+    assert got == pytest.approx(want, rel=2e-7)
+    assert got[-1] == pytest.approx(
+        got[2] - geodesic_areas_m2([shapely.box(590_100, 4_000_100, 590_200, 4_000_300)], crs)[0], rel=1e-6
+    )
