@@ -3,7 +3,8 @@
 Re-vectorizes an existing prediction (``probabilities.tif`` + its model) with the instance-step
 settings of each step and evaluates each against the truth in the same run:
 
-* ``raw``: threshold 0.5, no minimum area, no hole filling, core 0.3 (geoseg before calibration);
+* ``raw``: threshold 0.5, no minimum area, no hole filling, core 0.3 (geoseg's instance step before
+  this change);
 * ``derived``: the defaults derived from the label object areas (no calibration);
 * ``calibrated``: the model's calibrated ``postprocess`` (what ``geoseg predict`` uses by default);
 * ``regularised``: calibrated + regular footprints for the foreground classes.
@@ -37,7 +38,7 @@ def steps(model_cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     fg = [c["name"] for c in model_cfg["classes"] if int(c["id"]) not in (0, model_cfg.get("boundary_class"))]
     no_cal = {k: v for k, v in model_cfg.items() if k != "postprocess"}
     return [
-        ("raw", {"threshold": 0.5, "min_area_m2": 0.0, "fill_holes_m2": 0.0, "core_boundary_max": 0.3}),
+        ("raw", {"threshold": 0.5, "min_area_m2": 0.0, "fill_holes_m2": 0.0, "core_boundary_max": 0.3}),  # v0.1
         ("derived", {"_model_cfg": no_cal}),
         ("calibrated", {}),
         ("regularised", {"regularize": tuple(fg)}),

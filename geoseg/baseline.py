@@ -150,14 +150,15 @@ def run(config: BaselineConfig) -> dict[str, Any]:
     fg = next(int(c["id"]) for c in mcfg["classes"] if int(c["id"]) not in (0, boundary))
     out = Path(config.out)
     pred_dir = out / "predict"
-    from geoseg.postprocess import derived_min_area_m2
+    from geoseg.postprocess import DEFAULTS, derived_min_area_m2
 
     fgs = [int(c["id"]) for c in mcfg["classes"] if int(c["id"]) not in (0, boundary)]
     derived = derived_min_area_m2(mcfg.get("objects"), mcfg.get("resolution_m"), fgs)[0]
     min_area = derived if config.min_area is None else config.min_area
     predict_run(  # the model's calibration is for the model: the baseline gets the uncalibrated defaults
         PredictConfig(scenes=tuple(config.scenes), model=config.model, out=str(pred_dir), aoi=config.aoi,
-                      threshold=config.threshold, min_area=min_area, fill_holes=derived, core_boundary_max=0.3,
+                      threshold=config.threshold, min_area=min_area, fill_holes=derived,
+                      core_boundary_max=DEFAULTS["core_boundary_max"],
                       progress=False),
         predict_fn=clf.predict_fn(int(mcfg["num_classes"]), fg),
     )

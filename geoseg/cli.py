@@ -61,7 +61,7 @@ _HELP = {
     "min_area": f"Drop instances smaller than this, m² ({_FROM_MODEL}).",
     "fill_holes": f"Fill holes smaller than this inside instances, m² ({_FROM_MODEL}).",
     "core_boundary_max": "Boundary probability below which a pixel is an object core that separates touching "
-    f"objects ({_FROM_MODEL}, else 0.3).",
+    f"objects ({_FROM_MODEL}, else 0.1).",
 }
 
 

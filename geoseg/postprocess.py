@@ -11,7 +11,7 @@ simplification tolerance ``simplify_px``. Each is taken, in this order, from
    the values that maximise object F1 on the validation split (``"calibrated"``);
 3. the label object areas the tile stage measured (``dataset.json`` ``objects``, carried into the
    model config) for ``min_area_m2`` and ``fill_holes_m2`` (``"derived"``, rule below);
-4. a generic default (``"default"``): threshold 0.5, core 0.3, simplify 0.5 px, and a minimum area
+4. a generic default (``"default"``): threshold 0.5, core 0.1, simplify 0.5 px, and a minimum area
    of :data:`MIN_OBJECT_PX` pixels at the model's ground resolution.
 
 Rule for the derived minimum area (per model, over its foreground classes):
@@ -45,7 +45,7 @@ __all__ = [
 MIN_OBJECT_PX = 4  # never fewer pixels than this in an object (a 2 x 2 block)
 AREA_FRACTION = 0.5  # derived minimum area = this x the p02 label object area
 QUANTILES = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-DEFAULTS = {"threshold": 0.5, "core_boundary_max": 0.3, "simplify_px": 0.5}
+DEFAULTS = {"threshold": 0.5, "core_boundary_max": 0.1, "simplify_px": 0.5}
 PARAMS = ("threshold", "core_boundary_max", "min_area_m2", "fill_holes_m2", "simplify_px")
 
 

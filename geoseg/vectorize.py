@@ -126,7 +126,7 @@ def label_instances(
     fg_classes: list[int],
     boundary_class: int | None,
     threshold: float,
-    core_boundary_max: float = 0.3,
+    core_boundary_max: float = 0.1,
 ) -> BlockLabels:
     """Label instances in one window.
 
@@ -688,7 +688,7 @@ def vectorize_prediction(
     scene: str = "",
     scene_date: str | None = None,
     halo: int | None = None,
-    core_boundary_max: float = 0.3,
+    core_boundary_max: float = 0.1,
     fill_holes_m2: float = 0.0,
     style: bool = True,
     regularize: tuple[str, ...] = (),

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from geoseg.postprocess import MIN_OBJECT_PX, derived_min_area_m2
+from geoseg.postprocess import DEFAULTS, MIN_OBJECT_PX, derived_min_area_m2
 from geoseg.vectorize import grow_markers, label_instances
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class CalibrationGrid:
     """Candidate values; areas are multiples of the derived minimum area (see geoseg.postprocess)."""
 
     thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
-    core_boundary_max: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
+    core_boundary_max: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
     area_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -170,7 +170,7 @@ def calibrate(
     floor_m2 = MIN_OBJECT_PX * px_m2
     areas = sorted({max(floor_m2, f * base_area) for f in grid.area_factors})
     min_px = [a / px_m2 if px_m2 > 0 else MIN_OBJECT_PX for a in areas]
-    cores = grid.core_boundary_max if bnd is not None else (0.3,)
+    cores = grid.core_boundary_max if bnd is not None else (DEFAULTS["core_boundary_max"],)
     combos = list(itertools.product(grid.thresholds, cores))
     totals = np.zeros((len(combos), len(areas), 3), np.int64)
     n_scored = 0
@@ -198,12 +198,14 @@ def calibrate(
     prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
     rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
-    default_c = combos.index((0.5, 0.3)) if (0.5, 0.3) in combos else 0
+    dflt = (DEFAULTS["threshold"], DEFAULTS["core_boundary_max"] if bnd is not None else cores[0])
+    default_c = combos.index(dflt) if dflt in combos else 0
     default_a = int(np.argmin([abs(a - base_area) for a in areas]))
 
     def distance(c: int, a: int) -> float:  # tie-break: closest to the defaults
         thr, core = combos[c]
-        return abs(thr - 0.5) + abs(core - 0.3) + abs(math.log((areas[a] + 1e-9) / (areas[default_a] + 1e-9))) / 10
+        area_step = abs(math.log((areas[a] + 1e-9) / (areas[default_a] + 1e-9)))
+        return abs(thr - dflt[0]) + abs(core - dflt[1]) + area_step / 10
 
     best = max(
         ((c, a) for c in range(len(combos)) for a in range(len(areas))),

@@ -283,6 +283,7 @@ def sweep_prediction(synth, tmp_path):
     fg[90:92, 90:92] = 0.9  # speck: 4 px = 1 m²
     probs = np.stack([np.where(fg > 0, (1 - fg) / 2, 0.9), np.where(fg > 0, fg, 0.05)])
     probs = np.concatenate([probs, np.where(fg > 0, (1 - fg) / 2, 0.05)[None]]).astype(np.float32)
+    probs[2, 12:16, 20:30] = 0.05  # the bridge is a confident core (low boundary probability): it merges A and B
     d = tmp_path / "pred"
     d.mkdir()
     g = synth.write_probabilities(d / "probabilities.tif", probs)
