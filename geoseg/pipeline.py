@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from geoseg.config import read_json, to_dict, write_json
-from geoseg.errors import ConfigError, InputNotFoundError
+from geoseg.errors import ConfigError, InputNotFoundError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Pipeline:
         try:
             doc = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: a pipeline file is a mapping with a 'stages' key")
         unknown = sorted(set(doc) - {"name", "device", "stages", "description"})

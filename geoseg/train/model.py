@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from geoseg.config import read_json, write_json
-from geoseg.errors import ModelError
+from geoseg.errors import ModelError, first_line
 from geoseg.registry import Registry
 
 ARCHS: Registry[str] = Registry("architecture")
@@ -49,7 +49,7 @@ def build_model(arch: str, encoder: str, in_channels: int, num_classes: int) -> 
     try:
         return cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
     except (KeyError, ValueError, RuntimeError) as e:
-        raise ModelError(f"cannot build {arch} with encoder {encoder!r}: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"cannot build {arch} with encoder {encoder!r}: {first_line(e)}") from None
 
 
 def save_model(model_dir: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:
@@ -104,6 +104,6 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> tuple[t
         state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as e:
-        raise ModelError(f"{model_dir / 'model.pt'}: unreadable weights ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{model_dir / 'model.pt'}: unreadable weights ({first_line(e)})") from None
     net.eval().to(device)
     return net, cfg
