@@ -35,9 +35,10 @@ def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=".geoseg-probe-", dir=probe)
     except OSError as e:
-        where = "" if probe == path else f"cannot create it: {probe} "
+        where = "" if probe == path else f"cannot create it: {probe} is "
         raise OutputError(
-            f"{what} {path}: {where}not writable ({first_line(e)}); fix the permissions or choose another {what}"
+            f"{what} {path}: {where}not writable ({e.strerror or first_line(e)}); fix the permissions or choose "
+            f"another {what}"
         ) from None
     os.close(fd)
     os.unlink(tmp)

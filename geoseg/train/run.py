@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from geoseg.config import read_json, to_dict, write_json
-from geoseg.errors import ConfigError, GeosegError
+from geoseg.errors import ConfigError, GeosegError, ModelError, first_line
 from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir
 from geoseg.train import loop
@@ -270,7 +270,11 @@ def _run(cfg: TrainConfig) -> TrainResult:
     mcfg = model_config(cfg, ds, weights_info)
     if ckpt is not None:
         _check_resume(ckpt, cfg, mcfg, ckpt_path)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            msg = f"{ckpt_path}: weights do not fit the model ({first_line(e, 160)}); use --overwrite"
+            raise ModelError(msg) from None
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
