@@ -43,3 +43,22 @@ def test_bad_out_is_one_line_before_any_work(
     assert len(err.splitlines()) == 1 and err.startswith(f"geoseg: error: --out {out}:") and needle in err, err
     assert secs < 1.0, secs
     assert f.read_text() == "a file" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_pipeline_into_a_locked_out_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`geoseg run` holds OUT's lock too: a second pipeline into it stops at once, naming the holder."""
+    import os
+
+    from geoseg.io.lock import output_lock
+
+    pipeline = Path(__file__).resolve().parents[2] / "pipelines" / "sample_aoi.yaml"
+    out = tmp_path / "run"
+    with output_lock(out):  # stands in for a pipeline that is running
+        capsys.readouterr()
+        t0 = time.perf_counter()
+        rc = main(["run", str(pipeline), "--out", str(out)])
+        secs = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and secs < 5.0, secs
+    assert len(err.splitlines()) == 1 and "in use by another geoseg run" in err and f"pid {os.getpid()}" in err, err
+    assert not out.exists()  # nothing was written
