@@ -6,14 +6,15 @@ Every :class:`~geoseg.errors.GeosegError` becomes one line on stderr and exit co
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from geoseg import __version__
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, Terminated
 from geoseg.io.gdal_env import gdal_env
 
 app = typer.Typer(
@@ -465,31 +466,72 @@ def _click_exception_types() -> tuple[tuple[type[BaseException], ...], tuple[typ
     return tuple(errors), tuple(aborts)
 
 
+#: commands that can continue an interrupted run
+RESUMABLE = ("train", "predict")
+
+
+def _command_name(argv: list[str] | None) -> str | None:
+    """The sub-command in ``argv`` (default ``sys.argv[1:]``): its first word that is not an option."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+class _SigtermHandler:
+    """SIGTERM -> :class:`~geoseg.errors.Terminated` in the main thread, once (a second SIGTERM kills)."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.previous: Any = None
+        self.installed = False
+
+    def __enter__(self) -> _SigtermHandler:
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+            pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.fired = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: GDAL env set once, ``GeosegError`` -> one line + exit 2.
 
     Usage errors (unknown command or option, missing argument, bad value) print click's short
-    usage message and exit 2; Ctrl-C prints one line and exits 130. Never a traceback for either.
+    usage message and exit 2; Ctrl-C (SIGINT) prints one line and exits 130, SIGTERM exits 143
+    (both: "rerun with --resume" for the commands that can). Never a traceback for any of these.
     """
     click_errors, click_aborts = _click_exception_types()
-    try:
-        with gdal_env():
-            rv = app(args=argv, standalone_mode=False)
-    except GeosegError as e:
-        typer.echo(f"geoseg: error: {e}", err=True)
-        return e.exit_code
-    except KeyboardInterrupt:
-        rv = 130
-    except typer.Exit as e:
-        rv = e.exit_code
-    except click_aborts:
-        return 1
-    except click_errors as e:
-        e.show()  # type: ignore[attr-defined]
-        return int(getattr(e, "exit_code", 2))
+    with _SigtermHandler() as term:
+        try:
+            with gdal_env():
+                rv = app(args=argv, standalone_mode=False)
+        except GeosegError as e:
+            typer.echo(f"geoseg: error: {e}", err=True)
+            return e.exit_code
+        except KeyboardInterrupt:
+            rv = 130
+        except typer.Exit as e:
+            rv = e.exit_code
+        except click_aborts:
+            return 1
+        except click_errors as e:
+            e.show()  # type: ignore[attr-defined]
+            return int(getattr(e, "exit_code", 2))
     code = rv if isinstance(rv, int) else 0
-    if code == 130:  # typer turns KeyboardInterrupt into Exit(130) and *returns* it
-        typer.echo("geoseg: interrupted", err=True)
+    if code == 130:  # typer turns KeyboardInterrupt (and Terminated) into Exit(130) and *returns* it
+        hint = "; rerun with --resume" if _command_name(argv) in RESUMABLE else ""
+        if term.fired:
+            code = 143
+        typer.echo(f"geoseg: {'terminated' if term.fired else 'interrupted'}{hint}", err=True)
     return code
 
 

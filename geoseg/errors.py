@@ -71,3 +71,30 @@ class RegistryError(GeosegError, KeyError):
 
 class EmptyResultError(GeosegError, RuntimeError):
     """A stage produced nothing usable (e.g. no tile passed the filters)."""
+
+
+class OutputError(InputError):
+    """An output location is unusable (a file where a folder is needed, not writable)."""
+
+
+class LockedError(GeosegError, RuntimeError):
+    """Another geoseg run holds the output folder's lock."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (the CLI installs the handler); exit code 143.
+
+    A subclass of ``KeyboardInterrupt`` so every interrupt cleanup path treats both alike.
+    """
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first non-blank line of ``str(e)`` (at most ``limit`` characters), else the exception's type name.
+
+    The one helper for quoting a library's message in a one-line error; never fails on empty messages.
+    """
+    for line in str(e).splitlines():
+        if line.strip():
+            text = line.strip()
+            return text[:limit] if limit else text
+    return type(e).__name__

@@ -47,7 +47,7 @@ from rasterio.windows import Window
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-from geoseg.errors import EmptyResultError, InputError, InputNotFoundError, LabelsError, RasterReadError
+from geoseg.errors import EmptyResultError, InputError, InputNotFoundError, LabelsError, RasterReadError, first_line
 from geoseg.grid import Grid
 
 log = logging.getLogger(__name__)
@@ -715,7 +715,7 @@ def _read_instances(path: Path) -> gpd.GeoDataFrame:
     try:
         return gpd.read_file(path, layer="instances", engine="pyogrio")
     except Exception as e:  # pyogrio raises several types; all mean "cannot read"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise InputError(f"{path}: not a readable instances layer ({msg})") from None
 
 
@@ -954,7 +954,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     try:
         ds = rasterio.open(classes_tif)
     except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{classes_tif}: not a readable raster ({str(e).splitlines()[0]})") from None
+        raise RasterReadError(f"{classes_tif}: not a readable raster ({first_line(e)})") from None
     with ds:
         pds = _open_probabilities(classes_tif, ds) if sweep_thr else None
         try:

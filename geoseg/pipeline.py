@@ -33,7 +33,9 @@ from typing import Any
 import yaml
 
 from geoseg.config import read_json, to_dict, write_json
-from geoseg.errors import ConfigError, InputNotFoundError
+from geoseg.errors import ConfigError, InputNotFoundError, first_line
+from geoseg.io.lock import output_lock
+from geoseg.io.output import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class Pipeline:
         try:
             doc = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: a pipeline file is a mapping with a 'stages' key")
         unknown = sorted(set(doc) - {"name", "device", "stages", "description"})
@@ -194,6 +196,12 @@ def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = 
     if from_stage is not None and from_stage not in pipe.stages:
         raise ConfigError(f"--from {from_stage}: not a stage of {pipe.path}; stages: {', '.join(pipe.stages)}")
     configs = {name: pipe.resolve(name, out) for name in pipe.stages}  # validate all before any work
+    check_writable_dir(out)
+    with output_lock(out):  # one pipeline per --out at a time (each stage also locks its own folder)
+        return _run_stages(pipe, out, configs, from_stage)
+
+
+def _run_stages(pipe: Pipeline, out: Path, configs: dict[str, Any], from_stage: str | None) -> dict[str, Any]:
     state_path = out / STATE_FILE
     state = read_json(state_path, what="pipeline state").get("stages", {}) if state_path.exists() else {}
     summary: dict[str, Any] = {"pipeline": str(pipe.path), "name": pipe.name, "out": str(out), "stages": {}}

@@ -71,7 +71,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
-from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError
+from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
 
@@ -725,7 +725,7 @@ def vectorize_prediction(
     try:
         ds = rasterio.open(probabilities)
     except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{probabilities}: not a readable raster ({str(e).splitlines()[0]})") from None
+        raise RasterReadError(f"{probabilities}: not a readable raster ({first_line(e)})") from None
     with ds:
         if ds.count < max(ids) + 1:
             raise ConfigError(f"{probabilities}: {ds.count} bands but class ids go up to {max(ids)}")
@@ -930,7 +930,7 @@ def read_prediction_classes(raster: Path, model: Path | None = None) -> tuple[li
                 except ValueError:
                     cmap = None
     except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{raster}: not a readable raster ({str(e).splitlines()[0]})") from None
+        raise RasterReadError(f"{raster}: not a readable raster ({first_line(e)})") from None
     colors = _colormap_colors(raster)
     if "class_names" in tags:  # {id: name} written by geoseg predict on classes.tif
         try:
@@ -1059,7 +1059,7 @@ def run(config: VectorizeConfig) -> dict[str, Any]:
             if ds.count < 2:
                 raise ConfigError(f"{raster}: needs the per-class probabilities raster (one band per class)")
     except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{raster}: not a readable raster ({str(e).splitlines()[0]})") from None
+        raise RasterReadError(f"{raster}: not a readable raster ({first_line(e)})") from None
     scene = scene if scene is not None else tags.get("scene", "")
     date = date if date is not None else (tags.get("scene_date") or None)
     post = _resolve_post(config, raster, tags, classes, boundary)

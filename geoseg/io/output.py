@@ -1,12 +1,48 @@
-"""Nothing half-written: stage outputs go to a hidden sibling directory, then are moved in."""
+"""Output folders: checked before any work (:func:`check_writable_dir`); nothing half-written
+(:func:`staged_output`: stage outputs go to a hidden sibling directory, then are moved in)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from geoseg.errors import OutputError, first_line
+
+
+def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
+    """Check that ``path`` is (or can be created as) a writable folder; creates nothing.
+
+    Raises :class:`~geoseg.errors.OutputError` (one line naming ``what`` and the path) when ``path``
+    is an existing file, when an ancestor is a file, or when the folder (or, if it does not exist
+    yet, its nearest existing ancestor) does not accept a new file. Writability is probed by creating
+    and removing a temporary file, so it holds for root, ACLs and read-only mounts alike. Cheap
+    (milliseconds); call it before any work. Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: exists and is not a folder; remove it or choose another {what}")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(f"{what} {path}: {probe} is a file, not a folder; choose another {what}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".geoseg-probe-", dir=probe)
+    except OSError as e:
+        where = "" if probe == path else f"cannot create it: {probe} is "
+        raise OutputError(
+            f"{what} {path}: {where}not writable ({e.strerror or first_line(e)}); fix the permissions or choose "
+            f"another {what}"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+    return path
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import CRSError, InputNotFoundError, RasterReadError
+from geoseg.errors import CRSError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import Grid
 from geoseg.io.dates import date_from_name, date_from_tags, parse_date
 
@@ -61,7 +61,7 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     try:
         return rasterio.open(path)
     except RasterioIOError as e:
-        raise RasterReadError(f"{path}: not a readable raster ({_first_line(e)})") from None
+        raise RasterReadError(f"{path}: not a readable raster ({first_line(e)})") from None
 
 
 def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
@@ -78,7 +78,7 @@ def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
         try:  # decode one small window so a truncated/corrupt file fails here, not mid-run
             ds.read(1, window=Window(0, 0, min(ds.width, 16), min(ds.height, 16)))
         except RasterioIOError as e:
-            raise RasterReadError(f"{path}: corrupt raster data ({_first_line(e)})") from None
+            raise RasterReadError(f"{path}: corrupt raster data ({first_line(e)})") from None
         if date is not None:
             d = parse_date(date, source=f"--scene-date for {path}")
         else:
@@ -146,7 +146,3 @@ def _valid(ds: rasterio.DatasetReader, data: np.ndarray, window: Window, idx: li
     if data.dtype.kind == "f":
         valid &= ~np.any(np.isnan(data), axis=0)
     return valid
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -10,7 +10,7 @@ import geopandas as gpd
 import shapely
 from rasterio.crs import CRS
 
-from geoseg.errors import CRSError, InputError, InputNotFoundError, LabelsError
+from geoseg.errors import CRSError, InputError, InputNotFoundError, LabelsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def read_vector(path: str | Path, *, what: str = "layer", layer: str | None = No
             kw: dict[str, Any] = {"layer": layer} if layer else {}
             gdf = gpd.read_file(p, engine="pyogrio", **kw)
     except Exception as e:  # pyogrio/arrow raise many types; all mean "cannot read"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise InputError(f"{path}: not a readable {what} ({msg})") from None
     if len(gdf) == 0:
         raise LabelsError(f"{path}: {what} has no features")

@@ -34,6 +34,8 @@ from geoseg.config import check_option_types, read_json, to_dict, write_json
 from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
+from geoseg.io.lock import output_lock
+from geoseg.io.output import check_writable_dir
 from geoseg.io.rasters import SceneInfo, open_raster, read_window, scene_info
 from geoseg.io.vectors import read_aoi
 from geoseg.postprocess import PostProcess, resolve_postprocess
@@ -479,7 +481,14 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
     ``predict_fn`` replaces the model's forward (tests: identity model); the model directory still
     supplies classes, normalisation and tile size. It is only used in-process (not with dask).
     Memory: bounded by strip size (tile x scene width x bands/classes), never by scene height.
+    One run per ``--out`` at a time (:func:`geoseg.io.lock.output_lock`).
     """
+    check_writable_dir(config.out)
+    with output_lock(config.out):
+        return _run(config, predict_fn)
+
+
+def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
     t_start = time.perf_counter()
     prep = _prepare(config)
     cfg = prep.cfg

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from geoseg.config import check_option_types, to_dict, write_json
 from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
-from geoseg.io.output import staged_output
+from geoseg.io.lock import output_lock
+from geoseg.io.output import check_writable_dir, staged_output
 from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
 from geoseg.tile import sampling, store
@@ -126,8 +127,14 @@ class TileResult:
 
 
 def run(config: TileConfig) -> TileResult:
-    """Build the tile dataset described by ``config`` (see module docstring)."""
+    """Build the tile dataset described by ``config`` (see module docstring); one run per ``--out`` at a time."""
     config.validate()
+    check_writable_dir(config.out)
+    with output_lock(config.out):
+        return _run(config)
+
+
+def _run(config: TileConfig) -> TileResult:
     t_size = config.tile_size
     # ---- inputs (all validation before anything is written) ---------------------------------
     dates = config.scene_dates * len(config.scenes) if len(config.scene_dates) == 1 else config.scene_dates

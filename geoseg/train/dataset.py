@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from geoseg.config import read_json
-from geoseg.errors import InputError, InputNotFoundError
+from geoseg.errors import InputError, InputNotFoundError, first_line
 
 KINDS = ("positive", "hard_negative", "easy_negative")
 
@@ -88,7 +88,7 @@ def read_dataset(path: str | Path) -> DatasetInfo:
         images, masks = group["images"], group["masks"]
     except Exception as e:
         raise InputError(
-            f"{path / 'tiles.zarr'}: unreadable ({str(e).splitlines()[0][:160]}); re-run geoseg tile"
+            f"{path / 'tiles.zarr'}: unreadable ({first_line(e, 160)}); re-run geoseg tile"
         ) from None
     if not (isinstance(images, zarr.Array) and isinstance(masks, zarr.Array)):
         raise InputError(f"{path / 'tiles.zarr'}: 'images' and 'masks' must be arrays, not groups; re-run geoseg tile")
@@ -114,7 +114,7 @@ def read_dataset(path: str | Path) -> DatasetInfo:
     try:
         df = pyogrio.read_dataframe(path / "tiles.gpkg", layer="tiles", read_geometry=False)
     except Exception as e:
-        raise InputError(f"{path / 'tiles.gpkg'}: unreadable tiles layer ({str(e).splitlines()[0][:160]})") from None
+        raise InputError(f"{path / 'tiles.gpkg'}: unreadable tiles layer ({first_line(e, 160)})") from None
     for col in ("index", "split", "kind"):
         if col not in df.columns:
             raise InputError(f"{path / 'tiles.gpkg'}: column {col!r} missing from layer 'tiles'; re-run geoseg tile")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoseg.errors import ConfigError, DeviceError
+from geoseg.errors import ConfigError, DeviceError, ModelError, first_line
 from geoseg.train.metrics import confusion_matrix
 
 
@@ -263,6 +263,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+#: what ``geoseg train --resume`` needs from a checkpoint
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "best_score", "best_epoch", "history")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint` (tensors on CPU; only plain types unpickled)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`save_checkpoint` (tensors on CPU; only plain types unpickled).
+
+    An empty, truncated or foreign file is a one-line :class:`ModelError` naming it.
+    """
+    path = Path(path)
+    fix = "delete it to start over, or train with --overwrite"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # EOFError (empty), RuntimeError (truncated zip), UnpicklingError, ...
+        raise ModelError(f"{path}: unreadable checkpoint ({first_line(e, 160)}); {fix}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ModelError(f"{path}: not a geoseg training checkpoint (missing {', '.join(missing)}); {fix}")
+    return ckpt

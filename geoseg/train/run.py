@@ -18,9 +18,11 @@ over ranks; ``--batch-size`` is per GPU).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -30,8 +32,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from geoseg.config import check_option_types, to_dict, write_json
-from geoseg.errors import ConfigError, GeosegError
+from geoseg.config import check_option_types, read_json, to_dict, write_json
+from geoseg.errors import ConfigError, GeosegError, ModelError, first_line
+from geoseg.io.lock import output_lock
+from geoseg.io.output import check_writable_dir
 from geoseg.train import loop
 from geoseg.train.dataset import DatasetInfo, TileDataset, TileSampler, kind_weights, read_dataset
 from geoseg.train.losses import LOSSES, build_loss
@@ -198,11 +202,32 @@ def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, mcfg: dict[str, Any], 
 
 
 def run(config: TrainConfig) -> TrainResult:
-    """Train as configured; see the module doc for outputs, resume and DDP behaviour."""
+    """Train as configured; see the module doc for outputs, resume and DDP behaviour.
+
+    One run per ``--out`` at a time (rank 0 holds :func:`geoseg.io.lock.output_lock`). An interrupt
+    (Ctrl-C, SIGTERM) marks ``run.json`` ``status: interrupted`` and re-raises.
+    """
+    main = loop.dist_env()[0] == 0
+    if main:
+        check_writable_dir(config.out)
     try:
-        return _run(config)
+        with output_lock(config.out) if main else contextlib.nullcontext():
+            try:
+                return _run(config)
+            except KeyboardInterrupt:
+                if main:
+                    _mark_interrupted(config.out.expanduser().resolve() / "run.json")
+                raise
     except GeosegError as e:
         raise _one_line(e) from None
+
+
+def _mark_interrupted(run_json: Path) -> None:
+    """``status: running`` -> ``interrupted`` in ``run_json`` (if this run got far enough to write it)."""
+    with contextlib.suppress(GeosegError, OSError):
+        info = read_json(run_json, what="run.json")
+        if info.get("status") == "running":
+            write_json(run_json, {**info, "status": "interrupted"}, stamped=False)
 
 
 def _run(cfg: TrainConfig) -> TrainResult:
@@ -224,8 +249,11 @@ def _run(cfg: TrainConfig) -> TrainResult:
     if ckpt_path.exists() and not cfg.resume:
         if not cfg.overwrite:
             raise ConfigError(f"{out}: already holds a training run; pass --resume to continue it or --overwrite")
-        if rt.is_main:
+        if rt.is_main:  # start over: the old model and reports must never pass for this run's
             ckpt_path.unlink()
+            shutil.rmtree(out / "model", ignore_errors=True)
+            for name in ("run.json", "metrics.csv", "curves.png"):
+                (out / name).unlink(missing_ok=True)
     if cfg.resume:
         if ckpt_path.exists():
             ckpt = loop.load_checkpoint(ckpt_path)
@@ -243,7 +271,11 @@ def _run(cfg: TrainConfig) -> TrainResult:
     mcfg = model_config(cfg, ds, weights_info)
     if ckpt is not None:
         _check_resume(ckpt, cfg, mcfg, ckpt_path)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            msg = f"{ckpt_path}: weights do not fit the model ({first_line(e, 160)}); use --overwrite"
+            raise ModelError(msg) from None
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -319,6 +351,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     }
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        _write_reports(out, history, ds.classes, run_info, "running", best, best_epoch, cfg)
     from tqdm import tqdm
 
     t_start = time.perf_counter()

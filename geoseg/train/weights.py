@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import torch
 
-from geoseg.errors import InputNotFoundError, ModelError, OfflineError
+from geoseg.errors import InputNotFoundError, ModelError, OfflineError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{path}: not a readable weights file ({first_line(e, 200)})") from None
     for _ in range(3):  # unwrap training checkpoints
         if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
             break

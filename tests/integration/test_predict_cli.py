@@ -59,7 +59,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     corrupt = tmp / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.pt").write_bytes(b"not a torch file")
-    (corrupt / "config.json").write_text((model / "config.json").read_text())
+    cfg = json.loads((model / "config.json").read_text())
+    (corrupt / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "weights_sha256"}))
+    flipped = tmp / "flipped"  # 4 KiB of flipped bytes inside model.pt: refused by its checksum
+    flipped.mkdir()
+    weights = bytearray((model / "model.pt").read_bytes())
+    mid = len(weights) // 2
+    weights[mid : mid + 4096] = bytes(b ^ 0xFF for b in weights[mid : mid + 4096])
+    (flipped / "model.pt").write_bytes(bytes(weights))
+    (flipped / "config.json").write_text((model / "config.json").read_text())
     far = write_labels(tmp / "far.gpkg", [pixel_box(grid, 0, 0, 10, 10).buffer(1).centroid.buffer(10)], "EPSG:32636")
     gpd.read_file(far).translate(50_000, 0).to_file(tmp / "far.gpkg")
     return {
@@ -72,6 +80,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "four": four,
         "bad_model": bad_model,
         "corrupt": corrupt,
+        "flipped": flipped,
         "far": tmp / "far.gpkg",
     }
 
@@ -128,6 +137,7 @@ def test_predict_cli_writes_qgis_ready_outputs(setup: dict[str, Path]) -> None:
         ("bad_model", "missing key"),
         ("no_model", "not a geoseg model directory"),
         ("corrupt", "unreadable weights"),
+        ("flipped", "model.pt: does not match config.json (corrupt or replaced)"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(
@@ -145,8 +155,8 @@ def test_bad_input_one_line_exit_2_nothing_written(
         model = setup["bad_model"]
     elif case == "no_model":
         model = setup["tmp"] / "nope"
-    elif case == "corrupt":
-        model = setup["corrupt"]
+    elif case in ("corrupt", "flipped"):
+        model = setup[case]
     capsys.readouterr()
     rc = main(["predict", str(scene), "--model", str(model), "--aoi", str(aoi), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip()
