@@ -262,6 +262,9 @@ def predict(
     scheduler: Annotated[str | None, typer.Option(help="dask scheduler address (shared file system).")] = None,
     compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    engine: Annotated[
+        str, typer.Option(help="torch, or onnx (ONNX Runtime; needs geoseg[onnx]; --model may be an .onnx file).")
+    ] = "torch",
 ) -> None:
     """Predict scenes over an AOI: probabilities.tif + classes.tif (COGs), instances.gpkg, QGIS styles."""
     from geoseg.errors import InputError
@@ -280,12 +283,35 @@ def predict(
         float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
         fill_holes=fill_holes, core_boundary_max=core_boundary_max, regularize=_names(regularize),
         vectorize=vectorize_, resume=resume,
-        workers=workers, scheduler=scheduler, compress=compress, progress=progress,
+        workers=workers, scheduler=scheduler, compress=compress, progress=progress, engine=engine,
     )  # fmt: skip
     res = run_predict(cfg)
     for s in res.scenes:
         typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
                    err=True)
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default: RUN/model/model.onnx).")
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+) -> None:
+    """Export a trained model (ONNX: dynamic batch and size, config embedded and in OUT.json), checked vs PyTorch."""
+    from geoseg.errors import ConfigError
+    from geoseg.export import FORMATS, export_onnx
+    from geoseg.train.model import resolve_model_dir
+
+    if format_.lower() not in FORMATS:
+        raise ConfigError(f"--format {format_!r}: use one of {', '.join(FORMATS)}")
+    dest = out or resolve_model_dir(run) / "model.onnx"
+    res = export_onnx(run, dest, opset=opset)
+    shapes = " and ".join("x".join(map(str, s)) for s in res.check_shapes)
+    typer.echo(f"{res.out} (opset {res.opset}; config {res.config_json.name}); ONNX Runtime vs PyTorch on random "
+               f"input {shapes}: max abs difference {res.max_abs_diff:.2e}")  # fmt: skip
+
+
 @app.command()
 def vectorize(
     raster: Annotated[Path, typer.Argument(help="probabilities.tif of a prediction (or the prediction directory).")],
