@@ -24,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+ASSET_HELP = "STAC Item asset to read (default: the first image asset: role data, GeoTIFF media type)."
 REGULARIZE_HELP = "Class name(s) whose polygons get regular footprints (straight edges, right angles), e.g. building."
 
 
@@ -68,7 +69,11 @@ _HELP = {
 # --- stage commands: each parses, builds its stage's config and calls the stage's run() ---------
 @app.command()
 def tile(
-    scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped).")],
+    scenes: Annotated[
+        list[str],
+        typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped): paths, https:// URLs "
+                       "(read with range requests) or STAC Items (.json file or URL)."),
+    ],
     labels: Annotated[Path, typer.Option("--labels", help="Label polygons (GPKG, GeoJSON, Shapefile, GeoParquet).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (tiles.zarr, tiles.gpkg, dataset.json).")],
     tile_size: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 256,
@@ -90,6 +95,7 @@ def tile(
         typer.Option(help="Acquisition date (once for all scenes, or once per scene in order); else GeoTIFF tag, "
                      "else YYYYMMDD in the file name."),
     ] = None,
+    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
     max_label_age: Annotated[
         int | None, typer.Option(help="Labels older than this many days before the scene date are ignore.")
     ] = None,
@@ -144,6 +150,7 @@ def tile(
         valid_to_field=valid_to_field,
         labels_layer=labels_layer,
         scene_dates=tuple(scene_date or ()),
+        asset=asset,
         max_label_age=max_label_age,
         undated=undated,
         coverage=str(coverage) if coverage else None,
@@ -234,7 +241,10 @@ def train(
         )
 @app.command()
 def predict(
-    scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFF(s); each is predicted on its own grid.")],
+    scenes: Annotated[
+        list[str],
+        typer.Argument(help="Scene GeoTIFF(s) (paths, https:// URLs or STAC Items); each on its own grid."),
+    ],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one scene: files in it; "
                                       "several: one sub-folder per scene stem).")],
@@ -262,6 +272,7 @@ def predict(
     scheduler: Annotated[str | None, typer.Option(help="dask scheduler address (shared file system).")] = None,
     compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
     engine: Annotated[
         str, typer.Option(help="torch, or onnx (ONNX Runtime; needs geoseg[onnx]; --model may be an .onnx file).")
     ] = "torch",
@@ -283,7 +294,7 @@ def predict(
         float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
         fill_holes=fill_holes, core_boundary_max=core_boundary_max, regularize=_names(regularize),
         vectorize=vectorize_, resume=resume,
-        workers=workers, scheduler=scheduler, compress=compress, progress=progress, engine=engine,
+        workers=workers, scheduler=scheduler, compress=compress, progress=progress, engine=engine, asset=asset,
     )  # fmt: skip
     res = run_predict(cfg)
     for s in res.scenes:
@@ -309,7 +320,8 @@ def export(
     res = export_onnx(run, dest, opset=opset)
     shapes = " and ".join("x".join(map(str, s)) for s in res.check_shapes)
     typer.echo(f"{res.out} (opset {res.opset}; config {res.config_json.name}); ONNX Runtime vs PyTorch on random "
-               f"input {shapes}: max abs difference {res.max_abs_diff:.2e}")  # fmt: skip
+               f"input {shapes}: max abs difference {res.max_abs_diff:.2e} (probabilities), "
+               f"{res.max_abs_diff_logits:.2e} (logits)")  # fmt: skip
 
 
 @app.command()

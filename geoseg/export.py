@@ -7,7 +7,8 @@ Files written (atomically, temp name then rename)::
                       B, H and W are dynamic (H, W multiples of 32 for the smp encoders).
                       metadata_props: ``geoseg_config`` (config.json as JSON), ``geoseg_export`` (below)
     model.onnx.json   the model config.json plus ``onnx_export``: opset, check shapes, max abs difference
-                      ONNX Runtime vs PyTorch on random input, versions, sha256 of the source model.pt
+                      ONNX Runtime vs PyTorch on random input (``max_abs_diff``: softmax probabilities, the
+                      values predict uses; ``max_abs_diff_logits``), versions, sha256 of the source model.pt
 
 Requires the optional extra ``pip install geoseg[onnx]`` (onnx, onnxruntime).
 """
@@ -30,7 +31,7 @@ from geoseg.errors import ConfigError, InputNotFoundError, ModelError
 
 DEFAULT_OPSET = 17
 FORMATS = ("onnx",)
-#: ONNX Runtime must agree with PyTorch this closely (max abs difference of the logits) at export time
+#: ONNX Runtime must agree with PyTorch this closely (max abs difference of the softmax probabilities)
 CHECK_TOLERANCE = 1e-4
 
 
@@ -39,8 +40,9 @@ class ExportResult:
     out: Path
     config_json: Path
     opset: int
-    max_abs_diff: float
+    max_abs_diff: float  # softmax probabilities
     check_shapes: list[list[int]]
+    max_abs_diff_logits: float = 0.0
 
 
 def require_onnx() -> None:
@@ -100,7 +102,8 @@ def export_onnx(
 
     The check runs ONNX Runtime (CPU) and PyTorch (CPU, fp32) on random normal input at two shapes
     (``check_batch`` x tile, and batch 1 at 1.5x tile rounded to 32 px, which exercises the dynamic
-    axes) and raises :class:`ModelError` when the max abs difference of the logits exceeds 1e-4.
+    axes) and raises :class:`ModelError` when the max abs difference of the softmax probabilities
+    exceeds 1e-4 (logits are not bounded, so their difference scales with the weights; it is recorded).
     """
     require_onnx()
     import onnx
@@ -127,7 +130,7 @@ def export_onnx(
     sess = onnx_session(tmp, "cpu")
     big = max(32, round(tile * 1.5 / 32) * 32)
     shapes = [list(x0.shape), [1, c, big, big]]
-    diff = 0.0
+    diff = diff_logits = 0.0
     for shape in shapes:
         x = x0 if shape == list(x0.shape) else torch.randn(*shape, generator=gen)
         with torch.no_grad():
@@ -135,7 +138,9 @@ def export_onnx(
         got = sess.run(None, {"input": x.numpy()})[0]
         if got.shape != ref.shape:
             raise ModelError(f"{out}: ONNX output shape {got.shape} != PyTorch {ref.shape} for input {shape}")
-        diff = max(diff, float(np.abs(got - ref).max()))
+        diff_logits = max(diff_logits, float(np.abs(got - ref).max()))
+        p_ref, p_got = torch.softmax(torch.from_numpy(ref), 1), torch.softmax(torch.from_numpy(got), 1)
+        diff = max(diff, float((p_got - p_ref).abs().max()))
     if not diff <= CHECK_TOLERANCE:
         tmp.unlink(missing_ok=True)
         raise ModelError(f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} (> {CHECK_TOLERANCE}) on random data")
@@ -144,6 +149,7 @@ def export_onnx(
     info = {
         "format": "onnx", "opset": opset, "input": "input", "output": "logits", "layout": "NCHW float32 normalised",
         "dynamic_axes": ["batch", "height", "width"], "check_shapes": shapes, "max_abs_diff": diff,
+        "max_abs_diff_logits": diff_logits,
         "tolerance": CHECK_TOLERANCE, "source_model": str(model_dir.resolve()),
         "weights_sha256": weights_sha256(model_dir), "torch": torch.__version__, "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__, "geoseg": __version__,
@@ -158,7 +164,7 @@ def export_onnx(
     onnx.save(proto, str(tmp))
     os.replace(tmp, out)
     side = write_json(out.with_name(out.name + ".json"), {**cfg, "onnx_export": info})
-    return ExportResult(out, Path(side), opset, diff, shapes)
+    return ExportResult(out, Path(side), opset, diff, shapes, diff_logits)
 
 
 def onnx_for_run(model_dir: Path) -> Path | None:

@@ -34,7 +34,7 @@ from geoseg.config import read_json, to_dict, write_json
 from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
-from geoseg.io.rasters import SceneInfo, open_raster, read_window, scene_info
+from geoseg.io.rasters import SceneInfo, is_remote, open_raster, read_window, scene_info, scene_key
 from geoseg.io.vectors import read_aoi
 from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
@@ -61,7 +61,8 @@ class PredictConfig:
     :mod:`geoseg.regularize`); ``workers`` > 0 starts a local dask cluster, ``scheduler`` connects to one.
     ``engine`` ``onnx`` runs the model with ONNX Runtime: ``model`` is then a run/model directory (its
     ``model.onnx`` when exported from the current weights, else exported into the work folder) or an
-    ``.onnx`` file with its ``.onnx.json`` (or embedded config) beside it.
+    ``.onnx`` file with its ``.onnx.json`` (or embedded config) beside it. ``scenes`` may be URLs or STAC
+    Items (:func:`geoseg.io.rasters.resolve_scene`); ``asset`` picks the STAC asset.
     """
 
     scenes: tuple[str, ...]
@@ -90,6 +91,7 @@ class PredictConfig:
     compress: str = "ZSTD"
     progress: bool = True
     engine: str = "torch"
+    asset: str | None = None
 
 
 ENGINES = ("torch", "onnx")
@@ -317,8 +319,8 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     if not 0 <= overlap < tile:
         raise ConfigError(f"--overlap must be in [0, {tile - 1}] pixels for tile size {tile}, got {overlap}")
 
-    infos = [scene_info(p) for p in cfg.scenes]
-    stems = [Path(i.path).stem for i in infos]
+    infos = [scene_info(p, asset=cfg.asset) for p in cfg.scenes]
+    stems = [i.stem for i in infos]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise InputError(f"scenes with the same file name stem {dup[0]!r}: outputs would collide; rename one")
@@ -351,7 +353,7 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         log.warning("%s: outside the AOI, skipped", path)
     final_indexes = indexes or tuple(range(1, in_ch + 1))
     single = len(kept) == 1
-    scene_dirs = [out if single else out / Path(i.path).stem for i in kept]
+    scene_dirs = [out if single else out / i.stem for i in kept]
     fp = _fingerprint(cfg, onnx_file or model_dir / "model.pt", mcfg, kept, plans, final_indexes)
     bnd = mcfg.get("boundary_class")
     post = resolve_postprocess(
@@ -391,8 +393,8 @@ def _fingerprint(
     h.update(json.dumps([str(wt.resolve()), st.st_size, st.st_mtime_ns], sort_keys=True).encode())
     h.update(json.dumps({k: v for k, v in mcfg.items() if k not in ("created",)}, sort_keys=True, default=str).encode())
     for i, p in zip(infos, plans, strict=True):
-        s = Path(i.path).stat()
-        h.update(json.dumps([str(Path(i.path).resolve()), s.st_size, s.st_mtime_ns, p.fingerprint()]).encode())
+        s = (0, 0) if is_remote(i.path) else (Path(i.path).stat().st_size, Path(i.path).stat().st_mtime_ns)
+        h.update(json.dumps([scene_key(i.path), *s, p.fingerprint()]).encode())
     h.update(json.dumps([cfg.tta, cfg.float_output, cfg.blend, list(indexes), cfg.amp, cfg.engine]).encode())
     return h.hexdigest()[:20]
 
@@ -404,7 +406,7 @@ def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int], onnx: Path | No
     k = int(mcfg["num_classes"])
     return [
         [
-            BandTask(str(Path(info.path).resolve()), prep.indexes, plan, b, str((work / f"scene_{i:03d}").resolve()),
+            BandTask(scene_key(info.path), prep.indexes, plan, b, str((work / f"scene_{i:03d}").resolve()),
                      str(prep.model_dir.resolve()), cfg.device,
                      cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k,
                      engine=cfg.engine, onnx=str(onnx.resolve()) if onnx else None)
@@ -441,7 +443,7 @@ def _finish_scene(
         "ARCH": str(mcfg.get("arch")),
         "ENCODER": str(mcfg.get("encoder")),
         "SCENE": info.name,
-        "SCENE_PATH": str(Path(info.path).resolve()),
+        "SCENE_PATH": scene_key(info.path),
         "SCENE_DATE": info.date.isoformat() if info.date else "",
         "TILE_SIZE": str(plan.tile),
         "OVERLAP": str(plan.overlap),
@@ -633,7 +635,8 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
     rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
     vectors = [d / INSTANCES for d, _ in staged if (d / INSTANCES).exists()]
     with rasterio.Env(GDAL_CACHEMAX=64 * 2**20):  # it samples the imagery: keep the block cache small
-        project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
+        imagery = [Path(i.path).resolve() for i in prep.infos if not is_remote(i.path)]  # (remote: not in the project)
+        project = qg.write_project(out, imagery, rasters, vectors)
     run_json = write_json(
         out / "run.json",
         {

@@ -62,6 +62,7 @@ class TileConfig:
     valid_to_field: str = "valid_to"
     labels_layer: str | None = None
     scene_dates: tuple[str, ...] = ()  # [--scene-date] one for all scenes, or one per scene
+    asset: str | None = None  # [--asset] STAC Item asset (default: the first image asset)
     max_label_age: int | None = None  # days
     undated: str = "keep"  # keep | drop
     coverage: str | None = None
@@ -118,7 +119,7 @@ def run(config: TileConfig) -> TileResult:
     t_size = config.tile_size
     # ---- inputs (all validation before anything is written) ---------------------------------
     dates = config.scene_dates * len(config.scenes) if len(config.scene_dates) == 1 else config.scene_dates
-    scenes = [scene_info(p, dates[i] if dates else None) for i, p in enumerate(config.scenes)]
+    scenes = [scene_info(p, dates[i] if dates else None, asset=config.asset) for i, p in enumerate(config.scenes)]
     counts = {s.count for s in scenes}
     if len(counts) > 1:
         desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
