@@ -44,15 +44,25 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging (and dask's INFO).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress.")] = False,
 ) -> None:
+    from geoseg.errors import ConfigError
+    from geoseg.progress import set_quiet
+
+    if verbose and quiet:
+        raise ConfigError("give -v/--verbose or -q/--quiet, not both")
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
-    for noisy in ("rasterio", "fiona", "pyogrio", "distributed", "matplotlib", "PIL", "numba", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    set_quiet(quiet)
+    noisy = ["rasterio", "fiona", "pyogrio", "matplotlib", "PIL", "numba", "timm"]
+    for name in noisy if verbose else [*noisy, "distributed", "distributed.nanny", "distributed.scheduler",
+                                         "distributed.worker", "distributed.core", "distributed.http"]:  # fmt: skip
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # shared help of the post-processing options (predict and vectorize)

@@ -49,11 +49,11 @@ from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError
 from geoseg.grid import geodesic_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
+from geoseg.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -419,13 +419,14 @@ def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int], onnx: Path | No
 def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
     from dask.distributed import Client, LocalCluster
 
+    quiet = logging.WARNING if not logging.getLogger().isEnabledFor(logging.DEBUG) else logging.INFO  # -v: INFO
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(quiet)
     if cfg.scheduler:
         return Client(cfg.scheduler), None
     cluster = LocalCluster(
         n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        silence_logs=logging.WARNING,
+        silence_logs=quiet,
     )  # fmt: skip
     return Client(cluster), cluster
 
@@ -659,7 +660,7 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
 
 
 def _bar(cfg: PredictConfig, total: int, unit: str) -> Any:
-    from tqdm import tqdm
+    from geoseg.progress import tqdm
 
     return tqdm(total=total, unit=unit, desc="predict", disable=not cfg.progress, leave=False)
 

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import shapely
-from tqdm import tqdm
 
 from geoseg.config import to_dict, write_json
 from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
 from geoseg.io.output import staged_output
 from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
+from geoseg.progress import tqdm
 from geoseg.tile import sampling, store
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
@@ -411,7 +411,7 @@ def _padded_bounds(s: SceneInfo, win: Any, pad_px: int) -> tuple[float, float, f
     return (minx - px, miny - px, maxx + px, maxy + px)
 
 
-def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+def _bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(
         total=total,
         desc=f"geoseg tile: {desc}",

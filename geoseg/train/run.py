@@ -315,7 +315,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     }
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
+    from geoseg.progress import tqdm
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
