@@ -52,12 +52,9 @@ def _root(
 
     if verbose and quiet:
         raise ConfigError("give -v/--verbose or -q/--quiet, not both")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # (also when logging was configured before, e.g. in-process calls)
     set_quiet(quiet)
     noisy = ["rasterio", "fiona", "pyogrio", "matplotlib", "PIL", "numba", "timm"]
     for name in noisy if verbose else [*noisy, "distributed", "distributed.nanny", "distributed.scheduler",
