@@ -15,6 +15,9 @@ Prints three ratios, each against a baseline measured in the same run:
 (c) ``geoseg.vectorize.vectorize_prediction`` time / ``gdal_polygonize.py -f FlatGeobuf`` on the same
     mask (target <= 1.5). gdal_polygonize runs in a subprocess; its interpreter+GDAL start-up is
     measured and subtracted (both figures printed).
+(d) predict throughput per engine (``--engines torch,onnx``: PyTorch eager vs ONNX Runtime, same scene,
+    device, batch; the model is exported once with ``geoseg.export.export_onnx`` before the runs;
+    best of runs 2-3 per engine, each engine in its own process), printed as windows/s and onnx / torch.
 
 (w) ``--worst-case``: instance-step memory with a prediction full of small objects (no model): a
     3-class (background, object, boundary) probabilities raster with one 5-14 px object every 20 px
@@ -24,6 +27,7 @@ Prints three ratios, each against a baseline measured in the same run:
 
 Run: ``.venv/bin/python benchmarks/predict_bench.py [--device auto] [--tile 256] [--batch 8]``;
 ``--worst-case [--worst-sizes 2048 4096 8192 20000]`` runs (w) only.
+engines only: ``... --device cpu --skip a b c --sizes 2048 8192``.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
 
     cfg = PredictConfig(
         scenes=(args.scene,), model=args.model, out=args.out, bbox="-180,-90,180,90", overlap=args.overlap,
-        batch_size=args.batch, device=args.device, progress=False, vectorize=False,
+        batch_size=args.batch, device=args.device, progress=False, vectorize=False, engine=args.engine,
     )  # fmt: skip
     fn = pointwise if args.child_model == "pointwise" else None
     forward: list[float] = []
@@ -316,6 +320,30 @@ def bench_worst_case(tmp: Path, sizes: list[int]) -> None:
               f"({reps[hi]['polygons'] / max(reps[lo]['polygons'], 1):.0f}x the polygons)")  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------ (d)
+def bench_engines(args: argparse.Namespace, tmp: Path, model: Path, scene: Path, common: list[str]) -> None:
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if "onnx" in engines:
+        from geoseg.export import export_onnx
+
+        t = time.perf_counter()
+        ex = export_onnx(model, model / "model.onnx")
+        print(f"(d) exported ONNX opset {ex.opset} in {time.perf_counter() - t:.1f}s, max abs diff vs torch "
+              f"{ex.max_abs_diff:.2e} (probabilities), {ex.max_abs_diff_logits:.2e} (logits)", flush=True)  # fmt: skip
+    tps: dict[str, float] = {}
+    for eng in engines:
+        out = tmp / f"out_engine_{eng}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = run_child([*common, "--scene", str(scene), "--out", str(out), "--child-model", "real", "--repeat", "3",
+                       "--engine", eng])  # fmt: skip
+        tps[eng] = r["windows"] / r["predict_s"]
+        runs = ", ".join(f"{r['windows'] / v:.2f}" for v in r["predict_runs_s"])
+        print(f"(d) engine {eng}: {tps[eng]:.2f} windows/s ({r['windows']} windows; runs {runs}; best used)",
+              flush=True)  # fmt: skip
+    if "torch" in tps and "onnx" in tps:
+        print(f"(d) onnx / torch throughput = {tps['onnx'] / tps['torch']:.3f} on {args.device}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -333,7 +361,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sizes", type=int, nargs=2, default=[2048, 8192])
     ap.add_argument("--memory-model", default="pointwise", choices=["real", "pointwise"])
-    ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c", "d"])
+    ap.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
+    ap.add_argument("--engines", default="torch,onnx", help="(d): engines compared, comma-separated")
     ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
     ap.add_argument("--worst-case", action="store_true", help="only (w): vectorize memory with many small objects")
     ap.add_argument("--worst-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
@@ -362,8 +392,9 @@ def main() -> None:
     common = ["--model", str(model), "--device", args.device, "--tile", str(args.tile), "--overlap",
               str(args.overlap), "--batch", str(args.batch)]  # fmt: skip
     scenes = {}
-    if "a" not in args.skip or "b" not in args.skip:
-        for s in sorted(set(args.sizes)):
+    if "a" not in args.skip or "b" not in args.skip or "d" not in args.skip:
+        needed = set(args.sizes) if "a" not in args.skip else {args.sizes[0]}
+        for s in sorted(needed):
             scenes[s] = tmp / f"scene_{s}.tif"
             if not scenes[s].exists():
                 t = time.perf_counter()
@@ -414,6 +445,8 @@ def main() -> None:
                   f"{v['gdal_startup_s']:.2f}s)")  # fmt: skip
             print(f"(c) vectorize / gdal_polygonize = {v['vectorize_s'] / v['gdal_s']:.3f} "
                   f"(start-up excluded {v['vectorize_s'] / net:.3f}; target <= 1.5)")  # fmt: skip
+    if "d" not in args.skip:
+        bench_engines(args, tmp, model, scenes[args.sizes[0]], common)
     if not args.workdir:
         shutil.rmtree(tmp, ignore_errors=True)
 

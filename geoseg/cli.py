@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+ASSET_HELP = "STAC Item asset to read (default: the first image asset: role data, GeoTIFF media type)."
 REGULARIZE_HELP = "Class name(s) whose polygons get regular footprints (straight edges, right angles), e.g. building."
 
 
@@ -44,15 +45,22 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging (and dask's INFO).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("rasterio", "fiona", "pyogrio", "distributed", "matplotlib", "PIL", "numba", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from geoseg.errors import ConfigError
+    from geoseg.progress import set_quiet
+
+    if verbose and quiet:
+        raise ConfigError("give -v/--verbose or -q/--quiet, not both")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # (also when logging was configured before, e.g. in-process calls)
+    set_quiet(quiet)
+    noisy = ["rasterio", "fiona", "pyogrio", "matplotlib", "PIL", "numba", "timm"]
+    for name in noisy if verbose else [*noisy, "distributed", "distributed.nanny", "distributed.scheduler",
+                                         "distributed.worker", "distributed.core", "distributed.http"]:  # fmt: skip
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # shared help of the post-processing options (predict and vectorize)
@@ -69,7 +77,11 @@ _HELP = {
 # --- stage commands: each parses, builds its stage's config and calls the stage's run() ---------
 @app.command()
 def tile(
-    scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped).")],
+    scenes: Annotated[
+        list[str],
+        typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped): paths, https:// URLs "
+                       "(read with range requests) or STAC Items (.json file or URL)."),
+    ],
     labels: Annotated[Path, typer.Option("--labels", help="Label polygons (GPKG, GeoJSON, Shapefile, GeoParquet).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (tiles.zarr, tiles.gpkg, dataset.json).")],
     tile_size: Annotated[int, typer.Option(help="Tile edge in pixels.")] = 256,
@@ -91,6 +103,7 @@ def tile(
         typer.Option(help="Acquisition date (once for all scenes, or once per scene in order); else GeoTIFF tag, "
                      "else YYYYMMDD in the file name."),
     ] = None,
+    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
     max_label_age: Annotated[
         int | None, typer.Option(help="Labels older than this many days before the scene date are ignore.")
     ] = None,
@@ -167,6 +180,7 @@ def tile(
         valid_to_field=valid_to_field,
         labels_layer=labels_layer,
         scene_dates=tuple(scene_date or ()),
+        asset=asset,
         max_label_age=max_label_age,
         undated=undated,
         coverage=str(coverage) if coverage else None,
@@ -265,7 +279,10 @@ def train(
         )
 @app.command()
 def predict(
-    scenes: Annotated[list[Path], typer.Argument(help="Scene GeoTIFF(s); each is predicted on its own grid.")],
+    scenes: Annotated[
+        list[str],
+        typer.Argument(help="Scene GeoTIFF(s) (paths, https:// URLs or STAC Items); each on its own grid."),
+    ],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one scene: files in it; "
                                       "several: one sub-folder per scene stem).")],
@@ -293,6 +310,10 @@ def predict(
     scheduler: Annotated[str | None, typer.Option(help="dask scheduler address (shared file system).")] = None,
     compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
+    engine: Annotated[
+        str, typer.Option(help="torch, or onnx (ONNX Runtime; needs geoseg[onnx]; --model may be an .onnx file).")
+    ] = "torch",
 ) -> None:
     """Predict scenes over an AOI: probabilities.tif + classes.tif (COGs), instances.gpkg, QGIS styles."""
     from geoseg.errors import InputError
@@ -311,12 +332,36 @@ def predict(
         float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
         fill_holes=fill_holes, core_boundary_max=core_boundary_max, regularize=_names(regularize),
         vectorize=vectorize_, resume=resume,
-        workers=workers, scheduler=scheduler, compress=compress, progress=progress,
+        workers=workers, scheduler=scheduler, compress=compress, progress=progress, engine=engine, asset=asset,
     )  # fmt: skip
     res = run_predict(cfg)
     for s in res.scenes:
         typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
                    err=True)
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default: RUN/model/model.onnx).")
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+) -> None:
+    """Export a trained model (ONNX: dynamic batch and size, config embedded and in OUT.json), checked vs PyTorch."""
+    from geoseg.errors import ConfigError
+    from geoseg.export import FORMATS, export_onnx
+    from geoseg.train.model import resolve_model_dir
+
+    if format_.lower() not in FORMATS:
+        raise ConfigError(f"--format {format_!r}: use one of {', '.join(FORMATS)}")
+    dest = out or resolve_model_dir(run) / "model.onnx"
+    res = export_onnx(run, dest, opset=opset)
+    shapes = " and ".join("x".join(map(str, s)) for s in res.check_shapes)
+    typer.echo(f"{res.out} (opset {res.opset}; config {res.config_json.name}); ONNX Runtime vs PyTorch on random "
+               f"input {shapes}: max abs difference {res.max_abs_diff:.2e} (probabilities), "
+               f"{res.max_abs_diff_logits:.2e} (logits)")  # fmt: skip
+
+
 @app.command()
 def vectorize(
     raster: Annotated[Path, typer.Argument(help="probabilities.tif of a prediction (or the prediction directory).")],

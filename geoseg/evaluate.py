@@ -45,10 +45,10 @@ import shapely
 from affine import Affine
 from rasterio.windows import Window
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
 from geoseg.errors import EmptyResultError, InputError, InputNotFoundError, LabelsError, RasterReadError, first_line
 from geoseg.grid import Grid
+from geoseg.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -164,6 +164,8 @@ def _resolve_paths(value: Any, base: Path, what: str) -> Any:
         return tuple(_resolve_paths(v, base, what) for v in value)
     if str(value) in {"imagenet", "none"}:  # train --weights keywords
         return value
+    if str(value).startswith(("http://", "https://", "/vsi", "s3://", "gs://")):  # remote scenes / STAC Items
+        return str(value)
     p = Path(str(value))
     p = p if p.is_absolute() else (base / p).resolve()
     if not p.exists():

@@ -69,11 +69,11 @@ from rasterio.windows import Window
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from tqdm.auto import tqdm
 
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
+from geoseg.progress import tqdm
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,22 @@ def gdal_options(cache_mb: int = 512, threads: int | str = "ALL_CPUS") -> dict[s
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_LOG_ERRORS": "OFF",
         "CHECK_DISK_FREE_SPACE": "FALSE",
+        # remote scenes (/vsicurl/): range requests, several ranges per request, retries on 429/5xx,
+        # a per-file cache of the blocks read; each may be overridden by the environment variable
+        **{k: os.environ.get(k, v) for k, v in _HTTP.items()},
     }
+
+
+_HTTP = {
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(64 * 2**20),
+    "CPL_VSIL_CURL_CHUNK_SIZE": str(2**20),
+}
 
 
 @contextlib.contextmanager

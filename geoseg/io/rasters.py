@@ -1,6 +1,12 @@
 """Scene access: validated opening, acquisition dates, windowed reads with validity masks.
 
 Nothing here reads a whole scene: every read is a window, memory is bounded by the window.
+
+A SCENE reference is a local GeoTIFF path, an ``http(s)://`` GeoTIFF URL (read through GDAL's
+``/vsicurl/`` with range requests, settings in :mod:`geoseg.io.gdal_env`), a GDAL ``/vsi…`` path, or a
+STAC Item (local ``.json`` file or URL, via ``pystac``: ``geoseg[stac]``). :func:`resolve_scene`
+turns it into the GDAL path every stage opens, the scene name used in outputs (STAC: the item id)
+and the STAC acquisition date (``properties.datetime``, else ``start_datetime``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from geoseg.errors import CRSError, InputNotFoundError, RasterReadError, first_line
+from geoseg.errors import CRSError, InputError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import Grid
 from geoseg.io.dates import date_from_name, date_from_tags, parse_date
 
@@ -34,10 +40,16 @@ class SceneInfo:
     date: dt.date | None
     band_names: tuple[str, ...]
     has_mask: bool
+    label: str | None = None  # scene name from its source (STAC item id); default: the file name
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        return self.label or _basename(self.path)
+
+    @property
+    def stem(self) -> str:
+        """Name without extension: per-scene output folders."""
+        return self.label or Path(_basename(self.path)).stem
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,23 +65,111 @@ class SceneInfo:
         }
 
 
+_URL = ("http://", "https://")
+_IMAGE_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "image/x.geotiff", "image/jp2")
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """A resolved SCENE: ``path`` for GDAL, ``name`` for outputs (None: the file name), STAC date."""
+
+    path: str
+    name: str | None = None
+    date: dt.date | None = None
+    source: str = ""
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for URLs and GDAL virtual file systems (no local file to stat or resolve)."""
+    return str(path).startswith(("/vsi", *_URL, "s3://", "gs://"))
+
+
+def scene_key(path: str | Path) -> str:
+    """An absolute, stable reference: remote paths as given, local ones resolved."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def _basename(path: str) -> str:
+    return Path(path.split("?", 1)[0].rstrip("/")).name
+
+
+def _gdal_href(href: str) -> str:
+    return f"/vsicurl/{href}" if href.startswith(_URL) else href
+
+
+def _is_stac(ref: str) -> bool:
+    return ref.split("?", 1)[0].lower().endswith((".json", ".geojson"))
+
+
+def resolve_scene(ref: str | Path, asset: str | None = None) -> SceneRef:
+    """Turn a SCENE reference into a :class:`SceneRef` (see the module docstring).
+
+    STAC: ``asset`` names the asset (default: the first with role ``data`` and an image media type,
+    else the first image asset, else the first ``.tif`` href). Unreadable items, unknown assets and
+    HTTP failures raise one-line :class:`InputError` subclasses naming ``ref``.
+    """
+    s = str(ref)
+    if not _is_stac(s):
+        return SceneRef(_gdal_href(s), None, None, s)
+    try:
+        import pystac
+    except ImportError:
+        raise InputError(f"{s}: STAC Items need the optional extra: pip install 'geoseg[stac]'") from None
+    if not s.startswith(_URL) and not Path(s).exists():
+        raise InputNotFoundError(f"{s}: STAC Item not found")
+    try:
+        item = pystac.Item.from_file(s)
+    except Exception as e:  # urllib HTTPError/URLError, JSON errors, pystac's own (untyped) errors
+        raise InputError(f"{s}: not a readable STAC Item ({_root_cause(e)})") from None
+    assets = item.get_assets()
+    if asset is not None:
+        if asset not in assets:
+            raise InputError(f"{s}: no asset {asset!r}; the item has {', '.join(assets) or 'none'}")
+        chosen = assets[asset]
+    else:
+        chosen = _default_asset(assets)
+        if chosen is None:
+            raise InputError(f"{s}: no image asset (GeoTIFF); choose one with --asset ({', '.join(assets) or 'none'})")
+    props = item.properties
+    when = item.datetime or props.get("start_datetime")
+    date = parse_date(when, source=f"{s} properties.datetime") if when else None
+    return SceneRef(_gdal_href(chosen.get_absolute_href() or chosen.href), item.id, date, s)
+
+
+def _default_asset(assets: dict[str, Any]) -> Any:
+    def image(a: Any) -> bool:
+        mt = (a.media_type or "").lower()
+        return mt.startswith(_IMAGE_TYPES) or (not mt and a.href.split("?")[0].lower().endswith((".tif", ".tiff")))
+
+    for cond in (lambda a: "data" in (a.roles or []) and image(a), image):
+        for a in assets.values():
+            if cond(a):
+                return a
+    return None
+
+
 def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open a raster with one-line errors for missing or unreadable files."""
+    """Open a raster with one-line errors for missing or unreadable files (HTTP failures included)."""
     p = Path(path)
-    if not str(path).startswith(("/vsi", "http://", "https://", "s3://")) and not p.exists():
+    if not is_remote(path) and not p.exists():
         raise InputNotFoundError(f"{path}: scene not found")
     try:
         return rasterio.open(path)
     except RasterioIOError as e:
-        raise RasterReadError(f"{path}: not a readable raster ({first_line(e)})") from None
+        what = "cannot read over HTTP" if str(path).startswith(("/vsicurl/", *_URL)) else "not a readable raster"
+        raise RasterReadError(f"{path}: {what} ({first_line(e)})") from None
 
 
-def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
-    """Validate a scene and read its metadata. ``date`` overrides tag/file-name dates.
+def scene_info(path: str | Path, date: Any = None, *, asset: str | None = None) -> SceneInfo:
+    """Validate a scene (any SCENE reference, see :func:`resolve_scene`) and read its metadata.
 
+    Date priority: ``date`` (``--scene-date``), the STAC Item's datetime, GeoTIFF tags, the file name.
+    ``SceneInfo.path`` is the GDAL path (``/vsicurl/…`` for URLs) every later read opens.
     Raises :class:`CRSError` for a scene without CRS and :class:`RasterReadError` when the header
     or the first block cannot be decoded.
     """
+    ref = resolve_scene(path, asset)
+    path = ref.path
     with open_raster(path) as ds:
         if ds.crs is None:
             raise CRSError(f"{path}: scene has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX)")
@@ -81,8 +181,10 @@ def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
             raise RasterReadError(f"{path}: corrupt raster data ({first_line(e)})") from None
         if date is not None:
             d = parse_date(date, source=f"--scene-date for {path}")
+        elif ref.date is not None:
+            d = ref.date
         else:
-            d = date_from_tags(ds.tags(), source=str(path)) or date_from_name(path)
+            d = date_from_tags(ds.tags(), source=str(path)) or date_from_name(_basename(str(path)))
         has_mask = any(  # mask_flag_enums: one list of MaskFlags per band
             f in (rasterio.enums.MaskFlags.per_dataset, rasterio.enums.MaskFlags.alpha)
             for f in (ds.mask_flag_enums[0] if ds.count else [])
@@ -97,6 +199,7 @@ def scene_info(path: str | Path, date: Any = None) -> SceneInfo:
             date=d,
             band_names=names,
             has_mask=bool(has_mask) or ds.nodata is not None,
+            label=ref.name,
         )
 
 
@@ -146,3 +249,11 @@ def _valid(ds: rasterio.DatasetReader, data: np.ndarray, window: Window, idx: li
     if data.dtype.kind == "f":
         valid &= ~np.any(np.isnan(data), axis=0)
     return valid
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost cause's first line (an HTTP status where there is one)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    code = getattr(e, "code", None)
+    return f"HTTP {code} {getattr(e, 'reason', '')}".strip() if isinstance(code, int) else first_line(e)

@@ -1,4 +1,4 @@
-"""Torch model -> ``predict_fn``: channels_last, AMP on CUDA, softmax, optional 8-fold dihedral TTA."""
+"""Model -> ``predict_fn``: torch (channels_last, AMP on CUDA) or ONNX Runtime; softmax, optional 8-fold TTA."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from geoseg.errors import DeviceError
@@ -89,3 +90,36 @@ class TorchPredictor:
                     total = y if total is None else total + y
             assert total is not None
             return total / 8.0
+
+
+_SESSIONS: dict[tuple[str, str], Any] = {}
+
+
+def cached_session(onnx_path: str, device: torch.device) -> Any:
+    """One ONNX Runtime session per (file, device) per process (CUDA provider when ``device`` is CUDA)."""
+    from geoseg.export import onnx_session
+
+    key = (str(Path(onnx_path).resolve()), str(device))
+    with _LOCK:
+        if key not in _SESSIONS:
+            _SESSIONS[key] = onnx_session(onnx_path, str(device))
+        return _SESSIONS[key]
+
+
+class OnnxPredictor(TorchPredictor):
+    """``predict_fn`` running an exported model (``geoseg export``) with ONNX Runtime.
+
+    Same contract and TTA as :class:`TorchPredictor`: the graph gives fp32 logits, softmax is taken
+    here (in torch, on ``device``, where the stitcher accumulates). Input goes to ONNX Runtime as a
+    contiguous float32 NCHW array (no AMP: the graph is fp32).
+    """
+
+    def __init__(self, session: Any, device: torch.device, *, tta: bool = False) -> None:
+        super().__init__(torch.nn.Identity(), device, amp=False, tta=tta)
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        logits = self.session.run(None, {self.input_name: arr})[0]
+        return torch.softmax(torch.from_numpy(logits).to(self.device), dim=1)

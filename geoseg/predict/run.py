@@ -36,7 +36,7 @@ from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
 from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir
-from geoseg.io.rasters import SceneInfo, open_raster, read_window, scene_info
+from geoseg.io.rasters import SceneInfo, is_remote, open_raster, read_window, scene_info, scene_key
 from geoseg.io.vectors import read_aoi
 from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".geoseg-predict"
 INSTANCES = "instances.gpkg"
 COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "NONE")
+ENGINES = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class PredictConfig:
     (None) to the model's calibrated or data-derived values (:mod:`geoseg.postprocess`);
     ``regularize`` names the classes whose instance polygons get regular footprints (see
     :mod:`geoseg.regularize`); ``workers`` > 0 starts a local dask cluster, ``scheduler`` connects to one.
+    ``engine`` ``onnx`` runs the model with ONNX Runtime: ``model`` is then a run/model directory (its
+    ``model.onnx`` when exported from the current weights, else exported into the work folder) or an
+    ``.onnx`` file with its ``.onnx.json`` (or embedded config) beside it. ``scenes`` may be URLs or STAC
+    Items (:func:`geoseg.io.rasters.resolve_scene`); ``asset`` picks the STAC asset.
     """
 
     scenes: tuple[str, ...]
@@ -88,6 +93,8 @@ class PredictConfig:
     scheduler: str | None = None
     compress: str = "ZSTD"
     progress: bool = True
+    engine: str = "torch"
+    asset: str | None = None
 
     def validate(self) -> None:
         """Range checks that need no file (``geoseg run`` calls this before any stage starts)."""
@@ -110,6 +117,8 @@ class PredictConfig:
                 raise ConfigError(f"{opt} must be an integer >= 0, got {ival!r}")
         if self.bands is not None and not all(isinstance(b, int) and b >= 1 for b in self.bands):
             raise ConfigError(f"--bands must be 1-based band numbers, got {self.bands!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r}: use one of {', '.join(ENGINES)}")
 
 
 @dataclass
@@ -152,6 +161,8 @@ class BandTask:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int
+    engine: str = "torch"
+    onnx: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +225,12 @@ def run_band(
     if store.band_finished(task.band.index):
         return {"band": task.band.index, "windows": 0, "seconds": 0.0, "skipped": True}
     device = resolve_device(task.device)
-    if predict_fn is None:
+    if predict_fn is None and task.engine == "onnx":
+        from geoseg.predict.adapter import OnnxPredictor, cached_session
+
+        assert task.onnx is not None  # set by run() for the onnx engine
+        predict_fn = OnnxPredictor(cached_session(task.onnx, device), device, tta=task.tta)
+    elif predict_fn is None:
         net, _ = cached_model(task.model, device)
         predict_fn = TorchPredictor(net, device, amp=task.amp, tta=task.tta)
     emit_from = store.rows_done(task.band.index)
@@ -260,6 +276,7 @@ class _Prepared:
     scene_dirs: list[Path]
     fingerprint: str
     post: PostProcess | None = None
+    onnx: Path | None = None  # engine onnx: the ONNX file to run (None: export from model_dir in run())
 
 
 def _prepare(cfg: PredictConfig) -> _Prepared:
@@ -270,20 +287,38 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
+    onnx_file: Path | None = None
     try:
-        model_dir = resolve_model_dir(cfg.model)
-        mcfg = read_model_config(model_dir)
+        if str(cfg.model).lower().endswith(".onnx"):
+            from geoseg.export import read_onnx_config
+
+            if cfg.engine != "onnx":
+                raise ConfigError(f"--model {cfg.model}: an ONNX model needs --engine onnx")
+            model_dir = onnx_file = Path(cfg.model)
+            mcfg = read_onnx_config(onnx_file)
+            cfg_path = onnx_file.with_name(onnx_file.name + ".json")
+            for key in ("arch", "in_channels", "num_classes", "classes", "normalisation", "tile_size"):
+                if key not in mcfg:
+                    raise ModelError(f"{cfg_path}: missing key {key!r}; re-export the model")
+        else:
+            model_dir = resolve_model_dir(cfg.model)
+            mcfg = read_model_config(model_dir)
+            cfg_path = model_dir / "config.json"
+            if cfg.engine == "onnx":
+                from geoseg.export import onnx_for_run
+
+                onnx_file = onnx_for_run(model_dir)
     except ConfigError as e:
         raise ModelError(str(e)) from None
     in_ch, k = int(mcfg["in_channels"]), int(mcfg["num_classes"])
     classes = mcfg["classes"]
     if len(classes) != k or sorted(int(c["id"]) for c in classes) != list(range(k)):
-        raise ModelError(f"{model_dir / 'config.json'}: classes must list ids 0..{k - 1} (num_classes={k})")
+        raise ModelError(f"{cfg_path}: classes must list ids 0..{k - 1} (num_classes={k})")
     norm = mcfg["normalisation"]
     if len(norm.get("mean", [])) != in_ch or len(norm.get("std", [])) != in_ch:
-        raise ModelError(f"{model_dir / 'config.json'}: normalisation needs {in_ch} mean/std values")
+        raise ModelError(f"{cfg_path}: normalisation needs {in_ch} mean/std values")
     if any(float(s) <= 0 for s in norm["std"]):
-        raise ModelError(f"{model_dir / 'config.json'}: normalisation std must be > 0")
+        raise ModelError(f"{cfg_path}: normalisation std must be > 0")
     if cfg.regularize:
         from geoseg.vectorize import regularize_class_ids
 
@@ -293,8 +328,8 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     if not 0 <= overlap < tile:
         raise ConfigError(f"--overlap must be in [0, {tile - 1}] pixels for tile size {tile}, got {overlap}")
 
-    infos = [scene_info(p) for p in cfg.scenes]
-    stems = [Path(i.path).stem for i in infos]
+    infos = [scene_info(p, asset=cfg.asset) for p in cfg.scenes]
+    stems = [i.stem for i in infos]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise InputError(f"scenes with the same file name stem {dup[0]!r}: outputs would collide; rename one")
@@ -327,8 +362,8 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         log.warning("%s: outside the AOI, skipped", path)
     final_indexes = indexes or tuple(range(1, in_ch + 1))
     single = len(kept) == 1
-    scene_dirs = [out if single else out / Path(i.path).stem for i in kept]
-    fp = _fingerprint(cfg, model_dir, mcfg, kept, plans, final_indexes)
+    scene_dirs = [out if single else out / i.stem for i in kept]
+    fp = _fingerprint(cfg, onnx_file or model_dir / "model.pt", mcfg, kept, plans, final_indexes)
     bnd = mcfg.get("boundary_class")
     post = resolve_postprocess(
         mcfg, fg_classes=[int(c["id"]) for c in classes if int(c["id"]) not in (0, bnd)],
@@ -336,7 +371,7 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         core_boundary_max=cfg.core_boundary_max,
     )  # fmt: skip
     return _Prepared(
-        cfg, model_dir, mcfg, kept, plans, skipped, final_indexes, tile, overlap, out, scene_dirs, fp, post
+        cfg, model_dir, mcfg, kept, plans, skipped, final_indexes, tile, overlap, out, scene_dirs, fp, post, onnx_file
     )
 
 
@@ -356,34 +391,34 @@ def _no_overlap_message(cfg: PredictConfig, aoi: Any, infos: list[SceneInfo]) ->
 
 def _fingerprint(
     cfg: PredictConfig,
-    model_dir: Path,
+    wt: Path,
     mcfg: dict[str, Any],
     infos: list[SceneInfo],
     plans: list[ScenePlan],
     indexes: tuple[int, ...],
 ) -> str:
     h = hashlib.sha256()
-    wt = model_dir / "model.pt"
     st = wt.stat()
     h.update(json.dumps([str(wt.resolve()), st.st_size, st.st_mtime_ns], sort_keys=True).encode())
     h.update(json.dumps({k: v for k, v in mcfg.items() if k not in ("created",)}, sort_keys=True, default=str).encode())
     for i, p in zip(infos, plans, strict=True):
-        s = Path(i.path).stat()
-        h.update(json.dumps([str(Path(i.path).resolve()), s.st_size, s.st_mtime_ns, p.fingerprint()]).encode())
-    h.update(json.dumps([cfg.tta, cfg.float_output, cfg.blend, list(indexes), cfg.amp]).encode())
+        s = (0, 0) if is_remote(i.path) else (Path(i.path).stat().st_size, Path(i.path).stat().st_mtime_ns)
+        h.update(json.dumps([scene_key(i.path), *s, p.fingerprint()]).encode())
+    h.update(json.dumps([cfg.tta, cfg.float_output, cfg.blend, list(indexes), cfg.amp, cfg.engine]).encode())
     return h.hexdigest()[:20]
 
 
-def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int]) -> list[list[BandTask]]:
+def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int], onnx: Path | None = None) -> list[list[BandTask]]:
     cfg, mcfg = prep.cfg, prep.model_cfg
     mean = tuple(float(v) for v in mcfg["normalisation"]["mean"])
     std = tuple(float(v) for v in mcfg["normalisation"]["std"])
     k = int(mcfg["num_classes"])
     return [
         [
-            BandTask(str(Path(info.path).resolve()), prep.indexes, plan, b, str((work / f"scene_{i:03d}").resolve()),
+            BandTask(scene_key(info.path), prep.indexes, plan, b, str((work / f"scene_{i:03d}").resolve()),
                      str(prep.model_dir.resolve()), cfg.device,
-                     cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k)
+                     cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k,
+                     engine=cfg.engine, onnx=str(onnx.resolve()) if onnx else None)
             for b in plan.bands(n_bands[i])
         ]
         for i, (info, plan) in enumerate(zip(prep.infos, prep.plans, strict=True))
@@ -393,13 +428,14 @@ def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int]) -> list[list[Ba
 def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
     from dask.distributed import Client, LocalCluster
 
+    quiet = logging.WARNING if not logging.getLogger().isEnabledFor(logging.DEBUG) else logging.INFO  # -v: INFO
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(quiet)
     if cfg.scheduler:
         return Client(cfg.scheduler), None
     cluster = LocalCluster(
         n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        silence_logs=logging.WARNING,
+        silence_logs=quiet,
     )  # fmt: skip
     return Client(cluster), cluster
 
@@ -417,7 +453,7 @@ def _finish_scene(
         "ARCH": str(mcfg.get("arch")),
         "ENCODER": str(mcfg.get("encoder")),
         "SCENE": info.name,
-        "SCENE_PATH": str(Path(info.path).resolve()),
+        "SCENE_PATH": scene_key(info.path),
         "SCENE_DATE": info.date.isoformat() if info.date else "",
         "TILE_SIZE": str(plan.tile),
         "OVERLAP": str(plan.overlap),
@@ -493,7 +529,18 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
     prep = _prepare(config)
     cfg = prep.cfg
     distributed = bool(cfg.workers or cfg.scheduler)
-    if predict_fn is None and not distributed:
+    if predict_fn is None and cfg.engine == "onnx":
+        from geoseg.export import require_onnx
+        from geoseg.predict.adapter import cached_session, resolve_device
+
+        require_onnx()
+        if prep.onnx is not None:
+            cached_session(str(prep.onnx), resolve_device(cfg.device))  # unloadable file fails before writing
+        else:
+            from geoseg.train.model import load_model
+
+            load_model(prep.model_dir, "cpu")  # validate the weights before writing anything
+    elif predict_fn is None and not distributed:
         from geoseg.predict.adapter import cached_model, resolve_device
 
         cached_model(str(prep.model_dir), resolve_device(cfg.device))  # unreadable weights fail before writing
@@ -529,7 +576,16 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
             state = {"fingerprint": prep.fingerprint, "bands": [min(per_scene, len(p.strips)) for p in prep.plans]}
             work.mkdir(parents=True)
             write_json(state_path, state)
-        tasks = _band_tasks(prep, work, [int(b) for b in state["bands"]])
+        onnx = prep.onnx
+        if cfg.engine == "onnx" and predict_fn is None and onnx is None:
+            onnx = work / "model.onnx"
+            if not onnx.exists():
+                from geoseg.export import export_onnx
+
+                res = export_onnx(prep.model_dir, onnx)
+                log.info("exported %s to ONNX for this run (max abs diff vs torch %.2g); keep one with geoseg export",
+                         prep.model_dir, res.max_abs_diff)  # fmt: skip
+        tasks = _band_tasks(prep, work, [int(b) for b in state["bands"]], onnx)
         band_stats: list[list[dict[str, Any]]] = [[] for _ in tasks]
         if client is not None:
             from dask.distributed import as_completed
@@ -596,7 +652,8 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
     rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
     vectors = [d / INSTANCES for d, _ in staged if (d / INSTANCES).exists()]
     with rasterio.Env(GDAL_CACHEMAX=64 * 2**20):  # it samples the imagery: keep the block cache small
-        project = qg.write_project(out, [Path(i.path).resolve() for i in prep.infos], rasters, vectors)
+        imagery = [Path(i.path).resolve() for i in prep.infos if not is_remote(i.path)]  # (remote: not in the project)
+        project = qg.write_project(out, imagery, rasters, vectors)
     run_json = write_json(
         out / "run.json",
         {
@@ -619,7 +676,7 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
 
 
 def _bar(cfg: PredictConfig, total: int, unit: str) -> Any:
-    from tqdm import tqdm
+    from geoseg.progress import tqdm
 
     return tqdm(total=total, unit=unit, desc="predict", disable=not cfg.progress, leave=False)
 

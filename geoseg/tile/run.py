@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import shapely
-from tqdm import tqdm
 
 from geoseg.config import check_option_types, to_dict, write_json
 from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
@@ -36,6 +35,7 @@ from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir, staged_output
 from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
+from geoseg.progress import tqdm
 from geoseg.tile import sampling, store
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
@@ -63,6 +63,7 @@ class TileConfig:
     valid_to_field: str = "valid_to"
     labels_layer: str | None = None
     scene_dates: tuple[str, ...] = ()  # [--scene-date] one for all scenes, or one per scene
+    asset: str | None = None  # [--asset] STAC Item asset (default: the first image asset)
     max_label_age: int | None = None  # days
     undated: str = "keep"  # keep | drop
     coverage: str | None = None
@@ -138,7 +139,7 @@ def _run(config: TileConfig) -> TileResult:
     t_size = config.tile_size
     # ---- inputs (all validation before anything is written) ---------------------------------
     dates = config.scene_dates * len(config.scenes) if len(config.scene_dates) == 1 else config.scene_dates
-    scenes = [scene_info(p, dates[i] if dates else None) for i, p in enumerate(config.scenes)]
+    scenes = [scene_info(p, dates[i] if dates else None, asset=config.asset) for i, p in enumerate(config.scenes)]
     counts = {s.count for s in scenes}
     if len(counts) > 1:
         desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
@@ -483,7 +484,7 @@ def _padded_bounds(s: SceneInfo, win: Any, pad_px: int) -> tuple[float, float, f
     return (minx - px, miny - px, maxx + px, maxy + px)
 
 
-def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+def _bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(
         total=total,
         desc=f"geoseg tile: {desc}",

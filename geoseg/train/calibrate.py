@@ -174,7 +174,7 @@ def calibrate(
     combos = list(itertools.product(grid.thresholds, cores))
     totals = np.zeros((len(combos), len(areas), 3), np.int64)
     n_scored = 0
-    from tqdm.auto import tqdm
+    from geoseg.progress import tqdm
 
     for i in tqdm(range(len(probs)), desc="calibrate", unit="tile", disable=not progress, leave=False):
         mask = masks[i]

@@ -352,7 +352,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _write_reports(out, history, ds.classes, run_info, "running", best, best_epoch, cfg)
-    from tqdm import tqdm
+    from geoseg.progress import tqdm
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):

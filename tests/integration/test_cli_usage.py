@@ -32,7 +32,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("export", "foo"), "No such command 'export'"),  # unknown command
+        (("exprot", "foo"), "No such command 'exprot'"),  # unknown command
         (("predict", "--bogus"), "No such option: --bogus"),  # unknown option
         (("tile",), "Missing argument"),  # missing argument
         (("tile", "a.tif", "--out", "o"), "Missing option '--labels'"),  # missing option

@@ -1,0 +1,56 @@
+"""Progress on a non-terminal stderr: a few plain lines, not bar frames; ``-q`` silences it."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from geoseg.predict.run import PredictConfig, run
+from geoseg.progress import LineProgress, set_quiet
+from geoseg.testing import write_scene, xy_image
+
+
+def test_predict_progress_off_a_terminal_is_a_few_lines(
+    tmp_path: Path, identity_model: Path, identity, capfd: pytest.CaptureFixture[str]
+) -> None:
+    scene = tmp_path / "s.tif"
+    write_scene(scene, xy_image(240, 240, 3, "uint16"))  # tile 32, overlap 8: 10 x 10 windows
+    cfg = PredictConfig(scenes=(str(scene),), model=str(identity_model), out=str(tmp_path / "o"),
+                        bbox="-180,-90,180,90", overlap=8, progress=True, vectorize=False, batch_size=1)  # fmt: skip
+    res = run(cfg, predict_fn=identity)
+    assert res.scenes[0].windows == 100
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("predict:")]
+    assert "\r" not in err
+    assert 2 <= len(lines) and len(err.splitlines()) < 30
+    assert re.fullmatch(r"predict: 100/100 windows, [\d.e+]+ windows/s, \S+ elapsed", lines[-1])
+    assert any(re.match(r"predict: \d+/100 windows, .*, eta \d+s", ln) for ln in lines[:-1])
+
+    set_quiet(True)
+    try:
+        run(cfg.__class__(**{**cfg.__dict__, "out": str(tmp_path / "q")}), predict_fn=identity)
+    finally:
+        set_quiet(False)
+    assert "predict:" not in capfd.readouterr().err
+
+
+def test_line_progress_every_10_percent_or_interval() -> None:
+    t = [0.0]
+    buf = io.StringIO()
+    bar = LineProgress(total=1000, desc="tile", unit="tiles", file=buf, interval=5.0, clock=lambda: t[0])
+    for _ in range(1000):
+        t[0] += 0.001  # 1 s in all: only the 10 % steps print
+        bar.update(1)
+    bar.close()
+    assert len(buf.getvalue().splitlines()) == 10
+    buf2 = io.StringIO()
+    slow = LineProgress(total=None, desc="scan", unit="chunks", file=buf2, interval=5.0, clock=lambda: t[0])
+    for _ in range(60):
+        t[0] += 1.0  # 60 s, no total: a line when 5 s (or a tenth of the elapsed time) have passed
+        slow.update(1)
+    slow.close()
+    lines = buf2.getvalue().splitlines()
+    assert 6 <= len(lines) <= 13 and lines[-1].startswith("scan: 60 chunks, 1 chunks/s")
