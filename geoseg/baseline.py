@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.classes import ClassTable
+
 
 def _features(x: np.ndarray) -> np.ndarray:
     """``(N, C)`` normalised pixels -> ``(N, F)``: bias, linear and quadratic terms."""
@@ -147,12 +149,12 @@ def run(config: BaselineConfig) -> dict[str, Any]:
     x, y = training_pixels(config.dataset, mean, std, boundary_class=boundary,
                            max_pixels=config.max_pixels, seed=config.seed)
     clf = ColourClassifier.fit(x, y)
-    fg = next(int(c["id"]) for c in mcfg["classes"] if int(c["id"]) not in (0, boundary))
+    fgs = list(ClassTable.from_model_config(mcfg).foreground)
+    fg = fgs[0]
     out = Path(config.out)
     pred_dir = out / "predict"
     from geoseg.postprocess import DEFAULTS, derived_min_area_m2
 
-    fgs = [int(c["id"]) for c in mcfg["classes"] if int(c["id"]) not in (0, boundary)]
     derived = derived_min_area_m2(mcfg.get("objects"), mcfg.get("resolution_m"), fgs)[0]
     min_area = derived if config.min_area is None else config.min_area
     predict_run(  # the model's calibration is for the model: the baseline gets the uncalibrated defaults

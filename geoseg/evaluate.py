@@ -46,6 +46,7 @@ from affine import Affine
 from rasterio.windows import Window
 from scipy import ndimage as ndi
 
+from geoseg.classes import ClassTable
 from geoseg.errors import EmptyResultError, InputError, InputNotFoundError, LabelsError, RasterReadError, first_line
 from geoseg.grid import Grid
 from geoseg.progress import tqdm
@@ -942,9 +943,8 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     config.validate()
     classes_tif, inst_path = _resolve(config)
     classes, boundary = read_prediction_classes(classes_tif, Path(config.model) if config.model else None)
-    if boundary is None:
-        boundary = next((int(c["id"]) for c in classes if str(c["name"]).lower() == "boundary"), None)
-    fg = [int(c["id"]) for c in classes if int(c["id"]) not in (0, boundary)]
+    table = ClassTable.of(classes, boundary, infer_boundary=True)
+    boundary, fg = table.boundary, list(table.foreground)
     names = {int(c["id"]): str(c["name"]) for c in classes}
     num_classes = max(names) + 1
     out = Path(config.out) if config.out else classes_tif.parent / "eval.json"

@@ -21,6 +21,8 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 
+from geoseg.classes import ClassTable, default_color, hex_rgb
+
 __all__ = [
     "classes_qml",
     "graduated_qml",
@@ -33,35 +35,24 @@ __all__ = [
 
 QGIS_VERSION = "3.22.0-Białowieża"
 _DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
-_BOUNDARY_NAMES = {"boundary", "contact", "edge", "border"}
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def hex_rgb(color: str) -> tuple[int, int, int]:
-    """``"#rrggbb"`` (or ``"#rgb"``) -> ``(r, g, b)`` ints 0-255: the one colour parser of geoseg."""
-    c = color.lstrip("#")
-    if len(c) == 3:
-        c = "".join(ch * 2 for ch in c)
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
-
-
 def _hex(color: str) -> str:
     r, g, b = hex_rgb(color)
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _color(c: dict[str, Any], default: str = "#e41a1c") -> str:
-    return _hex(str(c.get("color") or default))
-
-
-def _is_boundary(c: dict[str, Any], boundary_class: int | None) -> bool:
-    return int(c["id"]) == boundary_class or str(c.get("name", "")).lower() in _BOUNDARY_NAMES
+def _color(c: dict[str, Any]) -> str:
+    return _hex(str(c.get("color") or default_color(int(c["id"]))))
 
 
 def _foreground(classes: Sequence[dict[str, Any]], boundary_class: int | None = None) -> list[dict[str, Any]]:
-    return [c for c in classes if int(c["id"]) != 0 and not _is_boundary(c, boundary_class)]
+    """The object classes (see :attr:`geoseg.classes.ClassTable.foreground`; without ``boundary_class``
+    a class named ``boundary`` is the boundary class)."""
+    return ClassTable.of(classes, boundary_class, infer_boundary=True).foreground_dicts()
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: Any) -> ET.Element:
@@ -134,7 +125,7 @@ def _classes_pipe(classes: Sequence[dict[str, Any]], opacity: float = 1.0) -> ET
     pal = _sub(rr, "colorPalette")
     for c in sorted(classes, key=lambda c: int(c["id"])):
         alpha = 0 if int(c["id"]) == 0 else 255  # background transparent: the imagery shows through
-        _sub(pal, "paletteEntry", color=_color(c, "#000000"), label=c["name"], alpha=alpha, value=int(c["id"]))
+        _sub(pal, "paletteEntry", color=_color(c), label=c["name"], alpha=alpha, value=int(c["id"]))
     _pipe_tail(pipe)
     return pipe
 

@@ -70,6 +70,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from geoseg.classes import ClassTable
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
@@ -94,7 +95,6 @@ _STRUCT4 = ndi.generate_binary_structure(2, 1)
 _GEOD = Geod(ellps="WGS84")
 _FLOAT_UNIT = 2.0**-24  # fixed-point unit of the score sums of float rasters
 REGULARIZE_SHIFT_PX = 2.0  # the most a regularised outline may move (geoseg.regularize max_shift_px)
-DEFAULT_COLORS = ["#000000", "#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,7 +716,7 @@ def vectorize_prediction(
     halo = int(halo if halo is not None else min(64, max(16, block_size // 8)))
     ids = {int(c["id"]) for c in classes}
     names = {int(c["id"]): str(c["name"]) for c in classes}
-    fg = sorted(i for i in ids if i != 0 and i != boundary_class)
+    fg = list(ClassTable.of(classes, boundary_class).foreground)
     if not fg:
         raise ConfigError(f"{probabilities}: no foreground class among {sorted(names.values())}")
     reg_ids = regularize_class_ids(regularize, classes, boundary_class, what=str(probabilities))
@@ -847,7 +847,8 @@ def regularize_class_ids(
 ) -> frozenset[int]:
     """Ids of the object classes named in ``names`` (``--regularize``); unknown names -> ConfigError."""
     names = (names,) if isinstance(names, str) else tuple(names)
-    objects = {str(c["name"]): int(c["id"]) for c in classes if int(c["id"]) not in (0, boundary_class)}
+    table = ClassTable.of(classes, boundary_class)
+    objects = {table.names[i]: i for i in table.foreground}
     bad = [n for n in names if n not in objects]
     if bad:
         raise ConfigError(f"{what}: --regularize {bad[0]!r} is not an object class; classes: {', '.join(objects)}")
@@ -917,7 +918,8 @@ def read_prediction_classes(raster: Path, model: Path | None = None) -> tuple[li
         from geoseg.train.model import read_model_config
 
         cfg = read_model_config(model)
-        return _norm_classes(cfg["classes"]), cfg.get("boundary_class")
+        table = ClassTable.from_model_config(cfg)
+        return table.to_json(), table.boundary
     try:
         with rasterio.open(raster) as ds:
             tags = {**ds.tags(), **{k.lower(): v for k, v in ds.tags().items()}}
@@ -932,17 +934,9 @@ def read_prediction_classes(raster: Path, model: Path | None = None) -> tuple[li
     except rasterio.errors.RasterioIOError as e:
         raise RasterReadError(f"{raster}: not a readable raster ({first_line(e)})") from None
     colors = _colormap_colors(raster)
-    if "class_names" in tags:  # {id: name} written by geoseg predict on classes.tif
-        try:
-            cn = {int(k): str(v) for k, v in json.loads(tags["class_names"]).items()}
-            cls = _norm_classes([{"id": i, "name": n, "color": colors.get(i)} for i, n in sorted(cn.items())])
-            bc = tags.get("boundary_class")
-            bci = int(bc) if bc not in (None, "", "None", "null") else None
-            if bci is None:
-                bci = next((c["id"] for c in cls if c["name"].lower() == "boundary"), None)
-            return cls, bci
-        except (ValueError, TypeError, AttributeError):
-            pass
+    tagged = ClassTable.from_tags(tags, colors)  # CLASS_NAMES, written by geoseg predict on classes.tif
+    if tagged is not None:
+        return tagged.to_json(), tagged.boundary
     for key in ("classes", "geoseg_classes"):
         if key in tags:
             try:
@@ -1006,14 +1000,7 @@ def _find_classes(data: Any) -> tuple[list[dict], int | None] | None:
 
 
 def _norm_classes(classes: list[Any]) -> list[dict]:
-    out = []
-    for i, c in enumerate(classes):
-        if isinstance(c, str):
-            c = {"id": i, "name": c}
-        cid = int(c["id"])
-        color = c.get("color") or DEFAULT_COLORS[cid % len(DEFAULT_COLORS)]
-        out.append({"id": cid, "name": str(c.get("name", f"class{cid}")), "color": color})
-    return out
+    return ClassTable.of(classes).to_json()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1096,7 +1083,7 @@ def _resolve_post(
     if mcfg.get("resolution_m") is None:
         with rasterio.open(raster) as ds:
             mcfg = {**mcfg, "resolution_m": math.sqrt(pixel_area_m2(ds.crs, ds.transform, ds.width, ds.height))}
-    fg = [int(c["id"]) for c in classes if int(c["id"]) not in (0, boundary)]
+    fg = list(ClassTable.of(classes, boundary).foreground)
     return resolve_postprocess(
         mcfg, fg_classes=fg, threshold=config.threshold, min_area_m2=config.min_area_m2,
         fill_holes_m2=config.fill_holes_m2, core_boundary_max=config.core_boundary_max, simplify_px=config.simplify_px,

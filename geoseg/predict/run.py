@@ -30,6 +30,7 @@ import numpy as np
 import rasterio
 
 from geoseg import __version__
+from geoseg.classes import ClassTable
 from geoseg.config import check_option_types, read_json, to_dict, write_json
 from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
 from geoseg.grid import Window
@@ -364,9 +365,8 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     single = len(kept) == 1
     scene_dirs = [out if single else out / i.stem for i in kept]
     fp = _fingerprint(cfg, onnx_file or model_dir / "model.pt", mcfg, kept, plans, final_indexes)
-    bnd = mcfg.get("boundary_class")
     post = resolve_postprocess(
-        mcfg, fg_classes=[int(c["id"]) for c in classes if int(c["id"]) not in (0, bnd)],
+        mcfg, fg_classes=list(ClassTable.from_model_config(mcfg).foreground),
         threshold=cfg.threshold, min_area_m2=cfg.min_area, fill_holes_m2=cfg.fill_holes,
         core_boundary_max=cfg.core_boundary_max,
     )  # fmt: skip

@@ -23,9 +23,9 @@ import rasterio
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
+from geoseg.classes import ClassTable, hex_rgb
 from geoseg.grid import Grid
 from geoseg.predict.stitch import NODATA_U8, RowsOut
-from geoseg.qgis import hex_rgb
 
 PROBABILITIES = "probabilities.tif"
 CLASSES = "classes.tif"
@@ -145,6 +145,7 @@ def assemble_cogs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = len(classes)
+    table = ClassTable.of(classes)
     base: dict[str, Any] = {
         "driver": "GTiff",
         "width": grid.width,
@@ -201,7 +202,7 @@ def assemble_cogs(
             row = rows.row0 + h
         gap(row, grid.height)
         pds.update_tags(**tags)
-        cds.update_tags(**tags, CLASS_NAMES=json.dumps({int(c["id"]): str(c.get("name")) for c in classes}))
+        cds.update_tags(**tags, **table.to_tags())
         for i, name in enumerate(names, start=1):
             pds.set_band_description(i, name)
             pds.update_tags(i, CLASS_ID=str(classes[i - 1]["id"]), CLASS_NAME=name)
@@ -209,7 +210,7 @@ def assemble_cogs(
         if not float_output:
             pds.scales = tuple([1.0 / 254.0] * k)
             pds.offsets = tuple([0.0] * k)
-        cmap = {int(c["id"]): (*hex_rgb(str(c.get("color", "#808080"))), 255) for c in classes}
+        cmap = {i: (*hex_rgb(col), 255) for i, col in table.colors.items()}
         cmap[NODATA_U8] = (0, 0, 0, 0)
         cds.write_colormap(1, cmap)
     outs = []

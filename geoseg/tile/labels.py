@@ -41,6 +41,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from scipy import ndimage
 
+from geoseg.classes import BOUNDARY_NAME, ClassTable
 from geoseg.errors import LabelsError
 from geoseg.grid import Grid
 from geoseg.io.dates import parse_date
@@ -49,12 +50,6 @@ from geoseg.io.vectors import clean_polygons, read_vector, require_field, to_crs
 log = logging.getLogger(__name__)
 
 IGNORE = 255
-PALETTE = (
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
-    "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000",
-)  # fmt: skip
-BACKGROUND_COLOR = "#000000"
-BOUNDARY_COLOR = "#ffff00"
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,12 +87,8 @@ class Labels:
 
 def class_table(class_names: Sequence[str], boundary: bool) -> list[dict[str, Any]]:
     """``classes`` list for dataset.json: id 0 background, 1..K the names, then the boundary."""
-    out = [{"id": 0, "name": "background", "color": BACKGROUND_COLOR}]
-    for i, name in enumerate(class_names, start=1):
-        out.append({"id": i, "name": name, "color": PALETTE[(i - 1) % len(PALETTE)]})
-    if boundary:
-        out.append({"id": len(class_names) + 1, "name": "boundary", "color": BOUNDARY_COLOR})
-    return out
+    names = ["background", *class_names] + ([BOUNDARY_NAME] if boundary else [])
+    return ClassTable.of(names, len(class_names) + 1 if boundary else None).to_json()
 
 
 def read_labels(

@@ -16,7 +16,8 @@ import pandas as pd
 import shapely
 from rasterio.crs import CRS
 
-from geoseg.qgis import hex_rgb, style_gpkg
+from geoseg.classes import hex_rgb
+from geoseg.qgis import style_gpkg
 from geoseg.tile.work import HIST_DTYPES, ExtractResult
 
 KIND_COLORS = {"positive": "#e41a1c", "hard_negative": "#ff7f00", "easy_negative": "#377eb8"}

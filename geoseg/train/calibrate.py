@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from geoseg.classes import ClassTable
 from geoseg.postprocess import DEFAULTS, MIN_OBJECT_PX, derived_min_area_m2
 from geoseg.vectorize import grow_markers, label_instances
 
@@ -163,7 +164,7 @@ def calibrate(
     grid = grid or CalibrationGrid()
     bnd = model_cfg.get("boundary_class")
     ignore_index = int(model_cfg.get("ignore_index", 255))
-    fg = [int(c["id"]) for c in model_cfg["classes"] if int(c["id"]) not in (0, bnd)]
+    fg = list(ClassTable.from_model_config(model_cfg).foreground)
     res = model_cfg.get("resolution_m")
     px_m2 = float(res) ** 2 if res else 0.0
     base_area, area_source = derived_min_area_m2(model_cfg.get("objects"), res, fg)

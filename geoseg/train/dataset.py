@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from geoseg.classes import ClassTable
 from geoseg.config import read_json
 from geoseg.errors import InputError, InputNotFoundError, first_line
 
@@ -54,19 +55,8 @@ def _classes(info: dict[str, Any], source: Path) -> tuple[list[dict[str, Any]], 
     raw = info.get("classes")
     if not isinstance(raw, list) or not raw:
         raise InputError(f"{source}: dataset.json has no 'classes' list; re-run geoseg tile")
-    classes: list[dict[str, Any]] = [
-        {"id": int(c["id"]), "name": str(c["name"]), "color": str(c.get("color", "#888888"))} for c in raw
-    ]
-    ids = {c["id"] for c in classes}
-    if 0 not in ids:
-        classes.insert(0, {"id": 0, "name": "background", "color": "#000000"})
-    boundary = info.get("boundary_class")
-    boundary = int(boundary) if boundary is not None else None
-    if boundary is not None and boundary not in {c["id"] for c in classes}:
-        classes.append({"id": boundary, "name": "boundary", "color": "#ffff00"})
-    classes.sort(key=lambda c: c["id"])
-    num_classes = max(c["id"] for c in classes) + 1
-    return classes, num_classes, boundary
+    table = ClassTable.from_dataset_json(info)
+    return table.to_json(), table.num_classes, table.boundary
 
 
 def read_dataset(path: str | Path) -> DatasetInfo:

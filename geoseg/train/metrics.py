@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from geoseg.classes import ClassTable
+
 
 def confusion_matrix(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
@@ -52,7 +54,7 @@ def class_scores(cm: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
 
 def score_classes(num_classes: int, boundary_class: int | None) -> list[int]:
     """Class ids averaged into the selection mIoU: all but background (0) and the boundary class (if any)."""
-    ids = [i for i in range(num_classes) if i != 0 and i != boundary_class]
+    ids = list(ClassTable.of([{"id": i} for i in range(num_classes)], boundary_class).foreground)
     return ids or list(range(num_classes))
 
 
