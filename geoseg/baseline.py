@@ -138,9 +138,9 @@ def run(config: BaselineConfig) -> dict[str, Any]:
     """Fit, predict and evaluate the colour baseline; returns the evaluation result."""
     from geoseg import evaluate
     from geoseg.config import write_json
+    from geoseg.modeldir import read_model_config
     from geoseg.predict.run import PredictConfig
     from geoseg.predict.run import run as predict_run
-    from geoseg.train.model import read_model_config
 
     mcfg = read_model_config(config.model)
     mean = np.asarray(mcfg["normalisation"]["mean"], np.float32)

@@ -350,7 +350,7 @@ def export(
     """Export a trained model (ONNX: dynamic batch and size, config embedded and in OUT.json), checked vs PyTorch."""
     from geoseg.errors import ConfigError
     from geoseg.export import FORMATS, export_onnx
-    from geoseg.train.model import resolve_model_dir
+    from geoseg.modeldir import resolve_model_dir
 
     if format_.lower() not in FORMATS:
         raise ConfigError(f"--format {format_!r}: use one of {', '.join(FORMATS)}")

@@ -109,7 +109,7 @@ def export_onnx(
     import onnx
     import torch
 
-    from geoseg.train.model import load_model, resolve_model_dir
+    from geoseg.modeldir import load_model, resolve_model_dir
 
     if opset < 13:
         raise ConfigError(f"--opset {opset}: use 13 or newer")

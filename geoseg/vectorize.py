@@ -915,7 +915,7 @@ def read_prediction_classes(raster: Path, model: Path | None = None) -> tuple[li
 
     raster = Path(raster)
     if model is not None:
-        from geoseg.train.model import read_model_config
+        from geoseg.modeldir import read_model_config
 
         cfg = read_model_config(model)
         table = ClassTable.from_model_config(cfg)
@@ -1067,7 +1067,7 @@ def _resolve_post(
     config: VectorizeConfig, raster: Path, tags: dict[str, str], classes: list[dict], boundary: int | None
 ) -> PostProcess:
     """Post-processing for an existing prediction: options > its model's config > the raster's grid."""
-    from geoseg.train.model import read_model_config
+    from geoseg.modeldir import read_model_config
 
     mcfg: dict[str, Any] = {}
     for src in (config.model, tags.get("model")):

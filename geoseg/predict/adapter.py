@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 
 def cached_model(model_dir: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``load_model`` once per (model, device) per process (dask workers reuse it across tasks)."""
-    from geoseg.train.model import load_model
+    from geoseg.modeldir import load_model
 
     key = (str(Path(model_dir).resolve()), str(device))
     with _LOCK:

@@ -282,7 +282,7 @@ class _Prepared:
 
 def _prepare(cfg: PredictConfig) -> _Prepared:
     """Validate every input before anything is written (bad input -> one-line GeosegError)."""
-    from geoseg.train.model import read_model_config, resolve_model_dir
+    from geoseg.modeldir import read_model_config, resolve_model_dir
 
     cfg.validate()
     out = Path(cfg.out)
@@ -537,7 +537,7 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
         if prep.onnx is not None:
             cached_session(str(prep.onnx), resolve_device(cfg.device))  # unloadable file fails before writing
         else:
-            from geoseg.train.model import load_model
+            from geoseg.modeldir import load_model
 
             load_model(prep.model_dir, "cpu")  # validate the weights before writing anything
     elif predict_fn is None and not distributed:
@@ -545,8 +545,8 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
 
         cached_model(str(prep.model_dir), resolve_device(cfg.device))  # unreadable weights fail before writing
     elif predict_fn is None:
+        from geoseg.modeldir import load_model
         from geoseg.predict.adapter import resolve_device
-        from geoseg.train.model import load_model
 
         load_model(prep.model_dir, "cpu")  # validate the weights before writing anything
         resolve_device(cfg.device)

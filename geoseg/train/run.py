@@ -129,7 +129,7 @@ class TrainResult:
 
 
 def model_config(cfg: TrainConfig, ds: DatasetInfo, weights_info: dict[str, Any]) -> dict[str, Any]:
-    """The model-directory ``config.json`` payload (contract in geoseg.train.model) for this run."""
+    """The model-directory ``config.json`` payload (contract in geoseg.modeldir) for this run."""
     info = ds.info
     return {
         "arch": cfg.arch.lower(),

@@ -69,7 +69,7 @@ def test_older_model_without_checksum_loads(model_dir: Path, tmp_path: Path, cap
     cfg = json.loads((model_dir / "config.json").read_text())
     del cfg["weights_sha256"]
     old = _copy(model_dir, tmp_path / "old", cfg)
-    with caplog.at_level(logging.DEBUG, logger="geoseg.train.model"):
+    with caplog.at_level(logging.DEBUG, logger="geoseg.modeldir"):
         load_model(old)
     assert "not verified" in caplog.text
 
