@@ -31,6 +31,8 @@ __all__ = [
     "PALETTE",
     "ClassEntry",
     "ClassTable",
+    "ClassesLike",
+    "as_class_dicts",
     "default_color",
     "hex_rgb",
 ]
@@ -206,3 +208,12 @@ class ClassTable:
     def to_tags(self) -> dict[str, str]:
         """The class tags ``geoseg predict`` writes on ``classes.tif`` (colours go in its colour table)."""
         return {_TAG_NAMES: json.dumps(self.names)}
+
+
+#: what functions taking ``classes`` accept: a table or its ``list[dict]`` form
+ClassesLike = ClassTable | Sequence[Mapping[str, Any]]
+
+
+def as_class_dicts(classes: ClassesLike) -> list[dict[str, Any]]:
+    """The ``list[dict]`` form of ``classes`` (a table's :meth:`ClassTable.to_json`; dicts as given)."""
+    return classes.to_json() if isinstance(classes, ClassTable) else [dict(c) for c in classes]

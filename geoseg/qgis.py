@@ -21,7 +21,7 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 
-from geoseg.classes import ClassTable, default_color, hex_rgb
+from geoseg.classes import ClassesLike, ClassTable, as_class_dicts, default_color, hex_rgb
 
 __all__ = [
     "classes_qml",
@@ -130,9 +130,10 @@ def _classes_pipe(classes: Sequence[dict[str, Any]], opacity: float = 1.0) -> ET
     return pipe
 
 
-def classes_qml(classes: Sequence[dict[str, Any]], opacity: float = 0.5) -> str:
+def classes_qml(classes: ClassesLike, opacity: float = 0.5) -> str:
     """Paletted (unique values) style for ``classes.tif``: class colours and names, background clear,
     half transparent so imagery and instance outlines show through."""
+    classes = as_class_dicts(classes)
     root = _qgis_root()
     root.append(_classes_pipe(classes, opacity))
     _sub(root, "blendMode", "0")
@@ -154,12 +155,15 @@ def _probability_pipe(cls: dict[str, Any], band: int) -> ET.Element:
     return pipe
 
 
-def probability_qml(classes: Sequence[dict[str, Any]], boundary_class: int | None = None) -> str:
+def probability_qml(classes: ClassesLike, boundary_class: int | None = None) -> str:
     """Pseudocolour style for ``probabilities.tif`` showing the first foreground class probability.
 
     The ramp runs over probabilities 0..1 (QGIS applies the GDAL scale 1/254 of the uint8 file;
     float files hold 0..1): transparent at 0, the class colour at 1.
     """
+    if boundary_class is None and isinstance(classes, ClassTable):
+        boundary_class = classes.boundary
+    classes = as_class_dicts(classes)
     fg = _foreground(classes, boundary_class) or [c for c in classes if int(c["id"]) != 0]
     cls = fg[0]
     root = _qgis_root()
@@ -176,7 +180,7 @@ def _atomic_write_text(path: Path, text: str) -> Path:
 
 
 def write_raster_styles(
-    classes_tif: Path, probabilities_tif: Path, classes: list[dict], *, boundary_class: int | None = None
+    classes_tif: Path, probabilities_tif: Path, classes: ClassesLike, *, boundary_class: int | None = None
 ) -> list[Path]:
     """Write ``classes.qml`` and ``probabilities.qml`` next to the rasters (QGIS loads them on open)."""
     out = []
@@ -206,9 +210,10 @@ def _instances_renderer(classes: Sequence[dict[str, Any]], attr: str = "class") 
     return rend
 
 
-def instances_qml(classes: Sequence[dict[str, Any]], attr: str = "class") -> str:
+def instances_qml(classes: ClassesLike, attr: str = "class") -> str:
     """Categorized style for instance polygons: one category per foreground class (its name in
     ``attr``), semi-transparent fill in the class colour, opaque outline."""
+    classes = as_class_dicts(classes)
     root = _qgis_root()
     root.append(_instances_renderer(classes, attr))
     _sub(root, "blendMode", "0")
@@ -280,7 +285,7 @@ CREATE TABLE IF NOT EXISTS layer_styles (
 def style_gpkg(
     gpkg: Path,
     layer: str,
-    classes: list[dict],
+    classes: ClassesLike,
     *,
     qml: str | None = None,
     sld: str = "",
@@ -294,7 +299,7 @@ def style_gpkg(
     becomes the layer's only default. The table is registered in ``gpkg_contents`` as
     ``attributes`` (as QGIS does) so the file stays a valid GeoPackage.
     """
-    gpkg = Path(gpkg)
+    gpkg, classes = Path(gpkg), as_class_dicts(classes)
     name = style_name or layer
     qml_text = qml if qml is not None else instances_qml(classes)
     sld_text = sld if (sld or qml is not None) else _instances_sld(classes, layer)

@@ -70,7 +70,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from geoseg.classes import ClassTable
+from geoseg.classes import ClassesLike, ClassTable, as_class_dicts
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
@@ -679,7 +679,7 @@ def vectorize_prediction(
     probabilities: Path,
     out_gpkg: Path,
     *,
-    classes: list[dict],
+    classes: ClassesLike,
     boundary_class: int | None,
     threshold: float = 0.5,
     min_area_m2: float = 0.0,
@@ -714,9 +714,11 @@ def vectorize_prediction(
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"threshold {threshold} must be between 0 and 1")
     halo = int(halo if halo is not None else min(64, max(16, block_size // 8)))
+    table = ClassTable.of(classes, boundary_class)
+    classes, boundary_class = as_class_dicts(classes), table.boundary
     ids = {int(c["id"]) for c in classes}
     names = {int(c["id"]): str(c["name"]) for c in classes}
-    fg = list(ClassTable.of(classes, boundary_class).foreground)
+    fg = list(table.foreground)
     if not fg:
         raise ConfigError(f"{probabilities}: no foreground class among {sorted(names.values())}")
     reg_ids = regularize_class_ids(regularize, classes, boundary_class, what=str(probabilities))
@@ -843,7 +845,7 @@ def _vectorize_block(
 
 
 def regularize_class_ids(
-    names: tuple[str, ...] | str, classes: list[dict], boundary_class: int | None, *, what: str
+    names: tuple[str, ...] | str, classes: ClassesLike, boundary_class: int | None, *, what: str
 ) -> frozenset[int]:
     """Ids of the object classes named in ``names`` (``--regularize``); unknown names -> ConfigError."""
     names = (names,) if isinstance(names, str) else tuple(names)
@@ -882,7 +884,7 @@ def _regularize_pixels(
     return shapely.transform(out, lambda xy: xy / scale)
 
 
-def write_instances(gdf: gpd.GeoDataFrame, out_gpkg: Path, *, classes: list[dict], style: bool = True) -> Path:
+def write_instances(gdf: gpd.GeoDataFrame, out_gpkg: Path, *, classes: ClassesLike, style: bool = True) -> Path:
     """Write ``gdf`` as layer ``instances`` atomically (temp name + rename), styled for QGIS."""
     out_gpkg = Path(out_gpkg)
     out_gpkg.parent.mkdir(parents=True, exist_ok=True)
@@ -966,8 +968,9 @@ def read_prediction_classes(raster: Path, model: Path | None = None) -> tuple[li
             pass
     if count > 1:
         names = [d or ("background" if i == 0 else f"class{i}") for i, d in enumerate(desc)]
-        bc = next((i for i, n in enumerate(names) if n.lower() == "boundary"), None)
-        return _norm_classes([{"id": i, "name": n, "color": colors.get(i)} for i, n in enumerate(names)]), bc
+        banded = ClassTable.of([{"id": i, "name": n, "color": colors.get(i)} for i, n in enumerate(names)],
+                               infer_boundary=True)  # fmt: skip
+        return banded.to_json(), banded.boundary
     if cmap:
         ids = [i for i, rgba in cmap.items() if i < 255 and (i == 0 or any(rgba[:3]))]
         return _norm_classes([{"id": i, "name": "background" if i == 0 else f"class{i}"} for i in ids]), None

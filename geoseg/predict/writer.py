@@ -14,7 +14,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import rasterio
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window
 
-from geoseg.classes import ClassTable, hex_rgb
+from geoseg.classes import ClassesLike, ClassTable, as_class_dicts, hex_rgb
 from geoseg.grid import Grid
 from geoseg.predict.stitch import NODATA_U8, RowsOut
 
@@ -131,7 +131,7 @@ def assemble_cogs(
     grid: Grid,
     out_dir: str | Path,
     *,
-    classes: Sequence[dict[str, Any]],
+    classes: ClassesLike,
     float_output: bool,
     tags: dict[str, str],
     compress: str = "ZSTD",
@@ -144,8 +144,8 @@ def assemble_cogs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    table, classes = ClassTable.of(classes), as_class_dicts(classes)
     k = len(classes)
-    table = ClassTable.of(classes)
     base: dict[str, Any] = {
         "driver": "GTiff",
         "width": grid.width,

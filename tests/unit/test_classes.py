@@ -88,3 +88,15 @@ def test_tags_without_class_names_and_bad_tables():
         ClassTable.of([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}])
     with pytest.raises(ConfigError, match="boundary class 5"):
         ClassTable.of([{"id": 0, "name": "background"}], 5)
+
+
+def test_functions_taking_classes_accept_a_table():
+    from geoseg.qgis import classes_qml, instances_qml, probability_qml
+
+    info = {"classes": class_table(["building", "tree"], True), "boundary_class": 3}
+    t = ClassTable.from_dataset_json(info)
+    rows = info["classes"]
+    assert classes_qml(t) == classes_qml(rows)
+    assert instances_qml(t) == instances_qml(rows)
+    assert probability_qml(t) == probability_qml(rows, 3)
+    assert 'value="building"' in instances_qml(t) and 'value="boundary"' not in instances_qml(t)
