@@ -5,28 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from geoseg.classes import BOUNDARY_COLOR, PALETTE, ClassTable, default_color
 from geoseg.errors import ConfigError
+from geoseg.grid import Grid
+from geoseg.predict.stitch import RowsOut
+from geoseg.predict.writer import ChunkStore, assemble_cogs
 from geoseg.qgis import _foreground
 from geoseg.tile.labels import class_table
 from geoseg.train.metrics import score_classes
 from geoseg.vectorize import read_prediction_classes
 
 
-def _write_classes_tif(path, table: ClassTable) -> None:
-    """A classes.tif as geoseg predict writes it: CLASS_NAMES tag + colour table (writer.py)."""
-    from geoseg.classes import hex_rgb
-
-    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8", "nodata": 255,
-               "crs": "EPSG:32633", "transform": from_origin(500000, 6000000, 1, 1)}  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(np.zeros((1, 4, 4), np.uint8))
-        ds.update_tags(MODEL="/nowhere", **table.to_tags())
-        cmap = {i: (*hex_rgb(c), 255) for i, c in table.colors.items()}
-        cmap[255] = (0, 0, 0, 0)
-        ds.write_colormap(1, cmap)
+def _write_classes_tif(out_dir, table: ClassTable):
+    """classes.tif written by geoseg predict's own writer (tags + colour table) from one row chunk."""
+    grid = Grid(CRS.from_epsg(32633), from_origin(500000, 6000000, 1, 1), 8, 8)
+    store = ChunkStore(out_dir / "work")
+    k = table.num_classes
+    store.write(RowsOut(0, 0, np.zeros((k, 8, 8), np.uint8), np.zeros((8, 8), np.uint8)))
+    _, cls_tif = assemble_cogs(store, grid, out_dir, classes=table, float_output=False, tags={"MODEL": "/nowhere"})
+    return cls_tif
 
 
 @pytest.mark.parametrize("boundary", [True, False])
@@ -40,8 +40,7 @@ def test_round_trip_dataset_model_tags(tmp_path, boundary):
     model_cfg = {"classes": ds_table.to_json(), "boundary_class": ds_table.boundary, "num_classes": 4}
     m_table = ClassTable.from_model_config(model_cfg)
     assert m_table == ds_table
-    tif = tmp_path / "classes.tif"
-    _write_classes_tif(tif, m_table)
+    tif = _write_classes_tif(tmp_path, m_table)
     with rasterio.open(tif) as src:
         colors = {i: "#{:02x}{:02x}{:02x}".format(*rgba[:3]) for i, rgba in src.colormap(1).items() if i < 255}
         t_table = ClassTable.from_tags(src.tags(), colors)
