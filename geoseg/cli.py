@@ -230,7 +230,15 @@ def train(
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 1e-4,
     loss: Annotated[str, typer.Option(help="ce | focal | dice (ce/focal get + dice-weight x Dice).")] = "ce",
     dice_weight: Annotated[float, typer.Option("--dice-weight", help="Weight of the Dice term; 0 = off.")] = 1.0,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Flips, rotations, affine, B/C.")] = True,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augment training tiles.")] = True,
+    augment_recipe: Annotated[
+        str,
+        typer.Option("--augment-recipe", help="basic (flips, rotations, mild affine, brightness/contrast) | colour "
+                     "(+ per-band gain/offset, hue/saturation) | scale (+ scale jitter x0.5..x2) | full (both)."),
+    ] = "basic",
+    channel_shuffle: Annotated[
+        bool, typer.Option("--channel-shuffle/--no-channel-shuffle", help="Add random band permutation.")
+    ] = False,
     balance_kinds: Annotated[
         bool, typer.Option("--balance-kinds", help="Sample positive/hard/easy-negative tiles equally often.")
     ] = False,
@@ -266,7 +274,8 @@ def train(
     cfg = TrainConfig(
         dataset=dataset, out=out, arch=arch, encoder=encoder, weights=weights, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, dice_weight=dice_weight,
-        augment=augment, balance_kinds=balance_kinds, max_steps_per_epoch=max_steps_per_epoch, device=device,
+        augment=augment, augment_recipe=augment_recipe, channel_shuffle=channel_shuffle, balance_kinds=balance_kinds,
+        max_steps_per_epoch=max_steps_per_epoch, device=device,
         amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, keep=keep,
         calibrate=calibrate, resume=resume,
         overwrite=overwrite, progress=progress,

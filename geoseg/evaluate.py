@@ -754,7 +754,7 @@ def _open_probabilities(classes_tif: Path, ds: rasterio.DatasetReader) -> raster
     try:
         pds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{path}: not a readable raster ({str(e).splitlines()[0]})") from None
+        raise RasterReadError(f"{path}: not a readable raster ({first_line(e)})") from None
     if (pds.width, pds.height) != (ds.width, ds.height) or not pds.transform.almost_equals(ds.transform):
         pds.close()
         raise InputError(f"{path}: not on the grid of {classes_tif} (size or transform differ)")

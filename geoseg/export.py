@@ -27,7 +27,7 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import read_json, write_json
-from geoseg.errors import ConfigError, InputNotFoundError, ModelError
+from geoseg.errors import ConfigError, InputNotFoundError, ModelError, first_line
 
 DEFAULT_OPSET = 17
 FORMATS = ("onnx",)
@@ -74,7 +74,7 @@ def onnx_session(path: str | Path, device: str = "cpu") -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as e:  # onnxruntime raises its own (untyped) exceptions
-        raise ModelError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
 
 
 def read_onnx_config(path: str | Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+import shapely.errors
 from shapely.geometry import LinearRing, Polygon
 
 __all__ = ["regularize_polygons"]
@@ -71,11 +72,14 @@ def regularize_polygons(
     ok = np.array([c is not None for c in cand], bool)
     if ok.any():
         c, g = cand[ok], arr[idx[ok]]
-        good = shapely.is_valid(c) & (shapely.get_type_id(c) == 3)
-        inter = shapely.area(shapely.intersection(c, g))
-        union = shapely.area(shapely.union(c, g))
+        # (overlay operations on an invalid geometry raise a TopologyException: only valid pairs are compared)
+        good = shapely.is_valid(c) & (shapely.get_type_id(c) == 3) & shapely.is_valid(g)
+        inter, union, shift = np.zeros(len(c)), np.zeros(len(c)), np.full(len(c), np.inf)
+        if good.any():
+            inter[good] = shapely.area(shapely.intersection(c[good], g[good]))
+            union[good] = shapely.area(shapely.union(c[good], g[good]))
+            shift[good] = shapely.hausdorff_distance(c[good], g[good])
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        shift = shapely.hausdorff_distance(c, g)
         good &= (iou >= min_iou) & (shift <= max_shift_px * pixel_size)
         sel = idx[ok][good]
         out[sel] = c[good]
@@ -310,17 +314,19 @@ def _remove_overlaps(out: np.ndarray, orig: np.ndarray, prio: np.ndarray, change
     pairs = {(min(i, j), max(i, j)) for i, j in zip(a.tolist(), b.tolist(), strict=True) if i != j}
     eps = 1e-6 * px * px
     for i, j in sorted(pairs):
-        gi, gj = out[i], out[j]
-        if shapely.area(shapely.intersection(gi, gj)) <= eps:
-            continue
         win, lose = (i, j) if prio[i] >= prio[j] else (j, i)
-        rest = _largest(shapely.difference(out[lose], out[win]))
-        if rest is None:  # swallowed: keep the input outline, the neighbour gives way
-            out[lose] = orig[lose]
-            rest_w = _largest(shapely.difference(out[win], out[lose]))
-            out[win] = rest_w if rest_w is not None else orig[win]
-        else:
-            out[lose] = rest
+        try:
+            if shapely.area(shapely.intersection(out[i], out[j])) <= eps:
+                continue
+            rest = _largest(shapely.difference(out[lose], out[win]))
+            if rest is None:  # swallowed: keep the input outline, the neighbour gives way
+                out[lose] = orig[lose]
+                rest_w = _largest(shapely.difference(out[win], out[lose]))
+                out[win] = rest_w if rest_w is not None else orig[win]
+            else:
+                out[lose] = rest
+        except shapely.errors.GEOSException:  # a degenerate overlay: both keep their input outlines
+            out[i], out[j] = orig[i], orig[j]
 
 
 def _largest(g: Any) -> Polygon | None:

@@ -769,7 +769,7 @@ def vectorize_prediction(
             n = writer.commit()
         finally:
             writer.abort()
-    log.info("%s: %d instance polygons (at most %d objects held at once)", out_gpkg, n, stream.peak_state)
+    log.info("%s: %d instance polygons (at most %d objects pending at a block-row end)", out_gpkg, n, stream.peak_state)
     return n
 
 

@@ -42,7 +42,7 @@ from geoseg.train.losses import LOSSES, build_loss
 from geoseg.train.metrics import class_scores, mean_iou, rank_score, score_classes
 from geoseg.train.model import ARCHS, DEFAULT_ENCODER, build_model, load_model, read_model_config, save_model
 from geoseg.train.report import plot_curves, write_metrics_csv
-from geoseg.train.transforms import build_train_transform
+from geoseg.train.transforms import DEFAULT_RECIPE, RECIPES, build_train_transform, describe
 from geoseg.train.weights import apply_weights
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class TrainConfig:
     dice_weight: float = 1.0
     focal_gamma: float = 2.0
     augment: bool = True
+    augment_recipe: str = DEFAULT_RECIPE  # geoseg.train.transforms.RECIPES
+    channel_shuffle: bool = False
     balance_kinds: bool = False
     max_steps_per_epoch: int | None = None
     device: str = "auto"
@@ -111,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(f"{opt}: invalid value; see geoseg train --help")
         ARCHS[self.arch.lower()]  # unknown names list the valid ones
         LOSSES[self.loss]
+        if self.augment_recipe not in RECIPES:
+            raise ConfigError(f"--augment-recipe {self.augment_recipe!r}: use one of {', '.join(RECIPES)}")
         if self.keep not in ("best", "last"):
             raise ConfigError(f"--keep {self.keep!r}: use best or last")
 
@@ -290,7 +294,12 @@ def _run(cfg: TrainConfig) -> TrainResult:
     nodatas = {sc.get("nodata") for sc in ds.info.get("scenes", [])} - {None}
     nodata = float(next(iter(nodatas))) if len(nodatas) == 1 else None  # NaN is always treated as no data
     common: dict[str, Any] = {"num_classes": ds.num_classes, "ignore_index": ds.ignore_index, "nodata": nodata}
-    tf = build_train_transform(ignore_index=ds.ignore_index, seed=cfg.seed + rt.rank) if cfg.augment else None
+    tf = None
+    if cfg.augment:
+        tf = build_train_transform(
+            cfg.augment_recipe, mean=ds.mean, std=ds.std, channel_shuffle=cfg.channel_shuffle,
+            ignore_index=ds.ignore_index, seed=cfg.seed + rt.rank,
+        )  # fmt: skip
     train_ds = TileDataset(ds.zarr_path, ds.train_rows, ds.mean, ds.std, transform=tf, **common)
     val_ds = TileDataset(ds.zarr_path, ds.val_rows, ds.mean, ds.std, **common)
     per_epoch = None
@@ -347,6 +356,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
             "classes": ds.classes,
         },
         "weights": weights_info,
+        "augmentation": describe(tf, cfg.augment_recipe, cfg.channel_shuffle),
         "score": {"name": "mIoU", "class_ids": ids, "definition": "mean validation IoU over these class ids"},
     }
     if rt.is_main:

@@ -133,3 +133,16 @@ def test_regularize_unknown_class_and_cli(synth, tmp_path, capsys):
     g = gpd.read_file(out, layer="instances").geometry.iloc[0]
     assert len(_corner_turns(g)) == 4
     assert "building" in (tmp_path / "cli.json").read_text()
+
+
+def test_invalid_and_degenerate_inputs_never_raise() -> None:
+    """Overlay operations on invalid geometry raise GEOS TopologyExceptions; such inputs come back as they were."""
+    from shapely.geometry import Polygon as P
+
+    bowtie = P([(0, 0), (10, 10), (10, 0), (0, 10)])  # self-intersecting: invalid
+    square = P([(20, 0), (32, 0), (32, 12), (20, 12)])
+    touching = P([(32, 0), (44, 0), (44, 12), (32, 12)])
+    out = regularize_polygons(np.array([bowtie, square, touching], dtype=object), pixel_size=1.0)
+    assert out[0] is bowtie
+    assert out[1].is_valid and out[2].is_valid
+    assert out[1].intersection(out[2]).area <= 1e-6
