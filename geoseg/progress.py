@@ -61,6 +61,7 @@ class LineProgress:
         self.file, self.interval, self.step, self.clock = file, interval, step, clock
         self.n = 0
         self.postfix = ""
+        self.shown = ""  # the postfix of the last line written
         self.t0 = self.last_t = clock()
         self.last_frac = 0.0
         self.lines = 0
@@ -80,6 +81,9 @@ class LineProgress:
         items = {**(ordered_dict or {}), **kw}
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = str(s)
+
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         self.desc = desc or self.desc
 
@@ -90,7 +94,8 @@ class LineProgress:
         if self.closed:
             return
         self.closed = True
-        if self.n and (not self.total or self.n < self.total or self.lines == 0):
+        # a last line when the bar did not end on one, or when its postfix changed since (e.g. val scores)
+        if self.n and (not self.total or self.n < self.total or self.lines == 0 or self.postfix != self.shown):
             self._emit(self.clock(), done=True)
 
     def __iter__(self) -> Iterator[Any]:
@@ -125,6 +130,7 @@ class LineProgress:
         stream.flush()
         self.lines += 1
         self.last_t = now
+        self.shown = self.postfix
 
 
 def tqdm(iterable: Iterable[Any] | None = None, *args: Any, **kw: Any) -> Any:

@@ -54,3 +54,20 @@ def test_line_progress_every_10_percent_or_interval() -> None:
     slow.close()
     lines = buf2.getvalue().splitlines()
     assert 6 <= len(lines) <= 13 and lines[-1].startswith("scan: 60 chunks, 1 chunks/s")
+
+
+def test_line_progress_supports_the_tqdm_calls_geoseg_makes() -> None:
+    """Every bar method a stage calls exists off a terminal too (train's epoch bar uses set_postfix_str)."""
+    buf = io.StringIO()
+    bar = LineProgress(total=4, desc="epoch 1/2", unit="batch", file=buf, interval=1e9)
+    for _ in range(4):
+        bar.update(1)
+        bar.set_postfix(loss="0.5", refresh=False)
+    bar.set_postfix_str("loss=0.5 validating", refresh=True)
+    bar.set_postfix(loss="0.5", val_mIoU="0.9", refresh=True)
+    bar.set_description("epoch 1/2")
+    bar.refresh()
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert lines[-1].startswith("epoch 1/2: 4/4 batch") and "val_mIoU=0.9" in lines[-1]  # the scores get a line
+    assert len(lines) <= 6
