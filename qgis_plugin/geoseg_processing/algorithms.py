@@ -9,6 +9,7 @@ filtered layers, one layer of a multi-layer GeoPackage) are exported to a tempor
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -16,6 +17,7 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingOutputRasterLayer,
@@ -31,6 +33,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
 from .runner import run_geoseg
@@ -54,10 +57,7 @@ def _vector_path(alg, parameters, name, context, feedback):
     if not path:
         return None
     if layer:  # one layer of a multi-layer file: geoseg reads the first layer, so export this one
-        src = alg.parameterAsSource(parameters, name, context)
-        if src is None:
-            raise QgsProcessingException(f"{name}: cannot read the layer")
-        path = alg.parameterAsCompatibleSourceLayerPath(parameters, name, context, ["geojson"], "gpkg", feedback)
+        path = alg.parameterAsCompatibleSourceLayerPath(parameters, name, context, ["fgb"], "gpkg", feedback)
         if "|" in path:
             raise QgsProcessingException(f"{name}: {path}: cannot export the layer for geoseg")
     return path
@@ -73,6 +73,30 @@ def _raster_path(layer):
     return src
 
 
+class _DefaultStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies a loaded result layer's own style (classes.qml beside classes.tif, the default style stored
+    in instances.gpkg / the error map): Processing loads result layers without their default style."""
+
+    def postProcessLayer(self, layer, context, feedback):
+        _, ok = layer.loadDefaultStyle()
+        if not ok:
+            feedback.pushInfo(f"{layer.source()}: no stored style; using the Processing default")
+        layer.triggerRepaint()
+
+
+_KEEP = []  # post-processors must outlive the algorithm (the GUI calls them after it returns)
+
+
+def _load_on_completion(context, path, name, output, raster):
+    details = QgsProcessingContext.LayerDetails(name, context.project(), output)
+    details.layerTypeHint = QgsProcessingUtils.LayerHint.Raster if raster else QgsProcessingUtils.LayerHint.Vector
+    pp = _DefaultStyle()
+    _KEEP.append(pp)
+    del _KEEP[:-16]
+    details.setPostProcessor(pp)
+    context.addLayerToLoadOnCompletion(path, details)
+
+
 def _fail(what, rc, errors):
     last = errors[-1] if errors else f"exit code {rc}"
     raise QgsProcessingException(f"geoseg {what} failed (exit {rc}): {last}")
@@ -82,10 +106,10 @@ class _Base(QgsProcessingAlgorithm):
     def group(self):
         return "geoseg"
 
-    def groupId(self):  # noqa: N802
+    def groupId(self):
         return "geoseg"
 
-    def createInstance(self):  # noqa: N802
+    def createInstance(self):
         return type(self)()
 
 
@@ -96,10 +120,10 @@ class PredictBuildingsAlgorithm(_Base):
     def name(self):
         return "predict"
 
-    def displayName(self):  # noqa: N802
+    def displayName(self):
         return "Predict buildings"
 
-    def shortHelpString(self):  # noqa: N802
+    def shortHelpString(self):
         return (
             "Runs <b>geoseg predict</b> (the executable set in Processing options > Providers > geoseg) on a scene "
             "over an area of interest (a polygon layer, else an extent) with a trained geoseg model folder. "
@@ -107,7 +131,7 @@ class PredictBuildingsAlgorithm(_Base):
             "into the output folder; from the GUI the styled instances and classes are added to the project."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.SCENE, "Scene (GeoTIFF)"))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
@@ -120,8 +144,13 @@ class PredictBuildingsAlgorithm(_Base):
                                                      behavior=QgsProcessingParameterFile.Folder))  # fmt: skip
         advanced = [
             QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, cuda:N)", defaultValue="auto"),
-            QgsProcessingParameterNumber(self.TILE_SIZE, "Window size in pixels (blank: the model's)",
-                                         QgsProcessingParameterNumber.Integer, optional=True, minValue=16),  # fmt: skip
+            QgsProcessingParameterNumber(
+                self.TILE_SIZE,
+                "Window size in pixels (blank: the model's)",
+                QgsProcessingParameterNumber.Integer,
+                optional=True,
+                minValue=16,
+            ),
             QgsProcessingParameterBoolean(self.TTA, "Test-time augmentation (8x slower)", defaultValue=False),
             QgsProcessingParameterString(self.EXTRA, "Further geoseg predict options", optional=True),
         ]
@@ -129,13 +158,15 @@ class PredictBuildingsAlgorithm(_Base):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Prediction folder"))
-        self.addOutput(QgsProcessingOutputVectorLayer("INSTANCES", "Building polygons", QgsProcessing.TypeVectorPolygon))
+        self.addOutput(
+            QgsProcessingOutputVectorLayer("INSTANCES", "Building polygons", QgsProcessing.TypeVectorPolygon)
+        )
         self.addOutput(QgsProcessingOutputRasterLayer("CLASSES", "Classes"))
         self.addOutput(QgsProcessingOutputRasterLayer("PROBABILITIES", "Probabilities"))
         self.addOutput(QgsProcessingOutputFile("PROJECT", "QGIS project of the prediction"))
         self.addOutput(QgsProcessingOutputNumber("POLYGONS", "Number of polygons"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def processAlgorithm(self, parameters, context, feedback):
         scene = self.parameterAsRasterLayer(parameters, self.SCENE, context)
         if scene is None:
             raise QgsProcessingException("SCENE: no raster layer given")
@@ -148,7 +179,9 @@ class PredictBuildingsAlgorithm(_Base):
             args += ["--aoi", aoi]
         elif parameters.get(self.EXTENT) not in (None, ""):
             crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-            if not crs.isValid() or not crs.authid():
+            if not crs.isValid():  # an extent given without CRS (and no project CRS): the scene's
+                crs = scene.crs()
+            if not crs.isValid() or not crs.authid():  # a custom CRS has no code geoseg can parse
                 crs = QgsCoordinateReferenceSystem("EPSG:4326")
             r = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
             args += ["--bbox", f"{r.xMinimum()!r},{r.yMinimum()!r},{r.xMaximum()!r},{r.yMaximum()!r},{crs.authid()}"]
@@ -185,9 +218,8 @@ class PredictBuildingsAlgorithm(_Base):
         # the GUI loads these when the algorithm finishes (qgis_process ignores it); the styles come with
         # the files: classes.qml beside classes.tif, the default style stored in instances.gpkg
         stem = Path(_raster_path(scene)).stem
-        for key, name in (("CLASSES", f"{stem} classes"), ("INSTANCES", f"{stem} buildings")):
-            details = QgsProcessingContext.LayerDetails(name, context.project(), key)
-            context.addLayerToLoadOnCompletion(res[key], details)
+        _load_on_completion(context, res["CLASSES"], f"{stem} classes", "CLASSES", raster=True)
+        _load_on_completion(context, res["INSTANCES"], f"{stem} buildings", "INSTANCES", raster=False)
         return res
 
 
@@ -197,14 +229,14 @@ def _polygon_count(out):
 
         with sqlite3.connect(f"file:{out / 'instances.gpkg'}?mode=ro", uri=True) as con:
             return int(con.execute('SELECT COUNT(*) FROM "instances"').fetchone()[0])
-    except Exception:  # noqa: BLE001 - a count is informative only
+    except Exception:
         return -1
 
 
 class EvaluateAlgorithm(_Base):
     PREDICTION, TRUTH, AOI, CLASS_FIELD, OUTPUT = "PREDICTION", "TRUTH", "AOI", "CLASS_FIELD", "OUTPUT"
     IOU = "IOU"
-    HEADLINE = {  # output name -> (description, path in the metrics JSON)
+    HEADLINE: ClassVar[dict] = {  # output name -> (description, path in the metrics JSON)
         "PIXEL_MEAN_IOU": ("Pixel mean IoU (foreground classes)", ("pixel", "mean_iou")),
         "PIXEL_FOREGROUND_F1": ("Pixel F1, all foreground", ("pixel", "foreground", "f1")),
         "OBJECT_PRECISION": ("Object precision", ("object", "precision")),
@@ -217,23 +249,24 @@ class EvaluateAlgorithm(_Base):
     def name(self):
         return "evaluate"
 
-    def displayName(self):  # noqa: N802
+    def displayName(self):
         return "Evaluate"
 
-    def shortHelpString(self):  # noqa: N802
+    def shortHelpString(self):
         return (
             "Runs <b>geoseg evaluate</b> on a prediction folder (classes.tif + instances.gpkg) against truth "
             "polygons: pixel IoU/F1 per class and one-to-one object precision/recall/F1. Writes the metrics JSON "
             "and a per-tile error map (GeoPackage); returns the headline numbers as outputs."
         )
 
-    def initAlgorithm(self, config=None):  # noqa: N802
+    def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile(self.PREDICTION, "Prediction folder",
                                                      behavior=QgsProcessingParameterFile.Folder))  # fmt: skip
         self.addParameter(QgsProcessingParameterFeatureSource(self.TRUTH, "Truth polygons",
                                                               [QgsProcessing.TypeVectorPolygon]))  # fmt: skip
-        self.addParameter(QgsProcessingParameterFeatureSource(self.AOI, "Evaluate only inside (polygons)",
-                                                              [QgsProcessing.TypeVectorPolygon], optional=True))  # fmt: skip
+        polygons = [QgsProcessing.TypeVectorPolygon]
+        self.addParameter(QgsProcessingParameterFeatureSource(self.AOI, "Evaluate only inside (polygons)", polygons,
+                                                              optional=True))  # fmt: skip
         self.addParameter(QgsProcessingParameterField(self.CLASS_FIELD, "Truth class field (blank: `class` if present)",
                                                       parentLayerParameterName=self.TRUTH, optional=True))  # fmt: skip
         iou = QgsProcessingParameterNumber(self.IOU, "IoU for an object match", QgsProcessingParameterNumber.Double,
@@ -245,7 +278,7 @@ class EvaluateAlgorithm(_Base):
         for key, (desc, _) in self.HEADLINE.items():
             self.addOutput(QgsProcessingOutputNumber(key, desc))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def processAlgorithm(self, parameters, context, feedback):
         pred = self.parameterAsFile(parameters, self.PREDICTION, context)
         truth = _vector_path(self, parameters, self.TRUTH, context, feedback)
         if not truth:
@@ -279,7 +312,5 @@ class EvaluateAlgorithm(_Base):
             if v is not None:
                 feedback.pushInfo(f"{desc}: {v:.4g}" if isinstance(v, float) else f"{desc}: {v}")
         if res["ERROR_MAP"]:
-            context.addLayerToLoadOnCompletion(
-                res["ERROR_MAP"], QgsProcessingContext.LayerDetails("evaluation errors", context.project(), "ERROR_MAP")
-            )
+            _load_on_completion(context, res["ERROR_MAP"], "evaluation errors", "ERROR_MAP", raster=False)
         return res

@@ -10,12 +10,12 @@ class GeosegProcessingPlugin:
         self.iface = iface
         self.provider = None
 
-    def initProcessing(self):  # noqa: N802 (called by qgis_process and by initGui)
+    def initProcessing(self):
         if self.provider is None:
             self.provider = GeosegProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self):  # noqa: N802
+    def initGui(self):
         self.initProcessing()
 
     def unload(self):

@@ -27,15 +27,20 @@ class GeosegProvider(QgsProcessingProvider):
     def name(self):
         return "geoseg"
 
-    def longName(self):  # noqa: N802
+    def longName(self):
         return "geoseg building segmentation"
 
     def load(self):
         if ProcessingConfig is not None:
             ProcessingConfig.settingIcons[self.name()] = self.icon()
             ProcessingConfig.addSetting(
-                Setting(self.name(), SETTING, "geoseg executable (path of the geoseg command of a Python environment)",
-                        default_executable(), valuetype=Setting.FILE)  # fmt: skip
+                Setting(
+                    self.name(),
+                    SETTING,
+                    "geoseg executable (path of the geoseg command of a Python environment)",
+                    default_executable(),
+                    valuetype=Setting.FILE,
+                )
             )
             ProcessingConfig.readSettings()
         self.refreshAlgorithms()
@@ -45,6 +50,6 @@ class GeosegProvider(QgsProcessingProvider):
         if ProcessingConfig is not None:
             ProcessingConfig.removeSetting(SETTING)
 
-    def loadAlgorithms(self):  # noqa: N802
+    def loadAlgorithms(self):
         self.addAlgorithm(PredictBuildingsAlgorithm())
         self.addAlgorithm(EvaluateAlgorithm())
