@@ -177,10 +177,34 @@ Processing.initialize()
 import processing
 sys.path.insert(0, cfg["plugins"])
 import geoseg_processing
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
+from processing.core.ProcessingConfig import ProcessingConfig
 plugin = geoseg_processing.classFactory(None)
 plugin.initProcessing()
+res = {"default_exe": ProcessingConfig.getSetting("GEOSEG_EXECUTABLE"), "layers": {}}
+ProcessingConfig.setSettingValue("GEOSEG_EXECUTABLE", cfg["exe"])  # the Processing option, as in the dialog
+
+
+class CancelAtFirstProgress(QgsProcessingFeedback):
+    errors = []
+    def setProgress(self, p):
+        super().setProgress(p)
+        if p > 0:
+            self.cancel()
+    def reportError(self, msg, fatal=False):
+        self.errors.append(msg)
+        super().reportError(msg, fatal)
+
+
+fb = CancelAtFirstProgress()
+try:
+    processing.run("geoseg:predict", cfg["cancel_params"], feedback=fb)
+    res["cancel"] = "finished"
+except QgsProcessingException as e:
+    res["cancel"] = str(e)
+res["cancel_errors"] = fb.errors
 out = processing.runAndLoadResults("geoseg:predict", cfg["params"])
-res = {"output": out["OUTPUT"], "layers": {}}
+res["output"] = out["OUTPUT"]
 for lay in QgsProject.instance().mapLayers().values():
     d = {"valid": lay.isValid(), "renderer": lay.renderer().type() if lay.renderer() else None}
     if isinstance(lay, QgsVectorLayer):
@@ -204,13 +228,24 @@ def test_predict_loads_styled_layers_like_the_gui(tmp_path, env, scene, model):
     assert b.left < x0 < b.right and b.bottom < y0 < b.top
     pred = tmp_path / "pred"
     params = {"SCENE": str(scene), "EXTENT": ext, "MODEL": str(model), "OUTPUT": str(pred), "DEVICE": "cpu"}
-    cfg = {"plugins": str(ROOT / "qgis_plugin"), "params": params}
+    cancel = {**params, "EXTENT": None, "AOI": str(HOLDOUT), "OUTPUT": str(tmp_path / "cancelled")}
+    cfg = {"plugins": str(ROOT / "qgis_plugin"), "params": params, "cancel_params": cancel,
+           "exe": env["GEOSEG_EXECUTABLE"]}  # fmt: skip
+    # the executable comes from the Processing option only (not the environment), in a fresh profile
+    env = {k: v for k, v in env.items() if k != "GEOSEG_EXECUTABLE"}
+    env["HOME"] = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "gui.py").write_text(GUI)
     r = subprocess.run([SYS_PY, str(tmp_path / "gui.py"), str(tmp_path / "cfg.json")], capture_output=True,
                        text=True, timeout=600, env=env)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
+    assert res["default_exe"] != cfg["exe"]
+    # Cancel stops geoseg (SIGTERM: it reports "terminated") and fails the algorithm; nothing half-written
+    assert res["cancel"] == "cancelled", res
+    assert any("geoseg: terminated" in e for e in res["cancel_errors"]), res
+    assert not (tmp_path / "cancelled" / "classes.tif").exists()
     lays = res["layers"]
     stem = scene.stem
     assert set(lays) == {f"{stem} classes", f"{stem} buildings"}, lays
