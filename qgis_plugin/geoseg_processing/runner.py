@@ -2,8 +2,9 @@
 
 geoseg writes one progress line every few seconds or 10 % when stderr is not a terminal
 (``predict: 40/120 windows, 12 windows/s, eta 7s``, see geoseg/progress.py); those become
-``feedback.setProgress``, ``geoseg: error: ...`` lines become ``feedback.reportError`` and any
-other line goes to the log as is. Cancelling in QGIS terminates the child (SIGTERM, then kill).
+``feedback.setProgress``, ``geoseg: error: ...`` lines become ``feedback.reportError``, ``WARNING``
+log lines warnings, and any other line goes to the log as is; on failure the last stderr line (e.g.
+a traceback's exception) is reported too. Cancelling in QGIS terminates the child (SIGTERM, then kill).
 """
 
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 SETTING = "GEOSEG_EXECUTABLE"
 ENV_VAR = "GEOSEG_EXECUTABLE"
 PROGRESS = re.compile(r"^(?P<stage>[\w.\- ]+): (?P<n>\d+(?:\.\d+)?)/(?P<total>\d+(?:\.\d+)?) ")
+WARNING = re.compile(r"^WARNING\b")
 ERROR = re.compile(r"^geoseg: (error|interrupted|terminated)\b|^(Error|Usage):|Traceback \(most recent call last\)")
 # Environment variables of QGIS's embedded Python that must not leak into geoseg's own interpreter.
 _PY_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE")
@@ -69,7 +71,7 @@ def run_geoseg(executable, args, feedback, stdout_to_log=True):
                threading.Thread(target=_pump, args=(proc.stderr, "err", q), daemon=True)]  # fmt: skip
     for t in threads:
         t.start()
-    out, errors, open_streams, cancelled, stage = [], [], 2, False, None
+    out, errors, open_streams, cancelled, stage, last = [], [], 2, False, None, None
     while open_streams:
         if feedback.isCanceled() and not cancelled:
             cancelled = True
@@ -97,8 +99,12 @@ def run_geoseg(executable, args, feedback, stdout_to_log=True):
         elif ERROR.search(line):
             errors.append(line)
             feedback.reportError(line, False)
+        elif WARNING.match(line) and hasattr(feedback, "pushWarning"):
+            feedback.pushWarning(line)
         else:
             feedback.pushConsoleInfo(line)
+        if line.strip() and not m:
+            last = line
     try:
         rc = proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -108,6 +114,9 @@ def run_geoseg(executable, args, feedback, stdout_to_log=True):
         t.join(timeout=5)
     proc.stdout.close()
     proc.stderr.close()
+    if rc != 0 and last and last not in errors:  # e.g. the last line of a traceback: the actual exception
+        errors.append(last)
+        feedback.reportError(last, False)
     return rc, "\n".join(out), errors
 
 
