@@ -77,7 +77,7 @@ def main() -> None:
                                          aoi=str(args.aoi) if args.aoi else None, instances=str(gpkg),
                                          out=str(step / "eval.json"), model=str(model_dir)))  # fmt: skip
             obj, ms = ev["object"], ev["object"].get("merges_splits", {})
-            fg_iou = [v["iou"] for k, v in ev["pixel"]["per_class"].items() if k not in ("background", "boundary")]
+            fg_iou = [ev["pixel"]["foreground"]["iou"]]
             rows.append({
                 "step": name, "polygons": res["polygons"], "pixel_iou": fg_iou[0] if fg_iou else None,
                 "precision": obj["precision"], "recall": obj["recall"], "f1": obj["f1"],

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import shapely
 
 from geoseg.grid import geodesic_areas_m2
 from geoseg.postprocess import object_area_summary
@@ -28,12 +29,17 @@ def label_object_summary(per_scene: Sequence[SceneLabels], crss: Sequence[Any], 
     """Count and area quantiles (true m²) per class of the labels valid at a scene date.
 
     A label seen by several scenes is counted once (by its instance id, the first scene's
-    geometry). Memory O(number of labels).
+    geometry); with a coverage layer only labels inside the annotated areas count (labels outside
+    are never trained on, e.g. a held-out area). Memory O(number of labels).
     """
     seen: set[int] = set()
     areas: dict[int, list[float]] = {}
     for sl, crs in zip(per_scene, crss, strict=True):
-        sel = np.flatnonzero(sl.valid)
+        inside = sl.valid
+        if sl.coverage is not None:
+            cov = shapely.union_all(sl.coverage) if len(sl.coverage) else shapely.Polygon()
+            inside = inside & shapely.intersects(sl.geoms, cov)
+        sel = np.flatnonzero(inside)
         sel = np.array([i for i in sel.tolist() if int(sl.instance[i]) not in seen], dtype=np.intp)
         if sel.size == 0:
             continue

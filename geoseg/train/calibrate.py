@@ -38,7 +38,14 @@ from geoseg.vectorize import grow_markers, label_instances
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CalibrationGrid", "calibrate", "tile_object_counts", "truth_instances", "val_probabilities"]
+__all__ = [
+    "CalibrationGrid",
+    "calibrate",
+    "mosaic_tiles",
+    "tile_object_counts",
+    "truth_instances",
+    "val_probabilities",
+]
 
 _S4 = ndi.generate_binary_structure(2, 1)
 MIN_TRUTH_OBJECTS = 10  # fewer scored validation objects than this: no calibration (too noisy)
@@ -70,6 +77,44 @@ def val_probabilities(
     if not probs:
         return np.zeros((0, 0, 0, 0), np.uint8), np.zeros((0, 0, 0), np.uint8)
     return np.concatenate(probs), np.concatenate(masks)
+
+
+def mosaic_tiles(
+    probs: np.ndarray, masks: np.ndarray, offsets: np.ndarray, ignore_index: int = 255
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validation tiles stitched back into the areas they came from: ``[(probs uint8 (C, H, W), mask)]``.
+
+    Tiles of one scene whose windows touch or overlap (``offsets``: scene code, row_off, col_off)
+    form one mosaic (probabilities averaged where tiles overlap; pixels no tile covers are ignore),
+    so objects are cut only where the validation area ends, not at every tile edge. Memory: one
+    mosaic (a validation block) at a time on top of the tiles.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n, c, t, _ = probs.shape
+    if n == 0:
+        return []
+    pairs = cKDTree(offsets.astype(float)).query_pairs(r=t, p=np.inf, output_type="ndarray")
+    pairs = pairs[offsets[pairs[:, 0], 0] == offsets[pairs[:, 1], 0]]  # same scene only
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    out = []
+    for k in np.unique(comp):
+        sel = np.flatnonzero(comp == k)
+        r0, c0 = offsets[sel, 1].min(), offsets[sel, 2].min()
+        h, w = int(offsets[sel, 1].max() - r0 + t), int(offsets[sel, 2].max() - c0 + t)
+        acc = np.zeros((c, h, w), np.float32)
+        cnt = np.zeros((h, w), np.float32)
+        mask = np.full((h, w), ignore_index, np.uint8)
+        for i in sel.tolist():
+            r, cc = int(offsets[i, 1] - r0), int(offsets[i, 2] - c0)
+            acc[:, r : r + t, cc : cc + t] += probs[i]
+            cnt[r : r + t, cc : cc + t] += 1
+            mask[r : r + t, cc : cc + t] = masks[i]
+        out.append((np.rint(acc / np.maximum(cnt, 1)).astype(np.uint8), mask))
+    return out
 
 
 def truth_instances(
@@ -149,8 +194,8 @@ def tile_object_counts(
 
 
 def calibrate(
-    probs: np.ndarray,
-    masks: np.ndarray,
+    probs: np.ndarray | Sequence[np.ndarray],
+    masks: np.ndarray | Sequence[np.ndarray],
     *,
     model_cfg: dict[str, Any],
     grid: CalibrationGrid | None = None,
@@ -158,7 +203,8 @@ def calibrate(
 ) -> dict[str, Any]:
     """The ``postprocess`` block for ``config.json``: chosen params, their scores, the default's score.
 
-    ``probs``: uint8 (N, C, T, T) as from :func:`val_probabilities`; ``masks``: (N, T, T). Returns
+    ``probs``: uint8 (N, C, T, T) as from :func:`val_probabilities` (or a list of (C, H, W) mosaics
+    from :func:`mosaic_tiles`); ``masks``: (N, T, T) (or the mosaics' masks). Returns
     ``{"calibrated": False, "reason": ...}`` when the validation split has too few scored objects.
     """
     grid = grid or CalibrationGrid()

@@ -45,6 +45,7 @@ class DatasetInfo:
     train_rows: np.ndarray
     val_rows: np.ndarray
     train_kinds: list[str] = field(default_factory=list)
+    val_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # (scene code, row, col)
 
     @property
     def zarr_path(self) -> Path:
@@ -132,7 +133,16 @@ def read_dataset(path: str | Path) -> DatasetInfo:
         train_rows=rows[train],
         val_rows=rows[val],
         train_kinds=df["kind"].astype(str).to_numpy()[train].tolist(),
+        val_offsets=_offsets(df)[val],
     )
+
+
+def _offsets(df: Any) -> np.ndarray:
+    """(N, 3) int64: scene code, row_off, col_off of each tile (zeros when tiles.gpkg lacks them)."""
+    if not {"scene", "row_off", "col_off"} <= set(df.columns):
+        return np.zeros((len(df), 3), np.int64)
+    codes = np.unique(df["scene"].astype(str).to_numpy(), return_inverse=True)[1]
+    return np.column_stack([codes, df["row_off"].to_numpy(np.int64), df["col_off"].to_numpy(np.int64)])
 
 
 class TileDataset(Dataset):

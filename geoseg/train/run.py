@@ -431,7 +431,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
         if not (out / "model").exists():  # resumed a run whose model/ was deleted: export the checkpoint state
             save_model(out / "model", model, {**mcfg, "epoch": len(history), "val_miou": history[-1]["miou"]})
         if cfg.calibrate:
-            run_info["postprocess"] = _calibrate(out / "model", val_ds, rt, cfg)
+            run_info["postprocess"] = _calibrate(out / "model", val_ds, rt, cfg, ds.val_offsets)
         run_info["timing"] = {"seconds_this_session": round(time.perf_counter() - t_start, 3)}
         _write_reports(out, history, ds.classes, run_info, "complete", best, best_epoch, cfg)
     if rt.distributed:
@@ -441,9 +441,11 @@ def _run(cfg: TrainConfig) -> TrainResult:
     return TrainResult(out, out / "model", len(history), best_epoch, best_miou, history, rt.is_main)
 
 
-def _calibrate(model_dir: Path, val_ds: TileDataset, rt: loop.Runtime, cfg: TrainConfig) -> dict[str, Any]:
+def _calibrate(
+    model_dir: Path, val_ds: TileDataset, rt: loop.Runtime, cfg: TrainConfig, val_offsets: np.ndarray
+) -> dict[str, Any]:
     """Calibrate the kept model's post-processing on the val split; store it in its config.json."""
-    from geoseg.train.calibrate import calibrate, val_probabilities
+    from geoseg.train.calibrate import calibrate, mosaic_tiles, val_probabilities
 
     mcfg = read_model_config(model_dir)
     if len(val_ds) == 0:
@@ -451,6 +453,7 @@ def _calibrate(model_dir: Path, val_ds: TileDataset, rt: loop.Runtime, cfg: Trai
     else:
         model, _ = load_model(model_dir, rt.device)
         rows = np.arange(len(val_ds))
+        offsets = val_offsets if len(val_offsets) == len(rows) else np.zeros((len(rows), 3), np.int64)
         if len(rows) > cfg.calibrate_max_tiles:
             rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.calibrate_max_tiles, replace=False))
         sub = TileDataset(
@@ -459,7 +462,13 @@ def _calibrate(model_dir: Path, val_ds: TileDataset, rt: loop.Runtime, cfg: Trai
         )  # fmt: skip
         t = time.perf_counter()
         probs, masks = val_probabilities(model, sub, rt.device, batch_size=cfg.batch_size)
-        block = calibrate(probs, masks, model_cfg=mcfg, progress=cfg.progress)
+        if offsets[:, 1:].any():  # tiles stitched into their validation areas: objects cut only at area edges
+            areas = mosaic_tiles(probs, masks, offsets[rows], val_ds.ignore_index)
+            probs_in, masks_in = [a for a, _ in areas], [m for _, m in areas]
+        else:
+            probs_in, masks_in = list(probs), list(masks)
+        block = calibrate(probs_in, masks_in, model_cfg=mcfg, progress=cfg.progress)
+        block.update(tiles=len(probs), areas=len(probs_in))
         block["seconds"] = round(time.perf_counter() - t, 2)
     if block.get("calibrated"):
         p, sc, d = block["params"], block["scores"], block["default_scores"]
