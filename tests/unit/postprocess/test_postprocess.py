@@ -116,3 +116,25 @@ def test_calibrate_declines_with_too_few_objects() -> None:
     mcfg = {"classes": CLASSES[:2], "boundary_class": None, "resolution_m": 0.5}
     block = calibrate(probs, masks, model_cfg=mcfg)
     assert block["calibrated"] is False and "scored validation objects" in block["reason"]
+
+
+def test_validation_tiles_are_stitched_into_their_areas() -> None:
+    """Overlapping val tiles of one block become one mosaic (an object across tile edges is whole again);
+    tiles of another scene or far away stay separate areas."""
+    from geoseg.train.calibrate import mosaic_tiles
+
+    t = 16
+    full = np.zeros((2, 40, 40), np.uint8)
+    full[1, 10:22, 10:22] = 200  # an object across the tile edges at 16 and 24
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:22, 10:22] = 1
+    offs = [(0, r, c) for r in (0, 8, 16, 24) for c in (0, 8, 16, 24)] + [(1, 0, 0), (0, 200, 200)]
+    probs = np.stack([full[:, r : r + t, c : c + t] if s == 0 and r < 40 else full[:, :t, :t] for s, r, c in offs])
+    masks = np.stack([truth[r : r + t, c : c + t] if s == 0 and r < 40 else truth[:t, :t] for s, r, c in offs])
+    areas = mosaic_tiles(probs, masks, np.array(offs), 255)
+    assert sorted(a.shape for a, _ in areas) == [(2, 16, 16), (2, 16, 16), (2, 40, 40)]
+    big_p, big_m = next((a, m) for a, m in areas if a.shape[1] == 40)
+    np.testing.assert_array_equal(big_p, full)
+    np.testing.assert_array_equal(big_m, truth)
+    labels, _ = truth_instances(big_m, [1], None)
+    assert labels.max() == 1  # one whole, scorable object
