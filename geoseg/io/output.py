@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -11,6 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from geoseg.errors import OutputError, first_line
+
+log = logging.getLogger(__name__)
+
+
+def warn_if_low_space(path: str | Path, need_bytes: float, what: str = "--out") -> bool:
+    """Log a warning when the file system of ``path`` (or its nearest existing ancestor) has less free
+    space than ``need_bytes`` (a rough, usually pessimistic estimate of the output). Returns True if so."""
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return False
+    if free >= need_bytes:
+        return False
+    log.warning(
+        "%s %s: %.1f GB free, the output may need up to about %.1f GB; free space or choose another %s",
+        what, path, free / 1e9, need_bytes / 1e9, what,
+    )  # fmt: skip
+    return True
 
 
 def check_writable_dir(path: str | Path, what: str = "--out") -> Path:

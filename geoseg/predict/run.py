@@ -36,7 +36,7 @@ from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
 from geoseg.io.lock import output_lock
-from geoseg.io.output import check_writable_dir
+from geoseg.io.output import check_writable_dir, warn_if_low_space
 from geoseg.io.rasters import SceneInfo, is_remote, open_raster, read_window, scene_info, scene_key
 from geoseg.io.vectors import read_aoi
 from geoseg.postprocess import PostProcess, resolve_postprocess
@@ -528,6 +528,8 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
     t_start = time.perf_counter()
     prep = _prepare(config)
     cfg = prep.cfg
+    per_px = (int(prep.model_cfg["num_classes"]) + 1) * (4 if cfg.float_output else 1) * 2  # COGs + work chunks
+    warn_if_low_space(cfg.out, sum(i.grid.width * i.grid.height * per_px for i in prep.infos))
     distributed = bool(cfg.workers or cfg.scheduler)
     if predict_fn is None and cfg.engine == "onnx":
         from geoseg.export import require_onnx

@@ -32,7 +32,7 @@ import shapely
 from geoseg.config import check_option_types, to_dict, write_json
 from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
 from geoseg.io.lock import output_lock
-from geoseg.io.output import check_writable_dir, staged_output
+from geoseg.io.output import check_writable_dir, staged_output, warn_if_low_space
 from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
 from geoseg.progress import tqdm
@@ -211,6 +211,8 @@ def _run(config: TileConfig) -> TileResult:
             chunks.setdefault((r % t_size, c % t_size, r // chunk_px, c // chunk_px), []).append((r, c))
         plans.append((s, cache, tree, chunks))
     n_candidates = sum(len(t) for *_, ch in plans for t in ch.values())
+    itemsize_all = scenes[0].count * np.dtype(dtype).itemsize + 1  # image bands + the uint8 mask
+    warn_if_low_space(config.out, n_candidates * t_size * t_size * itemsize_all)  # uncompressed, every candidate
     if n_candidates == 0:
         raise EmptyResultError(f"scenes are smaller than --tile-size {t_size}; use a smaller tile size")
 

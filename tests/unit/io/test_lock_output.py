@@ -91,3 +91,16 @@ def test_first_line() -> None:
     assert first_line(EOFError()) == "EOFError"
     assert first_line(RuntimeError("\n\n  second\nthird")) == "second"
     assert first_line(RuntimeError("abcdef"), 3) == "abc"
+
+
+def test_low_free_space_warns_with_the_figures(tmp_path, caplog) -> None:
+    import shutil
+
+    from geoseg.io.output import warn_if_low_space
+
+    free = shutil.disk_usage(tmp_path).free
+    with caplog.at_level("WARNING", logger="geoseg.io.output"):
+        assert warn_if_low_space(tmp_path / "not" / "yet", 10 * free + 1e12) is True  # nearest existing ancestor
+        assert warn_if_low_space(tmp_path, 1024) is False
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "GB free" in warned[0] and "--out" in warned[0]
