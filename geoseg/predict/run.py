@@ -406,7 +406,10 @@ def _warn_band_statistics(
 ) -> None:
     """Sample ``n x n`` windows (256² or smaller) of the plan's region and warn about bands far from the model's
     training statistics (``|median - mean| > STATS_WARN_Z * std``, or spread > ``STATS_WARN_Z`` x std): the
-    wrong bands, another sensor, or another radiometric scale. Reads at most ``n² x 256²`` pixels per band."""
+    wrong bands, another sensor, or another radiometric scale. Reads at most ``n² x 256²`` pixels per band
+    (local scenes only: for a URL these reads would be extra HTTP range requests)."""
+    if is_remote(info.path):
+        return
     mean, std = np.asarray(norm["mean"], np.float64), np.asarray(norm["std"], np.float64)
     r = plan.region
     size = int(min(256, r.width, r.height))
@@ -442,15 +445,15 @@ def _warn_band_statistics(
 
 def _no_overlap_message(cfg: PredictConfig, aoi: Any, infos: list[SceneInfo]) -> str:
     src = cfg.aoi or f"--bbox {cfg.bbox}"
-    ab = format_bounds(aoi.total_bounds)
+    ab = format_bounds(aoi.total_bounds)[1:-1]
     aoi_crs = aoi.crs.to_string() if aoi.crs else "?"
     parts = []
     for i in infos:
         import geopandas as gpd
 
         fp = gpd.GeoSeries([i.grid.footprint], crs=i.grid.crs.to_wkt()).to_crs(aoi.crs)
-        parts.append(f"{i.name} {format_bounds(fp.total_bounds)}")
-    return f"{src}: AOI {ab} ({aoi_crs}) misses every scene: {'; '.join(parts)} (same CRS); check the AOI and scenes"
+        parts.append(f"{i.name} [{format_bounds(fp.total_bounds)[1:-1]}]")
+    return f"{src}: AOI [{ab}] ({aoi_crs}) misses every scene: {'; '.join(parts)} (same CRS); check the AOI and scenes"
 
 
 def _fingerprint(
@@ -497,7 +500,7 @@ def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
         logging.getLogger(name).setLevel(quiet)
     if cfg.scheduler:
         try:
-            return Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False), None
+            return Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT), None
         except (OSError, TimeoutError, ValueError) as e:
             raise ConfigError(f"--scheduler {cfg.scheduler}: cannot connect ({first_line(e, 160)})") from None
     cluster = LocalCluster(
