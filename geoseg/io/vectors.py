@@ -43,7 +43,8 @@ def clean_polygons(gdf: gpd.GeoDataFrame, *, source: str = "layer") -> tuple[gpd
 
     Returns ``(clean frame, number of repaired geometries)``. Empty and non-polygonal geometries
     are dropped: points and lines counted by type in one warning (or, when nothing is left, in
-    ``attrs["dropped"]`` for the caller's error), GeometryCollections keep their polygons. Index is reset; original row kept in column ``src_index``.
+    ``attrs["dropped"]`` for the caller's error), GeometryCollections keep their polygons. Index is
+    reset; original row kept in column ``src_index``.
     """
     gdf = gdf[~shapely.is_missing(gdf.geometry.values)].copy()
     gdf["src_index"] = range(len(gdf))
