@@ -555,7 +555,9 @@ def _finish_scene(
         post = prep.post
         assert post is not None  # resolved in _prepare
         gpkg = stage / INSTANCES
-        with gdal_env():
+        from geoseg.progress import quiet_progress
+
+        with gdal_env(), quiet_progress(not cfg.progress):
             n_poly = int(
                 vec.vectorize_prediction(
                     prob,
