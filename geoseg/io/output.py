@@ -1,5 +1,5 @@
 """Output folders: checked before any work (:func:`check_writable_dir`); nothing half-written
-(:func:`staged_output`: stage outputs go to a hidden sibling directory, then are moved in)."""
+(:func:`staged_output`: stage outputs go to ``OUT/.geoseg-stage``, then are moved in)."""
 
 from __future__ import annotations
 
