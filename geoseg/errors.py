@@ -7,6 +7,8 @@ what to do.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class GeosegError(Exception):
     """Base of every error geoseg raises on purpose."""
@@ -98,3 +100,8 @@ def first_line(e: BaseException, limit: int | None = None) -> str:
             text = line.strip()
             return text[:limit] if limit else text
     return type(e).__name__
+
+
+def format_bounds(bounds: Iterable[float]) -> str:
+    """``(minx, miny, maxx, maxy)`` for messages: 10 significant digits (mm in UTM metres, ~1e-8 in degrees)."""
+    return "(" + ", ".join(f"{float(v):.10g}" for v in bounds) + ")"

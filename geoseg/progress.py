@@ -10,6 +10,7 @@ tenth of the elapsed time, so a long run writes O(log t) time lines), and a last
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -22,6 +23,17 @@ _QUIET = {"on": False}
 def set_quiet(quiet: bool) -> None:
     """``geoseg -q``: no progress output from any stage (process-wide)."""
     _QUIET["on"] = bool(quiet)
+
+
+@contextlib.contextmanager
+def quiet_progress(quiet: bool = True) -> Iterator[None]:
+    """No progress output inside the block when ``quiet`` (a stage's ``--no-progress`` over its library calls)."""
+    old = _QUIET["on"]
+    _QUIET["on"] = old or bool(quiet)
+    try:
+        yield
+    finally:
+        _QUIET["on"] = old
 
 
 def is_quiet() -> bool:
@@ -147,4 +159,4 @@ def tqdm(iterable: Iterable[Any] | None = None, *args: Any, **kw: Any) -> Any:
     )
 
 
-__all__ = ["LineProgress", "is_quiet", "set_quiet", "tqdm"]
+__all__ = ["LineProgress", "is_quiet", "quiet_progress", "set_quiet", "tqdm"]

@@ -1,5 +1,5 @@
 """Output folders: checked before any work (:func:`check_writable_dir`); nothing half-written
-(:func:`staged_output`: stage outputs go to a hidden sibling directory, then are moved in)."""
+(:func:`staged_output`: stage outputs go to ``OUT/.geoseg-stage``, then are moved in)."""
 
 from __future__ import annotations
 
@@ -67,21 +67,29 @@ def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
+#: staging folder of :func:`staged_output`, inside the output folder
+STAGE_DIR = ".geoseg-stage"
+
+
 @contextlib.contextmanager
 def staged_output(out: str | Path) -> Iterator[Path]:
-    """Yield a staging directory next to ``out``; on success move its entries into ``out``.
+    """Yield a staging directory ``out/.geoseg-stage`` (:data:`STAGE_DIR`); on success move its entries into ``out``.
 
     On any exception the staging directory is removed and ``out`` is left as it was (and removed
-    again if this call created it empty). Entries already in ``out`` with the same names are
-    replaced only after the whole stage succeeded. Each entry is moved with one ``os.replace``
-    (atomic per entry on one file system).
+    again if this call created it empty). After a ``kill -9`` the staging directory stays inside
+    ``out`` (never a hidden sibling) and the next run into ``out`` deletes it first. Entries already
+    in ``out`` with the same names are replaced only after the whole stage succeeded. Each entry is
+    moved with one ``os.replace`` (atomic per entry on one file system).
     """
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial"
+    stage = out / STAGE_DIR
     if stage.exists():
         shutil.rmtree(stage)
+    legacy = out.parent / f".{out.name}.partial"  # the former staging sibling, left by a kill -9 of an older run
+    if legacy.is_dir():
+        shutil.rmtree(legacy, ignore_errors=True)
     stage.mkdir()
     try:
         yield stage
@@ -92,6 +100,8 @@ def staged_output(out: str | Path) -> Iterator[Path]:
                 out.rmdir()
         raise
     for entry in sorted(stage.iterdir()):
+        if entry.name == STAGE_DIR:
+            continue
         dest = out / entry.name
         if dest.is_dir() and not dest.is_symlink():
             trash = out / f".{entry.name}.old"

@@ -42,22 +42,36 @@ def clean_polygons(gdf: gpd.GeoDataFrame, *, source: str = "layer") -> tuple[gpd
     """Repair invalid geometries, keep polygonal parts, explode multi-parts.
 
     Returns ``(clean frame, number of repaired geometries)``. Empty and non-polygonal geometries
-    are dropped (logged). Index is reset; original row kept in column ``src_index``.
+    are dropped: points and lines counted by type in one warning (or, when nothing is left, in
+    ``attrs["dropped"]`` for the caller's error), GeometryCollections keep their polygons. Index is
+    reset; original row kept in column ``src_index``.
     """
-    gdf = gdf[gdf.geometry.notna()].copy()
+    gdf = gdf[~shapely.is_missing(gdf.geometry.values)].copy()
     gdf["src_index"] = range(len(gdf))
+    # what the input holds besides polygons: counted and reported in one line (before any repair)
+    types = gdf.geometry.geom_type
+    other = types[~types.isin(POLYGONAL) & (types != "GeometryCollection") & ~gdf.geometry.is_empty]
+    mixed = sum(
+        1 for g in gdf.geometry.values[(types == "GeometryCollection").to_numpy()]
+        if any(p.geom_type not in POLYGONAL for p in g.geoms)
+    )  # fmt: skip
     invalid = ~gdf.geometry.is_valid
     n_repaired = int(invalid.sum())
     if n_repaired:
         gdf.loc[invalid, gdf.geometry.name] = shapely.make_valid(gdf.geometry[invalid].values)
     # keep polygonal parts only (make_valid may return GeometryCollections)
     gdf[gdf.geometry.name] = [_polygonal_part(g) for g in gdf.geometry.values]
-    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
-    dropped = int((~gdf.geometry.geom_type.isin(POLYGONAL)).sum())
+    vals = gdf.geometry.values
+    gdf = gdf[~shapely.is_empty(vals) & ~shapely.is_missing(vals)]  # (GeoSeries.notna() warns on empties)
     gdf = gdf[gdf.geometry.geom_type.isin(POLYGONAL)]
-    if dropped:
-        log.warning("%s: dropped %d non-polygon features", source, dropped)
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(other.value_counts().items()))
+    if (counts or mixed) and len(gdf):  # (nothing left: the caller's one-line error quotes attrs["dropped"])
+        parts = [f"dropped {counts} feature(s) (labels must be polygons)"] if counts else []
+        if mixed:
+            parts.append(f"kept only the polygons of {mixed} GeometryCollection(s)")
+        log.warning("%s: %s", source, "; ".join(parts))
     gdf = gdf.explode(index_parts=False).reset_index(drop=True)
+    gdf.attrs["dropped"] = counts
     return gdf, n_repaired
 
 

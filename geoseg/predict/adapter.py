@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,33 @@ def _undo(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.rot90(y, -k, dims=(2, 3)) if k else y
 
 
+#: intra-op threads of every CPU forward pass. oneDNN's convolutions sum in a different order with one
+#: thread than with several (float32 results differ by ~1e-6, enough to move a uint8 probability step),
+#: and dask workers run single-threaded (OMP_NUM_THREADS=1), so a fixed count keeps in-process,
+#: ``--workers`` and ``--scheduler`` runs on any machine bit-identical. Use ``--workers N`` for CPU parallelism.
+CPU_FORWARD_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            torch.set_num_threads(old)
+
+
 class TorchPredictor:
     """``predict_fn`` for an smp model: ``(B, C, T, T)`` normalised float32 -> ``(B, K, T, T)`` softmax.
 
     channels_last always; on CUDA autocast (bf16 where supported, else fp16) when ``amp``. With
-    ``tta`` the probabilities are the mean over the 8 rotations/flips (each undone).
+    ``tta`` the probabilities are the mean over the 8 rotations/flips (each undone). On CPU the forward
+    runs with :data:`CPU_FORWARD_THREADS` threads whatever the process's torch thread count, so the
+    output does not depend on it.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, *, amp: bool = True, tta: bool = False) -> None:
@@ -80,7 +103,8 @@ class TorchPredictor:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        with torch.no_grad():
+        threads = torch_threads(CPU_FORWARD_THREADS) if self.device.type == "cpu" else contextlib.nullcontext()
+        with torch.no_grad(), threads:
             if not self.tta:
                 return self._forward(x)
             total: torch.Tensor | None = None

@@ -32,7 +32,7 @@ import rasterio
 from geoseg import __version__
 from geoseg.classes import ClassTable
 from geoseg.config import check_option_types, read_json, to_dict, write_json
-from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError
+from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError, first_line, format_bounds
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
 from geoseg.io.lock import output_lock
@@ -42,7 +42,7 @@ from geoseg.io.vectors import read_aoi
 from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
 from geoseg.predict.plan import Band, ScenePlan, aoi_geometry, plan_scene
-from geoseg.predict.stitch import PredictFn, RowReader, input_width, predict_band
+from geoseg.predict.stitch import NODATA_U8, PredictFn, RowReader, RowsOut, input_width, predict_band
 from geoseg.predict.writer import CLASSES, PROBABILITIES, ChunkStore, ChunkWriter, assemble_cogs
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ WORK_DIR = ".geoseg-predict"
 INSTANCES = "instances.gpkg"
 COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "NONE")
 ENGINES = ("torch", "onnx")
+SCHEDULER_TIMEOUT = "10s"  # connecting to --scheduler: a one-line error after this, not a traceback after 30 s
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def run_band(
     t0 = time.perf_counter()
     store = ChunkStore(task.work)
     if store.band_finished(task.band.index):
-        return {"band": task.band.index, "windows": 0, "seconds": 0.0, "skipped": True}
+        return {"band": task.band.index, "windows": 0, "seconds": 0.0, "skipped": True, "resumed": True}
     device = resolve_device(task.device)
     if predict_fn is None and task.engine == "onnx":
         from geoseg.predict.adapter import OnnxPredictor, cached_session
@@ -236,6 +237,12 @@ def run_band(
         predict_fn = TorchPredictor(net, device, amp=task.amp, tta=task.tta)
     emit_from = store.rows_done(task.band.index)
     writer = ChunkWriter(store, task.band.index)
+    valid = [0]
+
+    def on_rows(rows: RowsOut) -> None:
+        valid[0] += int(np.count_nonzero(rows.classes != NODATA_U8))
+        writer.rows(rows)
+
     weight = weight_2d(task.blend, task.plan.tile)
     with gdal_env(), open_raster(task.scene) as ds, rasterio.Env(GDAL_CACHEMAX=read_cache_bytes(ds, task.plan.tile)):
         reader = make_reader(ds, task.plan, task.indexes, np.array(task.mean), np.array(task.std))
@@ -245,7 +252,7 @@ def run_band(
                 task.band,
                 reader,
                 predict_fn,
-                writer.rows,
+                on_rows,
                 num_classes=task.num_classes,
                 weight=weight,
                 batch_size=task.batch_size,
@@ -258,7 +265,8 @@ def run_band(
         finally:
             writer.close()
     store.mark(task.band.index, task.band.row_hi, finished=True)
-    return {"band": task.band.index, "windows": n, "seconds": time.perf_counter() - t0, "skipped": False}
+    return {"band": task.band.index, "windows": n, "seconds": time.perf_counter() - t0, "skipped": False,
+            "valid_px": valid[0], "resumed": emit_from > 0}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +369,9 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         raise NoOverlapError(_no_overlap_message(cfg, aoi, infos))
     for path in skipped:
         log.warning("%s: outside the AOI, skipped", path)
+    for info, plan in zip(kept, plans, strict=True):
+        _warn_subpixel_aoi(info, plan)
+        _warn_band_statistics(info, plan, indexes or tuple(range(1, info.count + 1)), norm, model_dir)
     final_indexes = indexes or tuple(range(1, in_ch + 1))
     single = len(kept) == 1
     scene_dirs = [out if single else out / i.stem for i in kept]
@@ -375,17 +386,73 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
     )
 
 
+def _warn_subpixel_aoi(info: SceneInfo, plan: ScenePlan, max_px: int = 10_000_000) -> None:
+    """Warn when the AOI touches the scene but covers no pixel centre (e.g. a quarter-pixel overlap)."""
+    r = plan.region
+    if r.width * r.height > max_px:  # a large overlap always covers some centre; don't rasterise it
+        return
+    rows = (int(r.row_off), int(r.row_off + r.height))
+    if not plan.aoi_mask(rows).any():
+        log.warning("%s: the AOI overlaps the scene by less than a pixel (it covers no pixel centre); "
+                    "the outputs will be all nodata", info.path)  # fmt: skip
+
+
+#: a band whose sampled median is this many training std away from the training mean gets a warning
+STATS_WARN_Z = 4.0
+
+
+def _warn_band_statistics(
+    info: SceneInfo, plan: ScenePlan, indexes: tuple[int, ...], norm: dict[str, Any], model_dir: Path, n: int = 3
+) -> None:
+    """Sample ``n x n`` windows (256² or smaller) of the plan's region and warn about bands far from the model's
+    training statistics (``|median - mean| > STATS_WARN_Z * std``, or spread > ``STATS_WARN_Z`` x std): the
+    wrong bands, another sensor, or another radiometric scale. Reads at most ``n² x 256²`` pixels per band
+    (local scenes only: for a URL these reads would be extra HTTP range requests)."""
+    if is_remote(info.path):
+        return
+    mean, std = np.asarray(norm["mean"], np.float64), np.asarray(norm["std"], np.float64)
+    r = plan.region
+    size = int(min(256, r.width, r.height))
+    if size <= 0:
+        return
+    rows = np.linspace(r.row_off, r.row_off + r.height - size, n).astype(int)
+    cols = np.linspace(r.col_off, r.col_off + r.width - size, n).astype(int)
+    samples: list[np.ndarray] = []
+    try:
+        with gdal_env(), open_raster(info.path) as ds:
+            for r0 in sorted(set(rows.tolist())):
+                for c0 in sorted(set(cols.tolist())):
+                    data, v = read_window(ds, Window(c0, r0, size, size), list(indexes))
+                    if v.any():
+                        samples.append(data[:, v].astype(np.float64))
+    except Exception as e:  # a check, not a stage: unreadable samples are reported by the predict itself
+        log.debug("%s: band statistics not sampled (%s)", info.path, first_line(e))
+        return
+    if not samples:
+        return
+    px = np.concatenate(samples, axis=1)
+    med = np.median(px, axis=1)
+    spread = np.percentile(px, 84, axis=1) - np.percentile(px, 16, axis=1)  # ~2 std for a normal band
+    bad = [
+        f"band {b} (median {m:.4g}, model mean {mu:.4g} ± {sd:.4g})"
+        for b, m, sp, mu, sd in zip(indexes, med, spread, mean, std, strict=True)
+        if abs(m - mu) > STATS_WARN_Z * sd or sp > 2 * STATS_WARN_Z * sd
+    ]
+    if bad:
+        log.warning("%s: far from the training statistics of model %s: %s; check --bands and the sensor/scale",
+                    info.path, model_dir, "; ".join(bad))  # fmt: skip
+
+
 def _no_overlap_message(cfg: PredictConfig, aoi: Any, infos: list[SceneInfo]) -> str:
     src = cfg.aoi or f"--bbox {cfg.bbox}"
-    ab = ", ".join(f"{v:.6g}" for v in aoi.total_bounds)
+    ab = format_bounds(aoi.total_bounds)[1:-1]
     aoi_crs = aoi.crs.to_string() if aoi.crs else "?"
     parts = []
     for i in infos:
         import geopandas as gpd
 
         fp = gpd.GeoSeries([i.grid.footprint], crs=i.grid.crs.to_wkt()).to_crs(aoi.crs)
-        sb = ", ".join(f"{v:.6g}" for v in fp.total_bounds)
-        parts.append(f"{i.name} [{sb}]")
+        parts.append(f"{i.name} [{format_bounds(fp.total_bounds)[1:-1]}]")
     return f"{src}: AOI [{ab}] ({aoi_crs}) misses every scene: {'; '.join(parts)} (same CRS); check the AOI and scenes"
 
 
@@ -432,7 +499,10 @@ def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
     for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker", "distributed.core"):
         logging.getLogger(name).setLevel(quiet)
     if cfg.scheduler:
-        return Client(cfg.scheduler), None
+        try:
+            return Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT), None
+        except (OSError, TimeoutError, ValueError) as e:
+            raise ConfigError(f"--scheduler {cfg.scheduler}: cannot connect ({first_line(e, 160)})") from None
     cluster = LocalCluster(
         n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
         silence_logs=quiet,
@@ -485,7 +555,9 @@ def _finish_scene(
         post = prep.post
         assert post is not None  # resolved in _prepare
         gpkg = stage / INSTANCES
-        with gdal_env():
+        from geoseg.progress import quiet_progress
+
+        with gdal_env(), quiet_progress(not cfg.progress):
             n_poly = int(
                 vec.vectorize_prediction(
                     prob,
@@ -610,6 +682,10 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
         if cluster is not None:
             cluster.close()
 
+    for i, info in enumerate(prep.infos):
+        if not any(b.get("resumed") for b in band_stats[i]) and sum(b.get("valid_px", 0) for b in band_stats[i]) == 0:
+            log.warning("%s: no valid pixel inside the AOI (the scene is nodata/NaN there, or the AOI covers no "
+                        "pixel centre); the outputs are all nodata", info.path)  # fmt: skip
     results: list[SceneResult] = []
     staged: list[tuple[Path, list[Path]]] = []
     for i, info in enumerate(prep.infos):

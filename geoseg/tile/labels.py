@@ -126,7 +126,8 @@ def read_labels(
     )
     gdf, repaired = clean_polygons(gdf, source=str(path))
     if len(gdf) == 0:
-        raise LabelsError(f"{path}: labels have no polygon features")
+        only = f" (only {gdf.attrs['dropped']}); labels must be polygons" if gdf.attrs.get("dropped") else ""
+        raise LabelsError(f"{path}: labels have no polygon features{only}")
     present = sorted(set(gdf["class_name"]))
     if classes:
         order = [str(c) for c in classes]

@@ -615,7 +615,9 @@ def _no_overlap_message(path: str, labels: Labels, scenes: list[SceneInfo]) -> s
 
 
 def _fmt(b: Any) -> str:
-    return "(" + ", ".join(f"{float(v):.6g}" for v in b) + ")"
+    from geoseg.errors import format_bounds
+
+    return format_bounds(b)
 
 
 def _crs_name(crs: Any) -> str:

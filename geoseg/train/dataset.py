@@ -207,7 +207,12 @@ class TileDataset(Dataset):
         r = int(self.rows[i])
         return np.asarray(images[r]), np.asarray(masks[r], dtype=np.uint8)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``i``, or ``(i, seed)`` from a :class:`TileSampler` with ``item_seeds``: the augmentation is then
+        reseeded with ``seed`` first, so it depends only on the draw, not on the worker or a resume."""
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            self.reseed(seed)
         raw, mask = self.read(i)
         bad = (mask >= self.num_classes) & (mask != self.ignore_index)
         if bad.any():
@@ -246,6 +251,9 @@ class TileSampler(Sampler[int]):
     by wrapping to a multiple of ``world``, as ``DistributedSampler`` does). Without ``weights`` the draw is a
     permutation (no repeats); with ``weights`` it is with replacement (``WeightedRandomSampler`` semantics).
     ``shuffle=False`` gives rows in order (validation; no padding, ranks take disjoint slices).
+    With ``item_seeds`` every draw is ``(index, seed)``, the seed a function of ``(seed, epoch, position)`` only,
+    for :meth:`TileDataset.__getitem__` to reseed the augmentation: identical whatever the DataLoader workers
+    and whether the run was resumed.
     """
 
     def __init__(
@@ -258,9 +266,11 @@ class TileSampler(Sampler[int]):
         rank: int = 0,
         world: int = 1,
         seed: int = 0,
+        item_seeds: bool = False,
     ) -> None:
         self.n = n
         self.shuffle = shuffle
+        self.item_seeds = item_seeds
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.total = int(num_samples) if num_samples else n
         if shuffle and self.weights is None:
@@ -283,8 +293,16 @@ class TileSampler(Sampler[int]):
         idx = (idx * (padded // max(len(idx), 1) + 1))[:padded]
         return idx[self.rank :: self.world]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
+    def _seeds(self, count: int) -> list[int]:
+        ss = np.random.SeedSequence([self.seed, self.epoch, 1])
+        seeds = np.random.default_rng(ss).integers(0, 2**32, size=count * self.world, dtype=np.uint64)
+        return [int(v) for v in seeds[self.rank :: self.world][:count]]
+
+    def __iter__(self) -> Iterator[Any]:
+        idx = self._indices()
+        if not self.item_seeds:
+            return iter(idx)
+        return iter(zip(idx, self._seeds(len(idx)), strict=True))
 
     def __len__(self) -> int:
         if not self.shuffle:

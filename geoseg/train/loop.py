@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -261,6 +262,31 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def rng_state() -> dict[str, Any]:
+    """The process's torch (CPU and CUDA), numpy and ``random`` generator states, in types ``torch.load`` accepts
+    with ``weights_only`` (the augmentation is seeded per draw by the sampler, so it needs no state here)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (a resumed run then draws what the uninterrupted one would have)."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 #: what ``geoseg train --resume`` needs from a checkpoint

@@ -5,7 +5,8 @@ Outputs (rank 0 writes; every file atomically)::
     RUN/model/               best epoch by validation mIoU (see geoseg.train.metrics), via save_model;
                              with ``keep="last"`` the final epoch (when the val split is too small to select on)
     RUN/checkpoints/last.pt  end of the last completed epoch: model, optimizer, scheduler, scaler, epoch,
-                             best score/epoch, history, config -- what --resume continues from
+                             best score/epoch, history, config, RNG states -- what --resume continues from
+                             (on CPU a resumed run ends with the same weights as an uninterrupted one)
     RUN/metrics.csv          per epoch x class: IoU, precision, recall, F1, support + losses, mIoU, lr
     RUN/curves.png           loss and IoU curves
     RUN/run.json             config, runtime (device, AMP, world size), weights, status, best epoch, timings
@@ -181,6 +182,7 @@ def make_loader(
         pin_memory=rt.device.type == "cuda",
         drop_last=drop_last,
         worker_init_fn=_WorkerInit(),
+        generator=torch.Generator().manual_seed(0),  # worker seeds drawn from here, not the global RNG (resume)
         **kw,
     )
 
@@ -312,6 +314,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
         rank=rt.rank,
         world=rt.world,
         seed=cfg.seed,
+        item_seeds=True,  # augmentation seeded per draw: the same for any --workers and after --resume
     )
     val_sampler = TileSampler(len(val_ds), shuffle=False, rank=rt.rank, world=rt.world)
     drop_last = len(train_sampler) >= cfg.batch_size
@@ -340,6 +343,8 @@ def _run(cfg: TrainConfig) -> TrainResult:
         start_epoch = int(ckpt["epoch"])
         best, best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
         history = list(ckpt["history"])
+        if ckpt.get("rng") and not rt.distributed:  # (DDP ranks > 0 have no saved state of their own)
+            loop.set_rng_state(ckpt["rng"])
         log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
 
     ids = score_classes(ds.num_classes, ds.boundary_class)
@@ -421,6 +426,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
                     "config": to_dict(cfg),
                     "model_config": mcfg,
                     "weights_info": weights_info,
+                    "rng": loop.rng_state(),
                 },
             )
             _write_reports(out, history, ds.classes, run_info, "running", best, best_epoch, cfg)

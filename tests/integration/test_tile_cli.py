@@ -126,6 +126,13 @@ def _bad_dates(tmp: Path, case: dict) -> Path:
     )
 
 
+def _point_line_labels(tmp: Path, case: dict) -> Path:
+    from shapely.geometry import LineString, Point
+
+    geoms = [Point(500_005.0, 39_990.0), LineString([(500_001.0, 39_990.0), (500_020.0, 39_980.0)])]
+    return write_labels(tmp / "points.gpkg", geoms, case["grid"].crs, **{"class": ["a", "b"]})
+
+
 CASES = {
     "missing scene": (lambda t, c: {"scene": t / "nope.tif"}, [], "scene not found"),
     "not a raster": (lambda t, c: {"scene": (t / "x.tif", (t / "x.tif").write_text("hello"))[0]}, [], "not a readable"),
@@ -140,6 +147,11 @@ CASES = {
         lambda t, c: {"scene": (t / "plain.tif", write_scene(t / "plain.tif", xy_image(64, 64, 1, "uint8")))[0]},
         [],
         "give --scene-date",
+    ),
+    "labels of points and lines only": (
+        lambda t, c: {"labels": _point_line_labels(t, c)},
+        [],
+        "no polygon features (only 1 LineString, 1 Point)",
     ),
     "missing labels": (lambda t, c: {"labels": t / "none.gpkg"}, [], "not found"),
     "bad option": (lambda t, c: {}, ["--undated", "maybe"], "--undated"),

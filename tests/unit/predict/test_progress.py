@@ -71,3 +71,18 @@ def test_line_progress_supports_the_tqdm_calls_geoseg_makes() -> None:
     lines = buf.getvalue().splitlines()
     assert lines[-1].startswith("epoch 1/2: 4/4 batch") and "val_mIoU=0.9" in lines[-1]  # the scores get a line
     assert len(lines) <= 6
+
+
+@pytest.mark.slow  # a 1040² scene (vectorize shows a bar from 2 x 2 blocks of 1024²): ~25 s on 2 cores
+def test_no_progress_also_silences_the_vectorize_bar(
+    tmp_path: Path, identity_model: Path, identity, capfd: pytest.CaptureFixture[str]
+) -> None:
+    scene = tmp_path / "s.tif"
+    write_scene(scene, (xy_image(1040, 1040, 3, "uint16") % 2).astype("uint16"))  # 2 x 2 vectorize blocks
+    base = {"scenes": (str(scene),), "model": str(identity_model), "bbox": "-180,-90,180,90", "overlap": 0,
+            "batch_size": 64, "vectorize": True}  # fmt: skip
+    run(PredictConfig(out=str(tmp_path / "on"), progress=True, **base), predict_fn=identity)
+    assert "vectorize:" in capfd.readouterr().err  # the bar exists (off a terminal: lines)
+    run(PredictConfig(out=str(tmp_path / "off"), progress=False, **base), predict_fn=identity)
+    err = capfd.readouterr().err
+    assert "vectorize:" not in err and "predict:" not in err
