@@ -10,13 +10,13 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from geoseg import SCHEMA_VERSION, __version__
 from geoseg.errors import ConfigError
+from geoseg.io.output import atomic_path
 
 
 def _jsonable(obj: Any) -> Any:
@@ -58,14 +58,9 @@ def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any], *, stam
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = stamp(payload) if stamped else _jsonable(dict(payload))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared
-    os.replace(tmp, path)
     return path
 
 

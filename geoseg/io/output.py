@@ -1,5 +1,6 @@
 """Output folders: checked before any work (:func:`check_writable_dir`); nothing half-written
-(:func:`staged_output`: stage outputs go to ``OUT/.geoseg-stage``, then are moved in)."""
+(:func:`atomic_path` for one file, :func:`staged_output` for a stage: outputs go to
+``OUT/.geoseg-stage``, then are moved in)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,37 @@ from pathlib import Path
 from geoseg.errors import OutputError, first_line
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (``.NAME.<random>.tmp``, same folder, so the rename is
+    atomic) to write to; on success it is renamed onto ``path`` with ``os.replace``, with the
+    permissions a plain ``open`` would give (umask applied), on error it is removed and ``path`` is
+    untouched. The one temp-name scheme of every geoseg writer: a kill at any moment leaves either
+    the old file or the new one, never a torn one (plus, at worst, a hidden ``.tmp`` sibling).
+    ``fsync=True`` flushes the file to disk before the rename (checkpoints, models)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        raise
 
 
 def warn_if_low_space(path: str | Path, need_bytes: float, what: str = "--out") -> bool:
