@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from geoseg.classes import ClassTable
+from geoseg.config import StageConfig
+from geoseg.errors import ConfigError
 
 
 def _features(x: np.ndarray) -> np.ndarray:
@@ -76,7 +78,7 @@ class ColourClassifier:
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(StageConfig):
     """Options of the pipeline's ``baseline`` stage (no CLI of its own).
 
     Fits :class:`ColourClassifier` on pixels of the dataset's *train* tiles (normalised with the
@@ -94,6 +96,17 @@ class BaselineConfig:
     min_area: float | None = None  # m²; default: derived from the label objects (never the model's calibration)
     max_pixels: int = 200_000
     seed: int = 0
+
+    def validate(self) -> None:
+        """Range checks (ConfigError naming the option), so ``geoseg run`` refuses bad ones up front."""
+        if not self.scenes:
+            raise ConfigError("give at least one scene")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"--threshold must be between 0 and 1, got {self.threshold!r}")
+        if self.min_area is not None and self.min_area < 0:
+            raise ConfigError(f"--min-area must be >= 0 m², got {self.min_area!r}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be >= 1, got {self.max_pixels!r}")
 
 
 def training_pixels(

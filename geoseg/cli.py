@@ -5,15 +5,29 @@ Every :class:`~geoseg.errors.GeosegError` becomes one line on stderr and exit co
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from geoseg import __version__
+from geoseg.cli_options import (
+    Asset,
+    CoreBoundaryMax,
+    Device,
+    FillHoles,
+    MinArea,
+    Progress,
+    Regularize,
+    Scheduler,
+    Seed,
+    Threshold,
+)
 from geoseg.errors import GeosegError, Terminated
 from geoseg.io.gdal_env import gdal_env
 
@@ -25,8 +39,40 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ASSET_HELP = "STAC Item asset to read (default: the first image asset: role data, GeoTIFF media type)."
-REGULARIZE_HELP = "Class name(s) whose polygons get regular footprints (straight edges, right angles), e.g. building."
+C = TypeVar("C")
+
+#: config field -> command parameter, where the names differ (all other fields: the same name)
+PARAM_OF: dict[str, dict[str, str]] = {
+    "TileConfig": {"scene_dates": "scene_date"},
+    "PredictConfig": {"vectorize": "vectorize_"},
+    "VectorizeConfig": {"min_area_m2": "min_area", "fill_holes_m2": "fill_holes", "simplify_px": "simplify"},
+}
+
+
+def _as_field(value: Any, annotation: str) -> Any:
+    """A parsed parameter as the config field wants it: lists -> tuples; ``Path`` -> ``str`` unless a Path field."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_field(v, annotation) for v in value)
+    if isinstance(value, Path) and "Path" not in annotation:
+        return str(value)
+    return value
+
+
+def _build(cls: type[C], params: Mapping[str, Any], **given: Any) -> C:
+    """The stage config ``cls`` from a command's parsed parameters (its ``locals()``).
+
+    Each field takes ``given[field]`` if there, else the parameter of the same name (``PARAM_OF``
+    lists the exceptions), converted by :func:`_as_field`; a field with no parameter keeps its
+    dataclass default. The config validates itself on construction (:class:`geoseg.config.StageConfig`).
+    """
+    assert dataclasses.is_dataclass(cls)
+    rename = PARAM_OF.get(cls.__name__, {})
+    kwargs = dict(given)
+    for f in dataclasses.fields(cls):
+        name = rename.get(f.name, f.name)
+        if f.name not in given and name in params:
+            kwargs[f.name] = _as_field(params[name], str(f.type))
+    return cls(**kwargs)
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -63,17 +109,6 @@ def _root(
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# shared help of the post-processing options (predict and vectorize)
-_FROM_MODEL = "default: the model's calibrated value, else derived from its label objects"
-_HELP = {
-    "threshold": f"Minimum class probability of an instance pixel ({_FROM_MODEL}, else 0.5).",
-    "min_area": f"Drop instances smaller than this, m² ({_FROM_MODEL}).",
-    "fill_holes": f"Fill holes smaller than this inside instances, m² ({_FROM_MODEL}).",
-    "core_boundary_max": "Boundary probability below which a pixel is an object core that separates touching "
-    f"objects ({_FROM_MODEL}, else 0.1).",
-}
-
-
 # --- stage commands: each parses, builds its stage's config and calls the stage's run() ---------
 @app.command()
 def tile(
@@ -103,7 +138,7 @@ def tile(
         typer.Option(help="Acquisition date (once for all scenes, or once per scene in order); else GeoTIFF tag, "
                      "else YYYYMMDD in the file name."),
     ] = None,
-    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
+    asset: Asset = None,
     max_label_age: Annotated[
         int | None, typer.Option(help="Labels older than this many days before the scene date are ignore.")
     ] = None,
@@ -153,52 +188,23 @@ def tile(
         typer.Option(help="Boundary class this many pixels wide: inside outlines and in gaps between objects, so "
                      "touching objects can be separated (0 = off; default: from the label object sizes)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same dataset).")] = 0,
+    seed: Seed = 0,
     workers: Annotated[int, typer.Option(help="Local dask workers (1 = in-process).")] = 1,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Existing dask scheduler address, e.g. tcp://host:8786.")
-    ] = None,
+    scheduler: Scheduler = None,
     processes: Annotated[
         bool, typer.Option("--processes/--threads", help="Local workers as processes or threads (default).")
     ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Chunk SCENES + dated LABELS into a sampled, labelled tile dataset (tiles.zarr + tiles.gpkg + dataset.json)."""
     from geoseg.tile import TileConfig
     from geoseg.tile import run as run_tile
 
-    cfg = TileConfig(
-        scenes=tuple(str(s) for s in scenes),
-        labels=str(labels),
-        out=str(out),
-        tile_size=tile_size,
-        stride=stride,
-        class_field=class_field,
+    cfg = _build(
+        TileConfig,
+        locals(),
         classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
-        date_field=date_field,
-        valid_from_field=valid_from_field,
-        valid_to_field=valid_to_field,
-        labels_layer=labels_layer,
         scene_dates=tuple(scene_date or ()),
-        asset=asset,
-        max_label_age=max_label_age,
-        undated=undated,
-        coverage=str(coverage) if coverage else None,
-        hard_negatives=str(hard_negatives) if hard_negatives else None,
-        negative_ratio=negative_ratio,
-        hard_negative_share=hard_negative_share,
-        min_positive_fraction=min_positive_fraction,
-        max_unusable_fraction=max_unusable_fraction,
-        val_fraction=val_fraction,
-        val_block_tiles=val_block_tiles,
-        val_gap=val_gap,
-        val_area=str(val_area) if val_area else None,
-        boundary_width=boundary_width,
-        seed=seed,
-        workers=workers,
-        scheduler=scheduler,
-        processes=processes,
-        progress=progress,
     )
     res = run_tile(cfg)
     c = res.counts
@@ -245,7 +251,7 @@ def train(
     max_steps_per_epoch: Annotated[
         int | None, typer.Option("--max-steps-per-epoch", help="Cap training steps per epoch (quick runs).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: Device = "auto",
     amp: Annotated[
         bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA).")
     ] = None,
@@ -254,7 +260,7 @@ def train(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default min(4, CPUs)).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Seed = 0,
     keep: Annotated[
         str, typer.Option(help="Model to keep: best (highest val mIoU) or last (final epoch; for tiny val splits).")
     ] = "best",
@@ -265,21 +271,13 @@ def train(
     ] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an OUT that holds a run.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: Progress = True,
 ) -> None:
     """Train a segmentation model on a tile dataset (multi-GPU: run under torchrun with the same arguments)."""
     from geoseg.train.run import TrainConfig
     from geoseg.train.run import run as run_train
 
-    cfg = TrainConfig(
-        dataset=dataset, out=out, arch=arch, encoder=encoder, weights=weights, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, dice_weight=dice_weight,
-        augment=augment, augment_recipe=augment_recipe, channel_shuffle=channel_shuffle, balance_kinds=balance_kinds,
-        max_steps_per_epoch=max_steps_per_epoch, device=device,
-        amp=amp, channels_last=channels_last, workers=workers, threads=threads, seed=seed, keep=keep,
-        calibrate=calibrate, resume=resume,
-        overwrite=overwrite, progress=progress,
-    )  # fmt: skip
+    cfg = _build(TrainConfig, locals())
     res = run_train(cfg)
     if res.is_main:
         typer.echo(
@@ -300,26 +298,24 @@ def predict(
     overlap: Annotated[int | None, typer.Option(help="Window overlap in pixels (default: tile size / 4).")] = None,
     tile_size: Annotated[int | None, typer.Option("--tile-size", help="Window size (default: the model's).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: Device = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA.")] = True,
     tta: Annotated[bool, typer.Option("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
     float_output: Annotated[bool, typer.Option("--float", help="float32 probabilities (NaN nodata).")] = False,
     blend: Annotated[str, typer.Option(help="Blend window: hann, cosine, triangular, uniform.")] = "hann",
     bands: Annotated[str | None, typer.Option(help="1-based scene bands fed to the model, e.g. 3,2,1.")] = None,
-    threshold: Annotated[float | None, typer.Option(help=_HELP["threshold"])] = None,
-    min_area: Annotated[float | None, typer.Option("--min-area", help=_HELP["min_area"])] = None,
-    fill_holes: Annotated[float | None, typer.Option("--fill-holes", help=_HELP["fill_holes"])] = None,
-    core_boundary_max: Annotated[
-        float | None, typer.Option("--core-boundary-max", help=_HELP["core_boundary_max"])
-    ] = None,
-    regularize: Annotated[str | None, typer.Option(help=REGULARIZE_HELP, metavar="NAME[,NAME]")] = None,
+    threshold: Threshold = None,
+    min_area: MinArea = None,
+    fill_holes: FillHoles = None,
+    core_boundary_max: CoreBoundaryMax = None,
+    regularize: Regularize = None,
     vectorize_: Annotated[bool, typer.Option("--vectorize/--no-vectorize", help="Write instances.gpkg.")] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")] = False,
     workers: Annotated[int, typer.Option(help="Local dask workers (0 = in-process).")] = 0,
-    scheduler: Annotated[str | None, typer.Option(help="dask scheduler address (shared file system).")] = None,
+    scheduler: Scheduler = None,
     compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
-    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
+    progress: Progress = True,
+    asset: Asset = None,
     engine: Annotated[
         str, typer.Option(help="torch, or onnx (ONNX Runtime; needs geoseg[onnx]; --model may be an .onnx file).")
     ] = "torch",
@@ -335,14 +331,7 @@ def predict(
         raise InputError(f"--bands {bands!r}: expected 1-based integers like 3,2,1") from None
     if aoi is None and bbox is None:
         raise InputError("give the area of interest with --aoi FILE or --bbox minx,miny,maxx,maxy[,crs]")
-    cfg = PredictConfig(
-        scenes=tuple(str(s) for s in scenes), model=str(model), out=str(out), aoi=str(aoi) if aoi else None,
-        bbox=bbox, overlap=overlap, tile_size=tile_size, batch_size=batch_size, device=device, amp=amp, tta=tta,
-        float_output=float_output, blend=blend, bands=band_idx, threshold=threshold, min_area=min_area,
-        fill_holes=fill_holes, core_boundary_max=core_boundary_max, regularize=_names(regularize),
-        vectorize=vectorize_, resume=resume,
-        workers=workers, scheduler=scheduler, compress=compress, progress=progress, engine=engine, asset=asset,
-    )  # fmt: skip
+    cfg = _build(PredictConfig, locals(), bands=band_idx, regularize=_names(regularize))
     res = run_predict(cfg)
     for s in res.scenes:
         typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
@@ -375,16 +364,14 @@ def export(
 def vectorize(
     raster: Annotated[Path, typer.Argument(help="probabilities.tif of a prediction (or the prediction directory).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoPackage (layer `instances`, styled).")],
-    threshold: Annotated[float | None, typer.Option(help=_HELP["threshold"])] = None,
-    min_area: Annotated[float | None, typer.Option("--min-area", help=_HELP["min_area"])] = None,
-    fill_holes: Annotated[float | None, typer.Option("--fill-holes", help=_HELP["fill_holes"])] = None,
-    core_boundary_max: Annotated[
-        float | None, typer.Option("--core-boundary-max", help=_HELP["core_boundary_max"])
-    ] = None,
+    threshold: Threshold = None,
+    min_area: MinArea = None,
+    fill_holes: FillHoles = None,
+    core_boundary_max: CoreBoundaryMax = None,
     simplify: Annotated[
         float | None, typer.Option(help="Topology-preserving simplification tolerance, pixels (default 0.5).")
     ] = None,
-    regularize: Annotated[str | None, typer.Option(help=REGULARIZE_HELP, metavar="NAME[,NAME]")] = None,
+    regularize: Regularize = None,
     block_size: Annotated[int, typer.Option("--block-size", help="Pixels per block side (memory bound).")] = 1024,
     model: Annotated[
         Path | None, typer.Option(help="Model/run directory for class names (default: raster tags, run.json).")
@@ -398,12 +385,7 @@ def vectorize(
     from geoseg.vectorize import VectorizeConfig
     from geoseg.vectorize import run as run_vectorize
 
-    cfg = VectorizeConfig(
-        raster=str(raster), out=str(out), threshold=threshold, min_area_m2=min_area, fill_holes_m2=fill_holes,
-        core_boundary_max=core_boundary_max, simplify_px=simplify,
-        block_size=block_size, model=str(model) if model else None, scene=scene, scene_date=scene_date,
-        regularize=_names(regularize),
-    )  # fmt: skip
+    cfg = _build(VectorizeConfig, locals(), regularize=_names(regularize))
     res = run_vectorize(cfg)
     typer.echo(_json.dumps({"out": res["out"], "polygons": res["polygons"]}))
 @app.command()
@@ -463,16 +445,14 @@ def evaluate(
         except ValueError:
             raise InputError(f"{opt} {text!r}: expected comma-separated numbers, e.g. {example}") from None
 
-    cfg = EvaluateConfig(
-        predicted=str(predicted), truth=str(truth), aoi=str(aoi) if aoi else None, out=str(out) if out else None,
-        error_map=str(error_map) if error_map else None, class_field=class_field,
-        instances=str(instances) if instances else None, iou=iou,
-        size_bins=_floats(size_bins, "--size-bins", "50,200"), tile_px=tile_px, model=str(model) if model else None,
-        iou_thresholds=_floats(iou_thresholds, "--iou-thresholds", "0.25,0.5,0.75"), min_cover=min_cover,
+    cfg = _build(
+        EvaluateConfig,
+        locals(),
+        size_bins=_floats(size_bins, "--size-bins", "50,200"),
+        iou_thresholds=_floats(iou_thresholds, "--iou-thresholds", "0.25,0.5,0.75"),
         sweep=sweep or sweep_thresholds is not None,
         sweep_thresholds=_floats(sweep_thresholds, "--sweep-thresholds", "0.4,0.5,0.6") if sweep_thresholds else None,
-        sweep_min_area=sweep_min_area,
-    )  # fmt: skip
+    )
     res = run_evaluate(cfg)
     if res.get("sweep"):
         typer.echo(format_sweep_table(res["sweep"]), err=True)

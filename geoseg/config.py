@@ -6,16 +6,17 @@ says how it was made. Writes are atomic (temporary name, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from geoseg import SCHEMA_VERSION, __version__
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, RegistryError
 from geoseg.io.output import atomic_path
 
 
@@ -81,26 +82,88 @@ def read_json(path: str | os.PathLike[str], *, what: str = "config") -> dict[str
     return data
 
 
-_NUMERIC = {
-    "int": (int,),
-    "float": (int, float),
-    "int | None": (int, type(None)),
-    "float | None": (int, float, type(None)),
-}
+_NUMBER = {"int": (int,), "float": (int, float)}
+
+
+def _kinds(annotation: str) -> tuple[tuple[type, ...], bool, bool] | None:
+    """``(accepted types, optional, sequence)`` of a checked field annotation (int, float, bool, their
+    ``| None`` and ``tuple[..., ...]`` forms), else None (not checked here)."""
+    text = annotation.replace(" ", "")
+    optional = text.endswith("|None")
+    text = text.removesuffix("|None")
+    sequence = text.startswith("tuple[") and text.endswith(",...]")
+    if sequence:
+        text = text[len("tuple[") : -len(",...]")]
+    if text == "bool" and not sequence:
+        return (bool,), optional, False
+    if text in _NUMBER:
+        return _NUMBER[text], optional, sequence
+    return None
+
+
+def _ok(value: Any, kinds: tuple[type, ...]) -> bool:
+    if kinds == (bool,):
+        return isinstance(value, bool)
+    return not isinstance(value, bool) and isinstance(value, kinds)
 
 
 def check_option_types(cfg: Any) -> None:
-    """Raise :class:`~geoseg.errors.ConfigError` naming the option when a numeric field of a stage
-    config dataclass holds a non-number (e.g. ``lr: fast`` in a pipeline file)."""
-    import dataclasses
-
-    from geoseg.errors import ConfigError
-
+    """Raise :class:`~geoseg.errors.ConfigError` naming the option (``--lr``) when a field of a stage
+    config dataclass annotated ``int``, ``float``, ``bool`` (or ``... | None``, ``tuple[float, ...]``)
+    holds another type, e.g. ``lr: fast`` or ``size_bins: [banana]`` in a pipeline file."""
     for f in dataclasses.fields(cfg):
-        kinds = _NUMERIC.get(str(f.type))
-        if kinds is None:
+        found = _kinds(str(f.type))
+        if found is None:
             continue
+        kinds, optional, sequence = found
         v = getattr(cfg, f.name)
-        if isinstance(v, bool) or not isinstance(v, kinds):
-            want = "an integer" if str(f.type).startswith("int") else "a number"
-            raise ConfigError(f"--{f.name.replace('_', '-')}: expected {want}, got {v!r}")
+        if optional and v is None:
+            continue
+        want = "true or false" if kinds == (bool,) else "an integer" if kinds == (int,) else "a number"
+        if sequence:
+            if not isinstance(v, (tuple, list)) or not all(_ok(x, kinds) for x in v):
+                want = "a list of " + {"an integer": "integers"}.get(want, "numbers")
+                raise ConfigError(f"{option_name(f.name)}: expected {want}, got {v!r}")
+        elif not _ok(v, kinds):
+            raise ConfigError(f"{option_name(f.name)}: expected {want}, got {v!r}")
+
+
+def option_name(field: str) -> str:
+    """The command-line spelling of a config field: ``min_area`` -> ``--min-area``."""
+    return "--" + field.replace("_", "-")
+
+
+@contextlib.contextmanager
+def naming(option: str) -> Iterator[None]:
+    """Turn a :class:`~geoseg.errors.RegistryError` (unknown name; lists the valid ones) raised inside
+    into a :class:`~geoseg.errors.ConfigError` naming ``option``: ``--blend: unknown blend window ...``."""
+    try:
+        yield
+    except RegistryError as e:
+        raise ConfigError(f"{option}: {e}") from None
+
+
+class StageConfig:
+    """Base of every stage's options (``TileConfig``, ``TrainConfig``, ``PredictConfig``, ...).
+
+    Subclasses are frozen dataclasses; constructing one runs, in order, :meth:`normalize` (coerce
+    values, e.g. ``"8"`` -> ``8``), :func:`check_option_types` and :meth:`validate` (range and choice
+    checks that need no file). So a config that exists is valid, whoever built it (CLI, pipeline file,
+    Python), and every problem is a one-line :class:`~geoseg.errors.ConfigError` naming the option as
+    the command line spells it (``--threshold``; ``geoseg run`` adds the file and the stage).
+    """
+
+    def __post_init__(self) -> None:
+        self.normalize()
+        check_option_types(self)
+        self.validate()
+
+    def normalize(self) -> None:
+        """Coerce field values in place before the checks (default: nothing)."""
+
+    def validate(self) -> None:
+        """Raise :class:`~geoseg.errors.ConfigError` for an out-of-range option (default: nothing)."""
+
+    def _set(self, name: str, value: Any) -> None:
+        """Assign a field of the frozen dataclass (for :meth:`normalize` only)."""
+        object.__setattr__(self, name, value)

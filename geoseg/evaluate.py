@@ -47,7 +47,16 @@ from rasterio.windows import Window
 from scipy import ndimage as ndi
 
 from geoseg.classes import ClassTable
-from geoseg.errors import EmptyResultError, InputError, InputNotFoundError, LabelsError, RasterReadError, first_line
+from geoseg.config import StageConfig
+from geoseg.errors import (
+    ConfigError,
+    EmptyResultError,
+    InputError,
+    InputNotFoundError,
+    LabelsError,
+    RasterReadError,
+    first_line,
+)
 from geoseg.grid import Grid
 from geoseg.progress import tqdm
 
@@ -601,7 +610,7 @@ def valid_area(ds: rasterio.DatasetReader, block: int = 1024) -> Any:
 # run
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(StageConfig):
     """Options of ``geoseg evaluate``.
 
     ``iou``: the headline object match threshold (``object``); ``iou_thresholds``: also reported
@@ -629,8 +638,25 @@ class EvaluateConfig:
     sweep_min_area: float | None = None
 
     def validate(self) -> None:
-        """Range checks of the options (InputError naming the option)."""
-        _check_options(self)
+        """Range checks of the options (ConfigError naming the option)."""
+        if not 0 < self.iou <= 1:
+            raise ConfigError(f"--iou {self.iou}: must be in (0, 1]")
+        if self.tile_px < 8:
+            raise ConfigError(f"--tile-px {self.tile_px}: use at least 8")
+        bad = [t for t in self.iou_thresholds if not 0 < t <= 1]
+        if bad or not self.iou_thresholds:
+            raise ConfigError(f"--iou-thresholds {bad or '(none)'}: give one or more values in (0, 1]")
+        if not 0 < self.min_cover <= 1:
+            raise ConfigError(f"--min-cover {self.min_cover}: must be in (0, 1]")
+        if self.sweep_thresholds is not None:
+            bad = [t for t in self.sweep_thresholds if not 0 < t < 1]
+            if bad or not self.sweep_thresholds:
+                raise ConfigError(f"--sweep-thresholds {bad or '(none)'}: give one or more values in (0, 1)")
+        if self.sweep_min_area is not None and self.sweep_min_area < 0:
+            raise ConfigError(f"--sweep-min-area {self.sweep_min_area}: must be >= 0 m²")
+        bad = [b for b in self.size_bins if not b > 0]
+        if bad:
+            raise ConfigError(f"--size-bins {bad}: object size-bin edges are areas > 0 m²")
 
 
 def default_sweep_thresholds() -> tuple[float, ...]:
@@ -718,24 +744,6 @@ def _read_instances(path: Path) -> gpd.GeoDataFrame:
     except Exception as e:  # pyogrio raises several types; all mean "cannot read"
         msg = first_line(e)
         raise InputError(f"{path}: not a readable instances layer ({msg})") from None
-
-
-def _check_options(config: EvaluateConfig) -> None:
-    if not 0 < config.iou <= 1:
-        raise InputError(f"--iou {config.iou}: must be in (0, 1]")
-    if config.tile_px < 8:
-        raise InputError(f"--tile-px {config.tile_px}: use at least 8")
-    bad = [t for t in config.iou_thresholds if not 0 < t <= 1]
-    if bad or not config.iou_thresholds:
-        raise InputError(f"--iou-thresholds {bad or '(none)'}: give one or more values in (0, 1]")
-    if not 0 < config.min_cover <= 1:
-        raise InputError(f"--min-cover {config.min_cover}: must be in (0, 1]")
-    if config.sweep_thresholds is not None:
-        bad = [t for t in config.sweep_thresholds if not 0 < t < 1]
-        if bad or not config.sweep_thresholds:
-            raise InputError(f"--sweep-thresholds {bad or '(none)'}: give one or more values in (0, 1)")
-    if config.sweep_min_area is not None and config.sweep_min_area < 0:
-        raise InputError(f"--sweep-min-area {config.sweep_min_area}: must be >= 0 m²")
 
 
 def _foreground(cm: np.ndarray, fg: Sequence[int]) -> dict[str, Any]:

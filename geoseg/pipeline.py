@@ -12,7 +12,8 @@ A pipeline file is YAML::
       baseline: {}                                   # colour classifier, predicted + evaluated likewise
 
 Relative paths are relative to the pipeline file. Everything is validated before any work starts
-(unknown stage or key, missing input file). Each stage writes under ``OUT/<stage dir>``; a stage
+(unknown stage or key, missing input file, and every stage's options: each config is a
+:class:`~geoseg.config.StageConfig`, checked on construction). Each stage writes under ``OUT/<stage dir>``; a stage
 whose outputs are complete and whose resolved config (and upstream configs) are unchanged is
 skipped; ``--from STAGE`` forces that stage and the ones after it.
 """
@@ -151,12 +152,9 @@ class Pipeline:
         opts.update(implicit)
         opts["out"] = str(out / spec.out)
         try:
-            cfg = cls(**opts)
-            if hasattr(cfg, "validate"):  # range checks up front, before any stage runs
-                cfg.validate()
+            return cls(**opts)  # a StageConfig checks its options on construction: all up front, before any stage runs
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{self.path}: stage {stage}: {e}") from None
-        return cfg
 
 
 def _resolve_paths(value: Any, base: Path, what: str) -> Any:

@@ -71,6 +71,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from geoseg.classes import ClassesLike, ClassTable, as_class_dicts
+from geoseg.config import StageConfig
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
 from geoseg.grid import geodesic_areas_m2, local_areas_m2
 from geoseg.postprocess import PostProcess, resolve_postprocess
@@ -1010,7 +1011,7 @@ def _norm_classes(classes: list[Any]) -> list[dict]:
 # run
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class VectorizeConfig:
+class VectorizeConfig(StageConfig):
     """Options of ``geoseg vectorize`` (written next to the output as ``<out>.json``).
 
     ``None`` post-processing values come from the model (calibrated, else derived from the label
@@ -1030,6 +1031,18 @@ class VectorizeConfig:
     scene: str | None = None
     scene_date: str | None = None
     regularize: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        """Range checks (ConfigError naming the command-line option) before any file is read."""
+        for opt, val in (("--threshold", self.threshold), ("--core-boundary-max", self.core_boundary_max)):
+            if val is not None and not 0.0 < val < 1.0:
+                raise ConfigError(f"{opt} must be between 0 and 1, got {val!r}")
+        for opt, val in (("--min-area", self.min_area_m2), ("--fill-holes", self.fill_holes_m2),
+                         ("--simplify", self.simplify_px)):  # fmt: skip
+            if val is not None and val < 0:
+                raise ConfigError(f"{opt} must be >= 0, got {val!r}")
+        if self.block_size < 8:
+            raise ConfigError(f"--block-size {self.block_size} too small; use at least 8 (default 1024)")
 
 
 def run(config: VectorizeConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import rasterio
 
 from geoseg import __version__
 from geoseg.classes import ClassTable
-from geoseg.config import check_option_types, read_json, to_dict, write_json
+from geoseg.config import StageConfig, naming, read_json, to_dict, write_json
 from geoseg.errors import ConfigError, InputError, ModelError, NoOverlapError, first_line, format_bounds
 from geoseg.grid import Window
 from geoseg.io.gdal_env import gdal_env
@@ -55,7 +55,7 @@ SCHEDULER_TIMEOUT = "10s"  # connecting to --scheduler: a one-line error after t
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(StageConfig):
     """Options of ``geoseg predict`` (written to ``run.json``).
 
     ``overlap`` (pixels) defaults to a quarter of the tile; ``tile_size`` to the model's;
@@ -99,15 +99,15 @@ class PredictConfig:
     asset: str | None = None
 
     def validate(self) -> None:
-        """Range checks that need no file (``geoseg run`` calls this before any stage starts)."""
-        check_option_types(self)
+        """Range checks that need no file (run on construction, so before any stage of ``geoseg run``)."""
         if not self.scenes:
-            raise InputError("give at least one scene")
+            raise ConfigError("give at least one scene")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
         if str(self.compress).upper() not in COMPRESSIONS:
             raise ConfigError(f"--compress {self.compress!r}: use one of {', '.join(COMPRESSIONS)}")
-        BLEND_WINDOWS[self.blend]  # unknown name -> RegistryError listing the valid ones
+        with naming("--blend"):
+            BLEND_WINDOWS[self.blend]  # unknown name: the error lists the valid ones
         for opt, val in (("--threshold", self.threshold), ("--core-boundary-max", self.core_boundary_max)):
             if val is not None and not (isinstance(val, int | float) and 0.0 < val < 1.0):
                 raise ConfigError(f"{opt} must be between 0 and 1, got {val!r}")

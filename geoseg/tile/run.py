@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geoseg.config import check_option_types, to_dict, write_json
+from geoseg.config import StageConfig, to_dict, write_json
 from geoseg.errors import ConfigError, EmptyResultError, InputError, NoOverlapError
 from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir, staged_output, warn_if_low_space
@@ -48,7 +48,7 @@ CHUNK_BYTES = 32 * 2**20  # pixels read per task (scan and extract), per worker
 
 
 @dataclass(frozen=True)
-class TileConfig:
+class TileConfig(StageConfig):
     """Options of ``geoseg tile`` (CLI names in brackets). Paths are strings for JSON round-trips."""
 
     scenes: tuple[str, ...]
@@ -83,14 +83,13 @@ class TileConfig:
     processes: bool = False  # LocalCluster workers as processes (default threads: faster start, less memory)
     progress: bool = True
 
-    def __post_init__(self) -> None:
+    def normalize(self) -> None:
         vbt = self.val_block_tiles
         if isinstance(vbt, str) and vbt.strip().isdigit():  # "8" from a command line or --set
-            object.__setattr__(self, "val_block_tiles", int(vbt))
+            self._set("val_block_tiles", int(vbt))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for out-of-range options (one line, naming the option)."""
-        check_option_types(self)
         vbt = self.val_block_tiles
         checks = [
             (len(self.scenes) > 0, "give at least one SCENE"),

@@ -33,7 +33,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from geoseg.config import check_option_types, read_json, to_dict, write_json
+from geoseg.config import StageConfig, naming, read_json, to_dict, write_json
 from geoseg.errors import ConfigError, GeosegError, ModelError, first_line
 from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir
@@ -61,7 +61,7 @@ def default_workers() -> int:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StageConfig):
     """Options of ``geoseg train`` (see the CLI help); ``None`` means "pick for the device"."""
 
     dataset: Path
@@ -94,10 +94,12 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        check_option_types(self)
-        object.__setattr__(self, "dataset", Path(self.dataset))
-        object.__setattr__(self, "out", Path(self.out))
+    def normalize(self) -> None:
+        self._set("dataset", Path(self.dataset))
+        self._set("out", Path(self.out))
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for an out-of-range option (one line, naming the option)."""
         checks = {
             "--epochs": self.epochs >= 1,
             "--batch-size": self.batch_size >= 1,
@@ -112,8 +114,10 @@ class TrainConfig:
         for opt, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{opt}: invalid value; see geoseg train --help")
-        ARCHS[self.arch.lower()]  # unknown names list the valid ones
-        LOSSES[self.loss]
+        with naming("--arch"):
+            ARCHS[self.arch.lower()]  # unknown names list the valid ones
+        with naming("--loss"):
+            LOSSES[self.loss]
         if self.augment_recipe not in RECIPES:
             raise ConfigError(f"--augment-recipe {self.augment_recipe!r}: use one of {', '.join(RECIPES)}")
         if self.keep not in ("best", "last"):

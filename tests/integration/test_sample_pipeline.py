@@ -74,32 +74,51 @@ def test_rerun_skips_unchanged_stages_and_from_forces(sample_run: Path, capsys: 
     assert ran == ["evaluate", "baseline"]
 
 
-def test_bad_pipeline_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = PIPELINE.read_text()
-    cases = {
-        "unknown_key": text.replace("  train:\n", "  train:\n    epochz: 1\n"),
-        "unknown_stage": text.replace("  evaluate:", "  evaluatee:"),
-        "missing_file": text.replace("aoi: ../sample_aoi/holdout_aoi.geojson", "aoi: ../sample_aoi/nope.geojson", 1),
-        # a bad option of a late stage stops the pipeline before the first stage starts
-        "predict_threshold": text.replace("  predict:\n", "  predict:\n    threshold: 7\n"),
-        "predict_blend": text.replace("  predict:\n", "  predict:\n    blend: nonsense\n"),
-        "predict_min_area": text.replace("  predict:\n", "  predict:\n    min_area: -5\n"),
-        "predict_batch": text.replace("  predict:\n", "  predict:\n    batch_size: 0\n"),
-        "train_lr": text.replace("    lr: 0.002\n", "    lr: fast\n"),
-    }
-    expected = {"unknown_key": "epochz", "unknown_stage": "evaluatee", "missing_file": "nope.geojson",
-                "predict_threshold": "--threshold", "predict_blend": "nonsense", "predict_min_area": "--min-area",
-                "predict_batch": "--batch-size", "train_lr": "--lr: expected a number"}  # fmt: skip
-    for name, body in cases.items():
-        assert body != text, name  # the case really changes the file
-        p = tmp_path / "pipelines" / f"{name}.yaml"
-        p.parent.mkdir(exist_ok=True)
-        p.write_text(body.replace("../sample_aoi/", f"{ROOT}/sample_aoi/"))
-        out = tmp_path / f"out_{name}"
-        assert main(["run", str(p), "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and expected[name] in err[0], err
-        assert not out.exists()
+_TEXT = PIPELINE.read_text()
+
+
+def _with(stage: str, option: str) -> str:
+    """The sample pipeline with ``option`` (one YAML line) added to ``stage``."""
+    return _TEXT.replace(f"  {stage}:\n", f"  {stage}:\n    {option}\n", 1)
+
+
+# (pipeline text, a word the one-line error must contain): each must stop `geoseg run` before the first stage
+BAD_PIPELINES = {
+    "unknown_key": (_with("train", "epochz: 1"), "epochz"),
+    "unknown_stage": (_TEXT.replace("  evaluate:", "  evaluatee:"), "evaluatee"),
+    "missing_file": (
+        _TEXT.replace("aoi: ../sample_aoi/holdout_aoi.geojson", "aoi: ../sample_aoi/nope.geojson", 1),
+        "nope.geojson",
+    ),
+    # a bad option of a late stage stops the pipeline before the first stage starts (issues 8 and 13)
+    "tile_undated": (_with("tile", "undated: sometimes"), "--undated"),
+    "train_lr": (_TEXT.replace("    lr: 0.002\n", "    lr: fast\n"), "--lr: expected a number"),
+    "train_arch": (_with("train", "arch: segformer9"), "--arch: unknown"),
+    "predict_threshold": (_with("predict", "threshold: 7"), "--threshold"),
+    "predict_blend": (_with("predict", "blend: nonsense"), "--blend"),
+    "predict_min_area": (_with("predict", "min_area: -5"), "--min-area"),
+    "predict_batch": (_with("predict", "batch_size: 0"), "--batch-size"),
+    "predict_compress": (_with("predict", "compress: FOO"), "--compress"),
+    "predict_tta": (_with("predict", "tta: fast"), "--tta: expected true or false"),
+    "evaluate_size_bins": (_with("evaluate", "size_bins: [banana]"), "--size-bins: expected a list of numbers"),
+    "evaluate_iou": (_with("evaluate", "iou: 2"), "--iou"),
+    "baseline_threshold": (_with("baseline", "threshold: 7"), "--threshold"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_PIPELINES))
+def test_bad_pipeline_fails_before_any_work(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body, needle = BAD_PIPELINES[name]
+    assert body != _TEXT, name  # the case really changes the file
+    p = tmp_path / "pipelines" / f"{name}.yaml"
+    p.parent.mkdir()
+    p.write_text(body.replace("../sample_aoi/", f"{ROOT}/sample_aoi/"))
+    out = tmp_path / "out"
+    assert main(["run", str(p), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert str(p) in err[0], err  # names the pipeline file
+    assert not out.exists()  # nothing written: no dataset/, no state file
 
 
 @pytest.mark.slow
