@@ -11,11 +11,11 @@ A pipeline file is YAML::
       evaluate: {truth: ..., aoi: ...}               # predicted = the predict stage's output
       baseline: {}                                   # colour classifier, predicted + evaluated likewise
 
-Relative paths are relative to the pipeline file. Everything is validated before any work starts
-(unknown stage or key, missing input file, and every stage's options: each config is a
-:class:`~geoseg.config.StageConfig`, checked on construction). Each stage writes under ``OUT/<stage dir>``; a stage
-whose outputs are complete and whose resolved config (and upstream configs) are unchanged is
-skipped; ``--from STAGE`` forces that stage and the ones after it.
+Relative paths are relative to the pipeline file. Everything is validated before any work starts:
+unknown stage or key, missing input file, and every stage's options (each config is a
+:class:`~geoseg.config.StageConfig`, checked on construction). Each stage writes under
+``OUT/<stage dir>``; a stage whose outputs are complete and whose resolved config (and upstream
+configs) are unchanged is skipped; ``--from STAGE`` forces that stage and the ones after it.
 """
 
 from __future__ import annotations
