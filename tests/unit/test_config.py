@@ -118,3 +118,5 @@ def test_cli_defaults_are_the_config_defaults(command: str) -> None:
             continue
         assert _same(p.default, f.default), f"{command} --{name.replace('_', '-')}: CLI {p.default!r} != {f.default!r}"
     assert set(missing) == NOT_ON_CLI[command], f"{command}: fields without an option: {missing}"
+    unused = set(params) - {to_param.get(f.name, f.name) for f in dataclasses.fields(cls)}
+    assert not unused, f"{command}: options that reach no config field: {unused}"
