@@ -63,6 +63,10 @@ def _root(
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# shared help of the parallel options (tile and predict; geoseg.parallel)
+_WORKERS_HELP = "Tasks in parallel: 1 = in-process (default); N > 1 = a local dask cluster of N single-thread workers."
+_SCHEDULER_HELP = "Existing dask scheduler, e.g. tcp://host:8786 (its workers must see the same paths)."
+
 # shared help of the post-processing options (predict and vectorize)
 _FROM_MODEL = "default: the model's calibrated value, else derived from its label objects"
 _HELP = {
@@ -154,10 +158,8 @@ def tile(
                      "touching objects can be separated (0 = off; default: from the label object sizes)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same dataset).")] = 0,
-    workers: Annotated[int, typer.Option(help="Local dask workers (1 = in-process).")] = 1,
-    scheduler: Annotated[
-        str | None, typer.Option(help="Existing dask scheduler address, e.g. tcp://host:8786.")
-    ] = None,
+    workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 1,
+    scheduler: Annotated[str | None, typer.Option(help=_SCHEDULER_HELP)] = None,
     processes: Annotated[
         bool, typer.Option("--processes/--threads", help="Local workers as processes or threads (default).")
     ] = False,
@@ -315,8 +317,8 @@ def predict(
     regularize: Annotated[str | None, typer.Option(help=REGULARIZE_HELP, metavar="NAME[,NAME]")] = None,
     vectorize_: Annotated[bool, typer.Option("--vectorize/--no-vectorize", help="Write instances.gpkg.")] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")] = False,
-    workers: Annotated[int, typer.Option(help="Local dask workers (0 = in-process).")] = 0,
-    scheduler: Annotated[str | None, typer.Option(help="dask scheduler address (shared file system).")] = None,
+    workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 1,
+    scheduler: Annotated[str | None, typer.Option(help=_SCHEDULER_HELP)] = None,
     compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
