@@ -163,6 +163,7 @@ class Executor:
             return
         from dask.distributed import as_completed
 
+        limit = no_workers_timeout()  # (here, not in the watchdog thread: a bad value is a one-line error)
         keys = {}
         futures = []
         for key, item in pairs:
@@ -170,8 +171,8 @@ class Executor:
             keys[fut.key] = key
             futures.append(fut)
         stop = threading.Event()
-        gone: list[float] = []  # set by the watchdog: seconds without a worker
-        watchdog = threading.Thread(target=self._watch, args=(futures, stop, gone), daemon=True)
+        gone: list[float] = []  # set by the watchdog (seconds without a worker) before it cancels the futures
+        watchdog = threading.Thread(target=self._watch, args=(futures, limit, stop, gone), daemon=True)
         watchdog.start()
         try:
             with self.client.as_current():
@@ -179,7 +180,7 @@ class Executor:
             for fut in done:
                 if gone:
                     raise ClusterError(
-                        f"{self._where}: no dask worker left for {gone[0]:.0f} s with {self.what}s pending; "
+                        f"{self._where}: no dask worker left for {limit:g} s with {self.what}s pending; "
                         f"restart the workers, then rerun{' with --resume' if self.resumable else ''}"
                     )
                 if fut.status == "error":
@@ -194,10 +195,9 @@ class Executor:
             for fut in futures:
                 fut.cancel()
 
-    def _watch(self, futures: list[Any], stop: threading.Event, gone: list[float]) -> None:
-        """Poll the worker count; after ``no_workers_timeout()`` s with none, record it and cancel ``futures``
+    def _watch(self, futures: list[Any], limit: float, stop: threading.Event, gone: list[float]) -> None:
+        """Poll the worker count; after ``limit`` s with none, record it in ``gone`` and cancel ``futures``
         (which ends :meth:`map`'s wait). A failing poll (scheduler unreachable) counts as no worker."""
-        limit = no_workers_timeout()
         since: float | None = None
         while not stop.wait(POLL_S):
             try:
