@@ -27,6 +27,7 @@ from geoseg.cli_options import (
     Scheduler,
     Seed,
     Threshold,
+    Workers,
 )
 from geoseg.errors import GeosegError, Terminated
 from geoseg.io.gdal_env import gdal_env
@@ -189,7 +190,7 @@ def tile(
                      "touching objects can be separated (0 = off; default: from the label object sizes)."),
     ] = None,
     seed: Seed = 0,
-    workers: Annotated[int, typer.Option(help="Local dask workers (1 = in-process).")] = 1,
+    workers: Workers = 1,
     scheduler: Scheduler = None,
     processes: Annotated[
         bool, typer.Option("--processes/--threads", help="Local workers as processes or threads (default).")
@@ -311,7 +312,7 @@ def predict(
     regularize: Regularize = None,
     vectorize_: Annotated[bool, typer.Option("--vectorize/--no-vectorize", help="Write instances.gpkg.")] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUT.")] = False,
-    workers: Annotated[int, typer.Option(help="Local dask workers (0 = in-process).")] = 0,
+    workers: Workers = 1,
     scheduler: Scheduler = None,
     compress: Annotated[str, typer.Option(help="COG compression: ZSTD, DEFLATE, LZW, NONE.")] = "ZSTD",
     progress: Progress = True,

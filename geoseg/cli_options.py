@@ -21,7 +21,12 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
 Scheduler = Annotated[
     str | None,
-    typer.Option(help="Existing dask scheduler address, e.g. tcp://host:8786 (workers share the file system)."),
+    typer.Option(help="Existing dask scheduler address, e.g. tcp://host:8786 (its workers must see the same paths)."),
+]
+Workers = Annotated[
+    int,
+    typer.Option(help="Tasks in parallel: 1 = in-process (default); N > 1 = a local dask cluster of N single-thread "
+                 "workers (geoseg.parallel)."),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed (same seed, same result).")]
 

@@ -79,6 +79,10 @@ class OutputError(InputError):
     """An output location is unusable (a file where a folder is needed, not writable)."""
 
 
+class ClusterError(GeosegError, RuntimeError):
+    """The dask cluster cannot run the work (e.g. no worker left); an unreachable scheduler is a ConfigError."""
+
+
 class LockedError(GeosegError, RuntimeError):
     """Another geoseg run holds the output folder's lock."""
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -15,6 +16,16 @@ from pathlib import Path
 from geoseg.errors import OutputError, first_line
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once: ``os.umask`` can only be read by setting it, and setting it to 0 for a
+    moment while another thread (a background chunk writer, a dask thread worker) creates a file would
+    give that file world-writable permissions."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
@@ -35,9 +46,7 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are meant to be shared
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -4,8 +4,9 @@ Windows form a lattice ``row_starts x col_starts`` with stride ``tile - overlap`
 AOI's bounding window; the last window of each axis is shifted back so it ends at the AOI edge
 (and never past the scene edge when the scene is at least one tile). Only windows whose footprint
 intersects the AOI are kept, so every pixel inside the AOI keeps *all* the windows covering it.
-Windows are grouped in **strips** (one row of windows); strips are grouped in **bands** (row
-ranges of the output that one task writes, for dask and resume).
+Windows are grouped in **strips** (one row of windows); strips are grouped in **row ranges**
+(:class:`RowRange`: rows of the output that one task writes, for dask and resume; "band" is kept
+for spectral bands).
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ class Strip:
 
 
 @dataclass(frozen=True)
-class Band:
+class RowRange:
     """Output rows ``[row_lo, row_hi)`` of a scene, written by one task.
 
     ``strips`` are the indices (into :attr:`ScenePlan.strips`) of every strip whose windows touch
-    these rows, including strips owned by the previous band (their windows overlap this one).
+    these rows, including strips owned by the previous range (their windows overlap this one).
     """
 
     index: int
@@ -115,22 +116,22 @@ class ScenePlan:
             [(self.aoi, 1)], out_shape=(sub.height, sub.width), transform=sub.transform, fill=0, dtype="uint8"
         ).astype(bool)
 
-    def bands(self, n: int) -> list[Band]:
-        """Split the output rows into ``n`` (or fewer) bands of about equal numbers of strips.
+    def row_ranges(self, n: int) -> list[RowRange]:
+        """Split the output rows into ``n`` (or fewer) row ranges of about equal numbers of strips.
 
-        Band boundaries are strip starts; the first band starts at row 0 and the last ends at the
-        scene height, so the bands tile the scene rows exactly.
+        Range boundaries are strip starts; the first range starts at row 0 and the last ends at the
+        scene height, so the ranges tile the scene rows exactly.
         """
         ns = len(self.strips)
         n = max(1, min(n, ns))
         cuts = [round(i * ns / n) for i in range(n + 1)]
-        out: list[Band] = []
+        out: list[RowRange] = []
         for b in range(n):
             first, last = cuts[b], cuts[b + 1]
             row_lo = 0 if b == 0 else self.strips[first].row
             row_hi = self.grid.height if b == n - 1 else self.strips[last].row
             touching = tuple(i for i, s in enumerate(self.strips) if s.row < row_hi and s.row + self.tile > row_lo)
-            out.append(Band(b, row_lo, row_hi, touching))
+            out.append(RowRange(b, row_lo, row_hi, touching))
         return out
 
     def fingerprint(self) -> str:

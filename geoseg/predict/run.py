@@ -7,13 +7,20 @@ Layout of ``OUT`` (documented in the README):
   overlapping scenes are predicted independently; no mosaic);
 - ``OUT/project.qgs`` and ``OUT/run.json`` (config, model config, per-scene timing) in both cases.
 
-Work happens in ``OUT/.geoseg-predict/`` (row chunks + per-band checkpoints); finished files are
+Phases: :func:`_prepare` (validate every input, plan the windows; nothing written) -> the row ranges
+(:func:`run_row_range`, one task per :class:`~geoseg.predict.plan.RowRange` of a scene, in-process or
+on dask through :class:`geoseg.parallel.Executor`) -> assemble (:func:`_assemble_scenes`: COGs,
+polygons and styles per scene) -> publish (:func:`_publish`: move into ``OUT``, ``project.qgs``,
+``run.json``).
+
+Work happens in ``OUT/.geoseg-predict/`` (row chunks + per-range checkpoints); finished files are
 moved into place only when every scene is done, so a file with a final name is always complete.
 ``--resume`` continues from the checkpoints; without it an old work folder is discarded.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,11 +46,12 @@ from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir, warn_if_low_space
 from geoseg.io.rasters import SceneInfo, is_remote, open_raster, read_window, scene_info, scene_key
 from geoseg.io.vectors import read_aoi
+from geoseg.parallel import Executor, is_distributed
 from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.predict.blend import BLEND_WINDOWS, weight_2d
-from geoseg.predict.plan import Band, ScenePlan, aoi_geometry, plan_scene
-from geoseg.predict.stitch import NODATA_U8, PredictFn, RowReader, RowsOut, input_width, predict_band
-from geoseg.predict.writer import CLASSES, PROBABILITIES, ChunkStore, ChunkWriter, assemble_cogs
+from geoseg.predict.plan import RowRange, ScenePlan, aoi_geometry, plan_scene
+from geoseg.predict.stitch import NODATA_U8, PredictFn, RowReader, RowsOut, input_width, predict_row_range
+from geoseg.predict.writer import CLASSES, PROBABILITIES, ChunkStore, RowRangeWriter, assemble_cogs
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,6 @@ WORK_DIR = ".geoseg-predict"
 INSTANCES = "instances.gpkg"
 COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "NONE")
 ENGINES = ("torch", "onnx")
-SCHEDULER_TIMEOUT = "10s"  # connecting to --scheduler: a one-line error after this, not a traceback after 30 s
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,8 @@ class PredictConfig(StageConfig):
     ``threshold``, ``min_area`` and ``fill_holes`` (true m²) and ``core_boundary_max`` default
     (None) to the model's calibrated or data-derived values (:mod:`geoseg.postprocess`);
     ``regularize`` names the classes whose instance polygons get regular footprints (see
-    :mod:`geoseg.regularize`); ``workers`` > 0 starts a local dask cluster, ``scheduler`` connects to one.
+    :mod:`geoseg.regularize`); ``workers`` > 1 starts a local dask cluster of that many worker processes
+    (1, and the legacy 0, run in-process), ``scheduler`` connects to an existing one (:mod:`geoseg.parallel`).
     ``engine`` ``onnx`` runs the model with ONNX Runtime: ``model`` is then a run/model directory (its
     ``model.onnx`` when exported from the current weights, else exported into the work folder) or an
     ``.onnx`` file with its ``.onnx.json`` (or embedded config) beside it. ``scenes`` may be URLs or STAC
@@ -91,7 +99,7 @@ class PredictConfig(StageConfig):
     regularize: tuple[str, ...] = ()
     vectorize: bool = True
     resume: bool = False
-    workers: int = 0
+    workers: int = 1
     scheduler: str | None = None
     compress: str = "ZSTD"
     progress: bool = True
@@ -102,6 +110,8 @@ class PredictConfig(StageConfig):
         """Range checks that need no file (run on construction, so before any stage of ``geoseg run``)."""
         if not self.scenes:
             raise ConfigError("give at least one scene")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"--workers must be an integer >= 1 (1 = in-process), got {self.workers!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
         if str(self.compress).upper() not in COMPRESSIONS:
@@ -125,6 +135,9 @@ class PredictConfig(StageConfig):
 
 @dataclass
 class SceneResult:
+    """One scene's entry in ``run.json``; ``bands`` is the number of row ranges (tasks) it was split in
+    (the key predates the :class:`~geoseg.predict.plan.RowRange` name and is kept for readers of run.json)."""
+
     scene: str
     out_dir: str
     date: str | None
@@ -145,13 +158,15 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
-class BandTask:
-    """Everything a (possibly remote) worker needs to predict one band of one scene (picklable)."""
+class RowRangeTask:
+    """Everything a (possibly remote) worker needs to predict one row range of one scene (picklable).
+
+    ``indexes`` are the 1-based spectral bands read from the scene."""
 
     scene: str
     indexes: tuple[int, ...]
     plan: ScenePlan
-    band: Band
+    rows: RowRange
     work: str
     model: str
     device: str
@@ -216,27 +231,18 @@ def read_cache_bytes(ds: Any, tile: int) -> int:
     return int(min(max(row_bytes * (tile + 2 * block_h), 64 * 2**20), 2**30))
 
 
-def run_band(
-    task: BandTask, predict_fn: PredictFn | None = None, on_windows: Callable[[int], None] | None = None
+def run_row_range(
+    task: RowRangeTask, predict_fn: PredictFn | None = None, on_windows: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Predict one band into the scene's chunk store (resumes from its checkpoint). Worker-safe."""
-    from geoseg.predict.adapter import TorchPredictor, cached_model, resolve_device
-
+    """Predict one row range into the scene's chunk store (resumes from its checkpoint). Worker-safe."""
     t0 = time.perf_counter()
     store = ChunkStore(task.work)
-    if store.band_finished(task.band.index):
-        return {"band": task.band.index, "windows": 0, "seconds": 0.0, "skipped": True, "resumed": True}
-    device = resolve_device(task.device)
-    if predict_fn is None and task.engine == "onnx":
-        from geoseg.predict.adapter import OnnxPredictor, cached_session
-
-        assert task.onnx is not None  # set by run() for the onnx engine
-        predict_fn = OnnxPredictor(cached_session(task.onnx, device), device, tta=task.tta)
-    elif predict_fn is None:
-        net, _ = cached_model(task.model, device)
-        predict_fn = TorchPredictor(net, device, amp=task.amp, tta=task.tta)
-    emit_from = store.rows_done(task.band.index)
-    writer = ChunkWriter(store, task.band.index)
+    index = task.rows.index
+    if store.range_finished(index):
+        return {"range": index, "windows": 0, "seconds": 0.0, "skipped": True, "resumed": True}
+    device, predict_fn = _task_predictor(task, predict_fn)
+    emit_from = store.rows_done(index)
+    writer = RowRangeWriter(store, index)
     valid = [0]
 
     def on_rows(rows: RowsOut) -> None:
@@ -247,9 +253,9 @@ def run_band(
     with gdal_env(), open_raster(task.scene) as ds, rasterio.Env(GDAL_CACHEMAX=read_cache_bytes(ds, task.plan.tile)):
         reader = make_reader(ds, task.plan, task.indexes, np.array(task.mean), np.array(task.std))
         try:
-            n = predict_band(
+            n = predict_row_range(
                 task.plan,
-                task.band,
+                task.rows,
                 reader,
                 predict_fn,
                 on_rows,
@@ -264,9 +270,25 @@ def run_band(
             )
         finally:
             writer.close()
-    store.mark(task.band.index, task.band.row_hi, finished=True)
-    return {"band": task.band.index, "windows": n, "seconds": time.perf_counter() - t0, "skipped": False,
+    store.mark(index, task.rows.row_hi, finished=True)
+    return {"range": index, "windows": n, "seconds": time.perf_counter() - t0, "skipped": False,
             "valid_px": valid[0], "resumed": emit_from > 0}  # fmt: skip
+
+
+def _task_predictor(task: RowRangeTask, predict_fn: PredictFn | None) -> tuple[Any, PredictFn]:
+    """The device and model forward of a task: ``predict_fn`` when given, else the (cached) model or ONNX session."""
+    from geoseg.predict.adapter import TorchPredictor, cached_model, resolve_device
+
+    device = resolve_device(task.device)
+    if predict_fn is not None:
+        return device, predict_fn
+    if task.engine == "onnx":
+        from geoseg.predict.adapter import OnnxPredictor, cached_session
+
+        assert task.onnx is not None  # set by run() for the onnx engine
+        return device, OnnxPredictor(cached_session(task.onnx, device), device, tta=task.tta)
+    net, _ = cached_model(task.model, device)
+    return device, TorchPredictor(net, device, amp=task.amp, tta=task.tta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,13 +311,41 @@ class _Prepared:
 
 
 def _prepare(cfg: PredictConfig) -> _Prepared:
-    """Validate every input before anything is written (bad input -> one-line GeosegError)."""
-    from geoseg.modeldir import read_model_config, resolve_model_dir
-
+    """Phase 1: validate every input and plan every scene before anything is written (bad input -> one-line
+    GeosegError). Reads the model config (not the weights), the scene headers and a few sample windows."""
     cfg.validate()
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a directory")
+    model_dir, mcfg, onnx_file = _model_config(cfg)
+    tile = int(cfg.tile_size or mcfg["tile_size"])
+    overlap = tile // 4 if cfg.overlap is None else int(cfg.overlap)
+    if not 0 <= overlap < tile:
+        raise ConfigError(f"--overlap must be in [0, {tile - 1}] pixels for tile size {tile}, got {overlap}")
+    infos = _scene_infos(cfg, int(mcfg["in_channels"]), mcfg, model_dir)
+    aoi = read_aoi(cfg.aoi, cfg.bbox)
+    kept, plans, skipped = _plan_scenes(cfg, aoi, infos, tile, overlap)
+    for info, plan in zip(kept, plans, strict=True):
+        _warn_subpixel_aoi(info, plan)
+        idx = tuple(cfg.bands) if cfg.bands else tuple(range(1, info.count + 1))
+        _warn_band_statistics(info, plan, idx, mcfg["normalisation"], model_dir)
+    indexes = tuple(cfg.bands) if cfg.bands else tuple(range(1, int(mcfg["in_channels"]) + 1))
+    scene_dirs = [out if len(kept) == 1 else out / i.stem for i in kept]
+    fp = _fingerprint(cfg, onnx_file or model_dir / "model.pt", mcfg, kept, plans, indexes)
+    post = resolve_postprocess(
+        mcfg, fg_classes=list(ClassTable.from_model_config(mcfg).foreground),
+        threshold=cfg.threshold, min_area_m2=cfg.min_area, fill_holes_m2=cfg.fill_holes,
+        core_boundary_max=cfg.core_boundary_max,
+    )  # fmt: skip
+    return _Prepared(
+        cfg, model_dir, mcfg, kept, plans, skipped, indexes, tile, overlap, out, scene_dirs, fp, post, onnx_file
+    )
+
+
+def _model_config(cfg: PredictConfig) -> tuple[Path, dict[str, Any], Path | None]:
+    """``(model_dir, model config, ONNX file or None)`` of ``--model``, checked (one-line ModelError)."""
+    from geoseg.modeldir import read_model_config, resolve_model_dir
+
     onnx_file: Path | None = None
     try:
         if str(cfg.model).lower().endswith(".onnx"):
@@ -332,19 +382,18 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         from geoseg.vectorize import regularize_class_ids
 
         regularize_class_ids(cfg.regularize, classes, mcfg.get("boundary_class"), what=str(model_dir))
-    tile = int(cfg.tile_size or mcfg["tile_size"])
-    overlap = tile // 4 if cfg.overlap is None else int(cfg.overlap)
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"--overlap must be in [0, {tile - 1}] pixels for tile size {tile}, got {overlap}")
+    return model_dir, mcfg, onnx_file
 
+
+def _scene_infos(cfg: PredictConfig, in_ch: int, mcfg: dict[str, Any], model_dir: Path) -> list[SceneInfo]:
+    """Every scene's header, checked: unique stems, ``--bands`` in range and as many as the model's inputs."""
     infos = [scene_info(p, asset=cfg.asset) for p in cfg.scenes]
     stems = [i.stem for i in infos]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise InputError(f"scenes with the same file name stem {dup[0]!r}: outputs would collide; rename one")
-    indexes = tuple(cfg.bands) if cfg.bands else None
     for info in infos:
-        idx = indexes or tuple(range(1, info.count + 1))
+        idx = tuple(cfg.bands) if cfg.bands else tuple(range(1, info.count + 1))
         bad = [i for i in idx if not 1 <= i <= info.count]
         if bad:
             raise InputError(f"{info.path}: --bands {bad[0]} out of range; the scene has {info.count} bands")
@@ -354,7 +403,13 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
                 f"{info.path}: {len(idx)} band(s) but model {model_dir} expects {in_ch} ({names}); "
                 "choose bands with --bands"
             )
-    aoi = read_aoi(cfg.aoi, cfg.bbox)
+    return infos
+
+
+def _plan_scenes(
+    cfg: PredictConfig, aoi: Any, infos: list[SceneInfo], tile: int, overlap: int
+) -> tuple[list[SceneInfo], list[ScenePlan], list[str]]:
+    """``(scenes the AOI touches, their plans, paths of the others)``; no scene touched: NoOverlapError."""
     plans: list[ScenePlan] = []
     kept: list[SceneInfo] = []
     skipped: list[str] = []
@@ -369,21 +424,7 @@ def _prepare(cfg: PredictConfig) -> _Prepared:
         raise NoOverlapError(_no_overlap_message(cfg, aoi, infos))
     for path in skipped:
         log.warning("%s: outside the AOI, skipped", path)
-    for info, plan in zip(kept, plans, strict=True):
-        _warn_subpixel_aoi(info, plan)
-        _warn_band_statistics(info, plan, indexes or tuple(range(1, info.count + 1)), norm, model_dir)
-    final_indexes = indexes or tuple(range(1, in_ch + 1))
-    single = len(kept) == 1
-    scene_dirs = [out if single else out / i.stem for i in kept]
-    fp = _fingerprint(cfg, onnx_file or model_dir / "model.pt", mcfg, kept, plans, final_indexes)
-    post = resolve_postprocess(
-        mcfg, fg_classes=list(ClassTable.from_model_config(mcfg).foreground),
-        threshold=cfg.threshold, min_area_m2=cfg.min_area, fill_holes_m2=cfg.fill_holes,
-        core_boundary_max=cfg.core_boundary_max,
-    )  # fmt: skip
-    return _Prepared(
-        cfg, model_dir, mcfg, kept, plans, skipped, final_indexes, tile, overlap, out, scene_dirs, fp, post, onnx_file
-    )
+    return kept, plans, skipped
 
 
 def _warn_subpixel_aoi(info: SceneInfo, plan: ScenePlan, max_px: int = 10_000_000) -> None:
@@ -475,39 +516,24 @@ def _fingerprint(
     return h.hexdigest()[:20]
 
 
-def _band_tasks(prep: _Prepared, work: Path, n_bands: list[int], onnx: Path | None = None) -> list[list[BandTask]]:
+def _range_tasks(
+    prep: _Prepared, work: Path, n_ranges: list[int], onnx: Path | None = None
+) -> list[list[RowRangeTask]]:
+    """Per scene, its row-range tasks (``n_ranges[i]`` or fewer for scene ``i``, each writing to its work folder)."""
     cfg, mcfg = prep.cfg, prep.model_cfg
     mean = tuple(float(v) for v in mcfg["normalisation"]["mean"])
     std = tuple(float(v) for v in mcfg["normalisation"]["std"])
     k = int(mcfg["num_classes"])
     return [
         [
-            BandTask(scene_key(info.path), prep.indexes, plan, b, str((work / f"scene_{i:03d}").resolve()),
-                     str(prep.model_dir.resolve()), cfg.device,
-                     cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k,
-                     engine=cfg.engine, onnx=str(onnx.resolve()) if onnx else None)
-            for b in plan.bands(n_bands[i])
+            RowRangeTask(scene_key(info.path), prep.indexes, plan, rr, str((work / f"scene_{i:03d}").resolve()),
+                         str(prep.model_dir.resolve()), cfg.device,
+                         cfg.amp, cfg.tta, cfg.batch_size, cfg.float_output, cfg.blend, mean, std, k,
+                         engine=cfg.engine, onnx=str(onnx.resolve()) if onnx else None)
+            for rr in plan.row_ranges(n_ranges[i])
         ]
         for i, (info, plan) in enumerate(zip(prep.infos, prep.plans, strict=True))
     ]  # fmt: skip
-
-
-def _open_client(cfg: PredictConfig) -> tuple[Any, Any]:
-    from dask.distributed import Client, LocalCluster
-
-    quiet = logging.WARNING if not logging.getLogger().isEnabledFor(logging.DEBUG) else logging.INFO  # -v: INFO
-    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker", "distributed.core"):
-        logging.getLogger(name).setLevel(quiet)
-    if cfg.scheduler:
-        try:
-            return Client(cfg.scheduler, timeout=SCHEDULER_TIMEOUT), None
-        except (OSError, TimeoutError, ValueError) as e:
-            raise ConfigError(f"--scheduler {cfg.scheduler}: cannot connect ({first_line(e, 160)})") from None
-    cluster = LocalCluster(
-        n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        silence_logs=quiet,
-    )  # fmt: skip
-    return Client(cluster), cluster
 
 
 def _finish_scene(
@@ -549,38 +575,41 @@ def _finish_scene(
     from geoseg import qgis as qg
 
     if cfg.vectorize:
-        from geoseg import vectorize as vec
-
         t = time.perf_counter()
-        post = prep.post
-        assert post is not None  # resolved in _prepare
-        gpkg = stage / INSTANCES
-        from geoseg.progress import quiet_progress
-
-        with gdal_env(), quiet_progress(not cfg.progress):
-            n_poly = int(
-                vec.vectorize_prediction(
-                    prob,
-                    gpkg,
-                    classes=classes,
-                    boundary_class=mcfg.get("boundary_class"),
-                    threshold=post.threshold,
-                    min_area_m2=post.min_area_m2,
-                    fill_holes_m2=post.fill_holes_m2,
-                    core_boundary_max=post.core_boundary_max,
-                    simplify_px=post.simplify_px,
-                    regularize=tuple(cfg.regularize),
-                    scene=info.name,
-                    scene_date=info.date.isoformat() if info.date else None,
-                )
-            )
-        if gpkg.exists():
-            files.append(gpkg)
+        n_poly = _vectorize_scene(prep, i, prob, stage / INSTANCES)
+        if (stage / INSTANCES).exists():
+            files.append(stage / INSTANCES)
         timing["vectorize_s"] = time.perf_counter() - t
     files += [Path(p) for p in qg.write_raster_styles(cls, prob, classes, boundary_class=mcfg.get("boundary_class"))]
     if (stage / INSTANCES).exists():
         qg.style_gpkg(stage / INSTANCES, "instances", classes)
     return files, n_poly, timing
+
+
+def _vectorize_scene(prep: _Prepared, i: int, prob: Path, gpkg: Path) -> int:
+    """Instance polygons of scene ``i`` from its ``probabilities.tif`` into ``gpkg``; returns their number."""
+    from geoseg import vectorize as vec
+    from geoseg.progress import quiet_progress
+
+    info, mcfg, post = prep.infos[i], prep.model_cfg, prep.post
+    assert post is not None  # resolved in _prepare
+    with gdal_env(), quiet_progress(not prep.cfg.progress):
+        return int(
+            vec.vectorize_prediction(
+                prob,
+                gpkg,
+                classes=mcfg["classes"],
+                boundary_class=mcfg.get("boundary_class"),
+                threshold=post.threshold,
+                min_area_m2=post.min_area_m2,
+                fill_holes_m2=post.fill_holes_m2,
+                core_boundary_max=post.core_boundary_max,
+                simplify_px=post.simplify_px,
+                regularize=tuple(prep.cfg.regularize),
+                scene=info.name,
+                scene_date=info.date.isoformat() if info.date else None,
+            )
+        )
 
 
 def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> PredictResult:
@@ -597,38 +626,59 @@ def run(config: PredictConfig, *, predict_fn: PredictFn | None = None) -> Predic
 
 
 def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
+    """prepare -> run the row ranges -> assemble each scene -> publish."""
     t_start = time.perf_counter()
     prep = _prepare(config)
     cfg = prep.cfg
     per_px = (int(prep.model_cfg["num_classes"]) + 1) * (4 if cfg.float_output else 1) * 2  # COGs + work chunks
     warn_if_low_space(cfg.out, sum(i.grid.width * i.grid.height * per_px for i in prep.infos))
-    distributed = bool(cfg.workers or cfg.scheduler)
-    if predict_fn is None and cfg.engine == "onnx":
+    _check_weights(prep, predict_fn)
+    work = prep.out / WORK_DIR
+    state = _resume_state(prep, work)
+    with Executor(cfg.workers, cfg.scheduler, processes=True, what="predict task", resumable=True) as ex:
+        if state is None:
+            state = _new_work(prep, work, ex.n_workers)
+        onnx = _onnx_for_tasks(prep, work, predict_fn)
+        tasks = _range_tasks(prep, work, [int(n) for n in state["bands"]], onnx)
+        range_stats = _run_ranges(prep, tasks, ex, predict_fn)
+    for i, info in enumerate(prep.infos):
+        if not any(b.get("resumed") for b in range_stats[i]) and sum(b.get("valid_px", 0) for b in range_stats[i]) == 0:
+            log.warning("%s: no valid pixel inside the AOI (the scene is nodata/NaN there, or the AOI covers no "
+                        "pixel centre); the outputs are all nodata", info.path)  # fmt: skip
+    results, staged = _assemble_scenes(prep, work, tasks, range_stats)
+    return _publish(prep, work, results, staged, t_start)
+
+
+def _check_weights(prep: _Prepared, predict_fn: PredictFn | None) -> None:
+    """Load the weights (or ONNX session) once before anything is written: unreadable ones fail here."""
+    cfg = prep.cfg
+    if predict_fn is not None:
+        return
+    from geoseg.predict.adapter import resolve_device
+
+    if cfg.engine == "onnx":
         from geoseg.export import require_onnx
-        from geoseg.predict.adapter import cached_session, resolve_device
+        from geoseg.predict.adapter import cached_session
 
         require_onnx()
         if prep.onnx is not None:
-            cached_session(str(prep.onnx), resolve_device(cfg.device))  # unloadable file fails before writing
-        else:
-            from geoseg.modeldir import load_model
+            cached_session(str(prep.onnx), resolve_device(cfg.device))
+            return
+    elif not is_distributed(cfg.workers, cfg.scheduler):
+        from geoseg.predict.adapter import cached_model
 
-            load_model(prep.model_dir, "cpu")  # validate the weights before writing anything
-    elif predict_fn is None and not distributed:
-        from geoseg.predict.adapter import cached_model, resolve_device
+        cached_model(str(prep.model_dir), resolve_device(cfg.device))  # in-process: the tasks reuse it
+        return
+    from geoseg.modeldir import load_model
 
-        cached_model(str(prep.model_dir), resolve_device(cfg.device))  # unreadable weights fail before writing
-    elif predict_fn is None:
-        from geoseg.modeldir import load_model
-        from geoseg.predict.adapter import resolve_device
-
-        load_model(prep.model_dir, "cpu")  # validate the weights before writing anything
+    load_model(prep.model_dir, "cpu")  # (dask: each worker loads its own copy)
+    if cfg.engine != "onnx":
         resolve_device(cfg.device)
 
-    out = prep.out
-    work = out / WORK_DIR
-    state_path = work / "state.json"
-    state: dict[str, Any] | None = None
+
+def _resume_state(prep: _Prepared, work: Path) -> dict[str, Any] | None:
+    """The work folder's state when ``--resume`` can continue it (else None); another run's: ConfigError."""
+    cfg, state_path = prep.cfg, work / "state.json"
     if work.exists() and cfg.resume and state_path.exists():
         state = read_json(state_path, what="predict work state")
         if state.get("fingerprint") != prep.fingerprint:
@@ -636,56 +686,66 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
                 f"{work}: left by a run with other scenes/model/AOI/options; rerun without --resume to start over"
             )
         log.info("resuming from %s", work)
-    elif cfg.resume:
-        log.info("nothing to resume in %s; starting", out)
+        return state
+    if cfg.resume:
+        log.info("nothing to resume in %s; starting", prep.out)
+    return None
 
-    client, cluster = _open_client(cfg) if distributed else (None, None)
+
+def _new_work(prep: _Prepared, work: Path, n_workers: int) -> dict[str, Any]:
+    """A fresh work folder (an old one is discarded) and its state: the fingerprint and, per scene, the
+    number of row ranges (enough to keep ``n_workers`` busy; outputs do not depend on it)."""
+    if work.exists():
+        log.info("discarding the unfinished run in %s (use --resume to continue it)", work)
+        shutil.rmtree(work)
+    per_scene = max(1, math.ceil(n_workers / len(prep.plans)))
+    state = {"fingerprint": prep.fingerprint, "bands": [min(per_scene, len(p.strips)) for p in prep.plans]}
+    work.mkdir(parents=True)
+    write_json(work / "state.json", state)
+    return state
+
+
+def _onnx_for_tasks(prep: _Prepared, work: Path, predict_fn: PredictFn | None) -> Path | None:
+    """The ONNX file the tasks run (engine onnx), exported into the work folder when the model has none."""
+    onnx = prep.onnx
+    if prep.cfg.engine == "onnx" and predict_fn is None and onnx is None:
+        onnx = work / "model.onnx"
+        if not onnx.exists():
+            from geoseg.export import export_onnx
+
+            res = export_onnx(prep.model_dir, onnx)
+            log.info("exported %s to ONNX for this run (max abs diff vs torch %.2g); keep one with geoseg export",
+                     prep.model_dir, res.max_abs_diff)  # fmt: skip
+    return onnx
+
+
+def _run_ranges(
+    prep: _Prepared, tasks: list[list[RowRangeTask]], ex: Executor, predict_fn: PredictFn | None
+) -> list[list[dict[str, Any]]]:
+    """Phase 2: run every row-range task (in-process in order, or on dask); per scene, the tasks' stats."""
+    stats: list[list[dict[str, Any]]] = [[] for _ in tasks]
+    items = [((i, j), t) for i, ts in enumerate(tasks) for j, t in enumerate(ts)]
+    if ex.distributed:
+        bar = _bar(prep.cfg, len(items), "bands")
+        fn: Callable[[RowRangeTask], dict[str, Any]] = run_row_range
+    else:
+        bar = _bar(prep.cfg, sum(p.n_windows for p in prep.plans), "windows")
+        fn = functools.partial(run_row_range, predict_fn=predict_fn, on_windows=bar.update)
     try:
-        if state is None:
-            if work.exists():
-                log.info("discarding the unfinished run in %s (use --resume to continue it)", work)
-                shutil.rmtree(work)
-            n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
-            per_scene = max(1, math.ceil(n_workers / len(prep.plans)))
-            state = {"fingerprint": prep.fingerprint, "bands": [min(per_scene, len(p.strips)) for p in prep.plans]}
-            work.mkdir(parents=True)
-            write_json(state_path, state)
-        onnx = prep.onnx
-        if cfg.engine == "onnx" and predict_fn is None and onnx is None:
-            onnx = work / "model.onnx"
-            if not onnx.exists():
-                from geoseg.export import export_onnx
-
-                res = export_onnx(prep.model_dir, onnx)
-                log.info("exported %s to ONNX for this run (max abs diff vs torch %.2g); keep one with geoseg export",
-                         prep.model_dir, res.max_abs_diff)  # fmt: skip
-        tasks = _band_tasks(prep, work, [int(b) for b in state["bands"]], onnx)
-        band_stats: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        if client is not None:
-            from dask.distributed import as_completed
-
-            futs = {client.submit(run_band, t, pure=False): i for i, ts in enumerate(tasks) for t in ts}
-            bar = _bar(cfg, len(futs), "bands")
-            for fut in as_completed(list(futs)):
-                band_stats[futs[fut]].append(fut.result())
+        for (i, _), st in ex.map(fn, items):
+            stats[i].append(st)
+            if ex.distributed:
                 bar.update(1)
-            bar.close()
-        else:
-            bar = _bar(cfg, sum(p.n_windows for p in prep.plans), "windows")
-            for i, ts in enumerate(tasks):
-                for t in ts:
-                    band_stats[i].append(run_band(t, predict_fn, on_windows=bar.update))
-            bar.close()
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        bar.close()
+    return stats
 
-    for i, info in enumerate(prep.infos):
-        if not any(b.get("resumed") for b in band_stats[i]) and sum(b.get("valid_px", 0) for b in band_stats[i]) == 0:
-            log.warning("%s: no valid pixel inside the AOI (the scene is nodata/NaN there, or the AOI covers no "
-                        "pixel centre); the outputs are all nodata", info.path)  # fmt: skip
+
+def _assemble_scenes(
+    prep: _Prepared, work: Path, tasks: list[list[RowRangeTask]], range_stats: list[list[dict[str, Any]]]
+) -> tuple[list[SceneResult], list[tuple[Path, list[Path]]]]:
+    """Phase 3: per scene, its outputs in the work folder (a resumed run reuses finished ones) and result."""
+    cfg = prep.cfg
     results: list[SceneResult] = []
     staged: list[tuple[Path, list[Path]]] = []
     for i, info in enumerate(prep.infos):
@@ -701,7 +761,7 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
             files, n_poly, timing = _finish_scene(prep, i, stage, store)
             write_json(done, {"files": [str(f) for f in files], "polygons": n_poly, "timing": timing}, stamped=False)
         timing = {
-            "predict_s": round(sum(b["seconds"] for b in band_stats[i]), 3),
+            "predict_s": round(sum(b["seconds"] for b in range_stats[i]), 3),
             **{k2: round(v, 3) for k2, v in timing.items()},
         }
         staged.append((prep.scene_dirs[i], files))
@@ -710,7 +770,7 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
                 scene=info.path,
                 out_dir=str(prep.scene_dirs[i]),
                 date=info.date.isoformat() if info.date else None,
-                windows=sum(b["windows"] for b in band_stats[i]),
+                windows=sum(b["windows"] for b in range_stats[i]),
                 bands=len(tasks[i]),
                 plan=prep.plans[i].to_dict(),
                 timing_s=timing,
@@ -718,13 +778,20 @@ def _run(config: PredictConfig, predict_fn: PredictFn | None) -> PredictResult:
                 files=[str(prep.scene_dirs[i] / f.name) for f in files],
             )
         )
+    return results, staged
 
-    # everything done: move the finished files into place (each with one rename)
+
+def _publish(
+    prep: _Prepared, work: Path, results: list[SceneResult], staged: list[tuple[Path, list[Path]]], t_start: float
+) -> PredictResult:
+    """Phase 4: everything done: move the finished files into place (one rename each), then the QGIS
+    project and ``run.json``; the work folder is removed last."""
+    cfg, out = prep.cfg, prep.out
     for dest_dir, files in staged:
         dest_dir.mkdir(parents=True, exist_ok=True)
         for f in files:
             if f.exists() or not (dest_dir / f.name).exists():  # (a resumed run may have moved it already)
-                os.replace(f, dest_dir / f.name)
+                os.replace(f, dest_dir / f.name)  # a finished file: one atomic rename (same file system)
     from geoseg import qgis as qg
 
     rasters = [d / n for d, _ in staged for n in (PROBABILITIES, CLASSES)]
@@ -759,4 +826,4 @@ def _bar(cfg: PredictConfig, total: int, unit: str) -> Any:
     return tqdm(total=total, unit=unit, desc="predict", disable=not cfg.progress, leave=False)
 
 
-__all__ = ["BandTask", "PredictConfig", "PredictResult", "SceneResult", "make_reader", "run", "run_band"]
+__all__ = ["PredictConfig", "PredictResult", "RowRangeTask", "SceneResult", "make_reader", "run", "run_row_range"]

@@ -1,6 +1,6 @@
 """Blended sliding-window inference, streamed strip by strip (model-agnostic core).
 
-``predict_band`` reads a scene band as row blocks (each input row read once, in a prefetch
+``predict_row_range`` reads a scene's row range as row blocks (each input row read once, in a prefetch
 thread), cuts the windows of one strip out of an in-memory row buffer, runs
 ``predict_fn(batch (B, C, T, T) float32 normalised) -> probabilities (B, K, T, T)`` (torch tensors
 on ``device``), accumulates ``weight * p`` and ``weight`` in float64, and hands finished rows to
@@ -11,7 +11,7 @@ both over the plan's column range, so memory is O(tile x width x (C + K)), indep
 height, and no full-scene array is ever allocated.
 
 Exactness: batches never span strips, and a pixel's contributions are summed in the same
-(row-major window) order whichever band, worker or resume point computes it, so single-process,
+(row-major window) order whichever row range, worker or resume point computes it, so single-process,
 distributed and resumed runs give bit-identical outputs. Division by the float64 weight sum
 reproduces the identity model's float32 input exactly.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from geoseg.predict.plan import Band, ScenePlan
+from geoseg.predict.plan import RowRange, ScenePlan
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 #: reader(row0, row1) -> (data float32 (C, h, width) normalised, keep bool (h, width)); rows may
@@ -59,10 +59,10 @@ def split_batches(n: int, batch_size: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(nb) if base + (1 if i < extra else 0) > 0]
 
 
-def band_strips(plan: ScenePlan, band: Band, emit_from: int = 0) -> list[int]:
-    """Indices of the strips to run for ``band`` when rows below ``emit_from`` are already written."""
-    lo = max(band.row_lo, emit_from)
-    return [i for i in band.strips if plan.strips[i].row + plan.tile > lo]
+def range_strips(plan: ScenePlan, row_range: RowRange, emit_from: int = 0) -> list[int]:
+    """Indices of the strips to run for ``row_range`` when rows below ``emit_from`` are already written."""
+    lo = max(row_range.row_lo, emit_from)
+    return [i for i in row_range.strips if plan.strips[i].row + plan.tile > lo]
 
 
 def row_blocks(plan: ScenePlan, strips: list[int]) -> list[tuple[int, int]]:
@@ -218,9 +218,9 @@ class _Prefetch:
         self._thread.join(timeout=5)
 
 
-def predict_band(
+def predict_row_range(
     plan: ScenePlan,
-    band: Band,
+    row_range: RowRange,
     reader: RowReader,
     predict_fn: PredictFn,
     on_rows: Callable[[RowsOut], None],
@@ -234,17 +234,17 @@ def predict_band(
     on_windows: Callable[[int], None] | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> int:
-    """Predict ``band`` of ``plan`` and emit its finished rows (those ``>= emit_from``) in order.
+    """Predict ``row_range`` of ``plan`` and emit its finished rows (those ``>= emit_from``) in order.
 
-    ``on_rows`` receives each finished row range (only rows inside the band, over the plan's
+    ``on_rows`` receives each finished block of rows (only rows inside the range, over the plan's
     columns); rows no window covers are never emitted (they are nodata). ``on_done(rows_done)`` is
     called after each strip once every row below ``rows_done`` was emitted (a resume point: pass it
     back as ``emit_from``). Returns the number of windows predicted.
     """
     device = torch.device(device)
     tile = plan.tile
-    emit_lo, emit_hi = max(band.row_lo, emit_from), band.row_hi
-    strips = band_strips(plan, band, emit_from)
+    emit_lo, emit_hi = max(row_range.row_lo, emit_from), row_range.row_hi
+    strips = range_strips(plan, row_range, emit_from)
     if not strips or emit_lo >= emit_hi:
         return 0
     win = input_width(plan)

@@ -1,17 +1,18 @@
 """Streaming output: row chunks on disk (the resume checkpoints), then tiled GTiff -> COG.
 
-Finished rows from the stitcher go through one background writer per band into small ``.npz``
-chunks, each written under a temporary name and renamed; after each strip a per-band
-``band_NNNN.json`` records the rows done (written after the chunks it covers, in the same
-queue). When every band of a scene is done, :func:`assemble_cogs` streams the chunks into tiled
-GTiffs and converts them to Cloud-Optimized GeoTIFFs with overviews, renamed into place at the
-end. Memory: one chunk (strip height x plan width x K) at a time.
+Finished rows from the stitcher go through one background writer per row range
+(:class:`RowRangeWriter`; a row range is the rows one task writes, :class:`geoseg.predict.plan.RowRange`)
+into small ``.npz`` chunks; after each strip a per-range ``range_NNNN.json`` records the rows done
+(written after the chunks it covers, in the same queue). When every range of a scene is done,
+:func:`assemble_cogs` streams the chunks into tiled GTiffs and converts them to Cloud-Optimized
+GeoTIFFs with overviews. Every file is written through :func:`geoseg.io.output.atomic_path`
+(temporary sibling, then rename), so a file with a final name is always complete.
+Memory: one chunk (strip height x plan width x K) at a time.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.classes import ClassesLike, ClassTable, as_class_dicts, hex_rgb
 from geoseg.grid import Grid
+from geoseg.io.output import atomic_path
 from geoseg.predict.stitch import NODATA_U8, RowsOut
 
 PROBABILITIES = "probabilities.tif"
@@ -32,7 +34,7 @@ CLASSES = "classes.tif"
 
 
 class ChunkStore:
-    """A scene's work folder: row chunks + per-band progress (resume state)."""
+    """A scene's work folder: row chunks + per-row-range progress (resume state)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -43,15 +45,16 @@ class ChunkStore:
 
     def write(self, rows: RowsOut) -> Path:
         dst = self._chunk(rows.row0)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(dst) as tmp, open(tmp, "wb") as f:
             np.savez(f, probs=rows.probs, classes=rows.classes, pos=np.array([rows.row0, rows.col0]))
-        os.replace(tmp, dst)
         return dst
 
-    def rows_done(self, band: int) -> int:
-        """Rows below this were finished for ``band`` (0 when it never checkpointed)."""
-        p = self.root / f"band_{band:04d}.json"
+    def _progress(self, index: int) -> Path:
+        return self.root / f"range_{index:04d}.json"
+
+    def rows_done(self, index: int) -> int:
+        """Rows below this were finished for row range ``index`` (0 when it never checkpointed)."""
+        p = self._progress(index)
         if not p.exists():
             return 0
         try:
@@ -59,14 +62,13 @@ class ChunkStore:
         except (OSError, ValueError, KeyError):
             return 0
 
-    def mark(self, band: int, rows_done: int, *, finished: bool = False) -> None:
-        p = self.root / f"band_{band:04d}.json"
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps({"rows_done": int(rows_done), "finished": finished}))
-        os.replace(tmp, p)
+    def mark(self, index: int, rows_done: int, *, finished: bool = False) -> None:
+        """Record that row range ``index`` has every row below ``rows_done`` on disk (atomically)."""
+        with atomic_path(self._progress(index)) as tmp:
+            tmp.write_text(json.dumps({"rows_done": int(rows_done), "finished": finished}))
 
-    def band_finished(self, band: int) -> bool:
-        p = self.root / f"band_{band:04d}.json"
+    def range_finished(self, index: int) -> bool:
+        p = self._progress(index)
         try:
             return bool(json.loads(p.read_text()).get("finished"))
         except (OSError, ValueError):
@@ -80,14 +82,14 @@ class ChunkStore:
                 yield RowsOut(row0, col0, z["probs"], z["classes"])
 
 
-class ChunkWriter:
-    """One background thread writing a band's chunks and checkpoints in order.
+class RowRangeWriter:
+    """One background thread writing a row range's chunks and checkpoints in order.
 
-    ``put`` blocks when two items are pending (bounded memory); ``close`` re-raises a write error.
+    ``rows``/``done`` block when two items are pending (bounded memory); ``close`` re-raises a write error.
     """
 
-    def __init__(self, store: ChunkStore, band: int) -> None:
-        self.store, self.band = store, band
+    def __init__(self, store: ChunkStore, index: int) -> None:
+        self.store, self.index = store, index
         self._q: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, daemon=True)
@@ -104,7 +106,7 @@ class ChunkWriter:
                 if isinstance(item, RowsOut):
                     self.store.write(item)
                 else:
-                    self.store.mark(self.band, item)
+                    self.store.mark(self.index, item)
             except BaseException as e:
                 self._error = e
 
@@ -140,7 +142,8 @@ def assemble_cogs(
     """Write ``probabilities.tif`` and ``classes.tif`` (COGs on ``grid``) into ``out_dir`` from the chunks.
 
     Rows/columns without chunk data are nodata. Each COG is built from a tiled temporary GTiff,
-    written under a temporary name and renamed, so a file with the final name is always complete.
+    written under a temporary name and renamed (:func:`atomic_path`), so a file with the final name
+    is always complete.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,18 +220,17 @@ def assemble_cogs(
     with rasterio.Env(GDAL_CACHEMAX=cache):
         for src, name, resampling in ((p_tmp, PROBABILITIES, "average"), (c_tmp, CLASSES, "mode")):
             dst = out_dir / name
-            tmp = out_dir / f".{name}.tmp"
-            rio_copy(
-                src,
-                tmp,
-                driver="COG",
-                compress=compress,
-                overview_resampling=resampling,
-                blocksize=blocksize,
-                BIGTIFF="IF_SAFER",
-                **({"PREDICTOR": "YES"} if compress != "NONE" else {}),
-            )
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                rio_copy(
+                    src,
+                    tmp,
+                    driver="COG",
+                    compress=compress,
+                    overview_resampling=resampling,
+                    blocksize=blocksize,
+                    BIGTIFF="IF_SAFER",
+                    **({"PREDICTOR": "YES"} if compress != "NONE" else {}),
+                )
             src.unlink()
             outs.append(dst)
     return outs[0], outs[1]

@@ -35,11 +35,11 @@ from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir, staged_output, warn_if_low_space
 from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
+from geoseg.parallel import Executor
 from geoseg.progress import tqdm
 from geoseg.tile import sampling, store
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
-from geoseg.tile.parallel import Executor
 from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
 
 log = logging.getLogger(__name__)

@@ -72,7 +72,7 @@ def test_bands_tile_the_rows(n: int) -> None:
     g = _grid()
     plan = plan_scene(g, g.footprint, 32, 12)
     assert plan is not None
-    bands = plan.bands(n)
+    bands = plan.row_ranges(n)
     assert bands[0].row_lo == 0 and bands[-1].row_hi == g.height
     for a, b in itertools.pairwise(bands):
         assert a.row_hi == b.row_lo

@@ -15,7 +15,7 @@ from geoseg.grid import Grid
 from geoseg.predict.blend import weight_2d
 from geoseg.predict.plan import plan_scene
 from geoseg.predict.run import make_reader
-from geoseg.predict.stitch import RowsOut, predict_band, split_batches
+from geoseg.predict.stitch import RowsOut, predict_row_range, split_batches
 from geoseg.testing import pixel_box, write_scene, xy_image
 
 H, W = 203, 157  # odd sizes, not multiples of the tile
@@ -67,8 +67,8 @@ def _stitch(
             out[:, rows.row0 : rows.row0 + h, rows.col0 : rows.col0 + w] = rows.probs
             cls[rows.row0 : rows.row0 + h, rows.col0 : rows.col0 + w] = rows.classes
 
-        for band in plan.bands(n_bands):
-            predict_band(
+        for band in plan.row_ranges(n_bands):
+            predict_row_range(
                 plan,
                 band,
                 reader,
