@@ -137,6 +137,23 @@ class Grid:
             for c in _starts(self.width, size, stride, pad):
                 yield Window(c, r, size, size)
 
+    def tile_footprints(self, rows: Any, cols: Any, size: int) -> np.ndarray:
+        """Polygons (in the grid CRS) of the ``size`` x ``size`` pixel windows at offsets ``rows``, ``cols``
+        (arrays): the true quadrilaterals, also for rotated or sheared transforms. Vertex order (from
+        pixel corner ``(row + size, col + size)`` via ``(row, col + size)``, ``(row, col)``,
+        ``(row + size, col)``) makes a north-up grid's footprints exactly ``shapely.box`` of their bounds."""
+        tr = self.transform
+        r, c = np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
+        xa, ya = tr.c + tr.a * c + tr.b * r, tr.f + tr.d * c + tr.e * r  # corner (row, col)
+        ring = [
+            (xa + tr.a * size + tr.b * size, ya + tr.d * size + tr.e * size),
+            (xa + tr.a * size, ya + tr.d * size),
+            (xa, ya),
+            (xa + tr.b * size, ya + tr.e * size),
+        ]
+        coords = np.stack([np.column_stack(p) for p in [*ring, ring[0]]], axis=1)  # (n, 5, 2)
+        return shapely.polygons(coords)
+
     def __repr__(self) -> str:
         epsg = self.crs.to_epsg() if self.crs else None
         crs = f"EPSG:{epsg}" if epsg else (self.crs.to_string()[:40] if self.crs else "None")

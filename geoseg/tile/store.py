@@ -156,14 +156,13 @@ def kind_qml() -> str:
 """
 
 
-def tile_polygons(bounds: np.ndarray, transformer: Any | None) -> np.ndarray:
-    """Tile boxes (rows of minx, miny, maxx, maxy in the scene CRS) as polygons in the index CRS.
-
-    With a ``pyproj.Transformer`` the boxes are densified (16 points per edge) before reprojection.
-    """
-    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+def tile_polygons(footprints: np.ndarray, transformer: Any | None) -> np.ndarray:
+    """Tile footprints (polygons in the scene CRS, see :meth:`geoseg.grid.Grid.tile_footprints`) in the
+    index CRS: unchanged without a ``transformer``; with a ``pyproj.Transformer`` densified (edges cut
+    to at most 1/16 of the larger bounding-box side) before reprojection."""
     if transformer is None:
-        return boxes
-    seg = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) / 16
-    dense = shapely.segmentize(boxes, seg)
+        return footprints
+    b = shapely.bounds(footprints)
+    seg = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 16
+    dense = shapely.segmentize(footprints, seg)
     return shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
