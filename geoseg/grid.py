@@ -66,8 +66,8 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """``(minx, miny, maxx, maxy)`` in the grid CRS."""
-        return rasterio.windows.bounds(self.full_window, self.transform)
+        """``(minx, miny, maxx, maxy)`` in the grid CRS (see :meth:`window_bounds`)."""
+        return self.window_bounds(self.full_window)
 
     @property
     def full_window(self) -> Window:
@@ -103,8 +103,13 @@ class Grid:
         )
 
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
-        """``(minx, miny, maxx, maxy)`` of ``window`` in the grid CRS."""
-        return rasterio.windows.bounds(window, self.transform)
+        """``(minx, miny, maxx, maxy)`` of ``window`` in the grid CRS: the bounding box of its four corners,
+        so also right for rotated or sheared transforms (for a north-up grid the same numbers as
+        ``rasterio.windows.bounds``, which uses two corners only)."""
+        c0, r0 = window.col_off, window.row_off
+        c1, r1 = c0 + window.width, r0 + window.height
+        xs, ys = zip(*(self.transform * p for p in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))), strict=True)
+        return (min(xs), min(ys), max(xs), max(ys))
 
     def window(self, bounds: tuple[float, float, float, float], clip: bool = True) -> Window:
         """The smallest whole-pixel window covering ``bounds`` (given in the grid CRS).

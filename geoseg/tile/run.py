@@ -331,6 +331,7 @@ def _select(config: TileConfig, inp: _Inputs, scan: dict[Any, ScanResult]) -> _C
     """The candidate table, the kinds, the spatially blocked split and the sampled tiles (pure, seeded)."""
     t_size, scenes, lookalikes, val_area = config.tile_size, inp.scenes, inp.lookalikes, inp.val_area
     cand = _candidate_table(scan, scenes, inp.per_scene, lookalikes, t_size, val_area)
+    _check_valid_pixels(cand, scenes)
     kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
     first = scenes[0].grid
     left, _, _, top = first.bounds
@@ -372,6 +373,24 @@ def _select(config: TileConfig, inp: _Inputs, scan: dict[Any, ScanResult]) -> _C
         )
     tiles["index"] = np.arange(len(tiles))
     return _Chosen(tiles, sel, split_info, gap, block_tiles)
+
+
+def _check_valid_pixels(cand: pd.DataFrame, scenes: list[SceneInfo]) -> None:
+    """A scene without one valid pixel (all nodata, NaN or masked: every candidate tile's ``nodata_fraction``
+    is 1) is an :class:`InputError` naming it when no scene has one, else a warning (its tiles are unusable)."""
+    empty = cand.groupby("scene")["nodata_fraction"].min() >= 1.0
+    bad = [scenes[int(i)] for i in empty.index[empty.to_numpy()]]
+    if not bad:
+        return
+    what = f"nodata ({bad[0].nodata})" if bad[0].nodata is not None else "nodata"
+    if len(bad) == len(scenes):
+        more = f" (nor has any of the other {len(bad) - 1} scenes)" if len(bad) > 1 else ""
+        raise InputError(
+            f"{bad[0].path}: the scene has no valid pixels (every pixel is {what}, NaN or masked){more}; "
+            "nothing to tile"
+        )
+    for s in bad:
+        log.warning("%s: the scene has no valid pixels (all nodata, NaN or masked); none of its tiles is used", s.path)
 
 
 def _extract(
