@@ -17,6 +17,7 @@ import shapely
 from rasterio.crs import CRS
 
 from geoseg.classes import hex_rgb
+from geoseg.io.output import atomic_path
 from geoseg.qgis import style_gpkg
 from geoseg.tile.work import HIST_DTYPES, ExtractResult
 
@@ -108,7 +109,10 @@ def _stat(b: int, name: str, mean: Any, std: Any, p2: Any, p98: Any) -> dict[str
 
 
 def write_index(path: Path, tiles: pd.DataFrame, geoms: np.ndarray, crs: CRS) -> None:
-    """Write ``tiles.gpkg`` (layer ``tiles``) and store a QGIS style (categorized by ``kind``)."""
+    """Write ``tiles.gpkg`` (layer ``tiles``), ``tiles.qml`` and the style stored in the GeoPackage
+    (categorized by ``kind``). ``path`` is inside the stage's staging folder (geoseg.io.output.staged_output),
+    which makes the GeoPackage atomic (GDAL wants a ``.gpkg`` name, so no ``atomic_path`` temp for it);
+    the QML goes through :func:`geoseg.io.output.atomic_path`."""
     cols = [
         "index", "scene", "scene_path", "scene_date", "row_off", "col_off", "kind", "split",
         "label_fraction", "nodata_fraction", "unusable_fraction", "lookalike",
@@ -116,7 +120,8 @@ def write_index(path: Path, tiles: pd.DataFrame, geoms: np.ndarray, crs: CRS) ->
     gdf = gpd.GeoDataFrame(tiles[cols].reset_index(drop=True), geometry=list(geoms), crs=crs.to_wkt())
     gdf.to_file(path, layer="tiles", driver="GPKG", engine="pyogrio")
     qml = kind_qml()
-    path.with_suffix(".qml").write_text(qml)
+    with atomic_path(path.with_suffix(".qml")) as tmp:
+        tmp.write_text(qml)
     style_gpkg(path, "tiles", [], qml=qml, style_name="by kind", description="geoseg tile kinds")
 
 
