@@ -66,8 +66,8 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """``(minx, miny, maxx, maxy)`` in the grid CRS."""
-        return rasterio.windows.bounds(self.full_window, self.transform)
+        """``(minx, miny, maxx, maxy)`` in the grid CRS (see :meth:`window_bounds`)."""
+        return self.window_bounds(self.full_window)
 
     @property
     def full_window(self) -> Window:
@@ -103,8 +103,13 @@ class Grid:
         )
 
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
-        """``(minx, miny, maxx, maxy)`` of ``window`` in the grid CRS."""
-        return rasterio.windows.bounds(window, self.transform)
+        """``(minx, miny, maxx, maxy)`` of ``window`` in the grid CRS: the bounding box of its four corners,
+        so also right for rotated or sheared transforms (for a north-up grid the same numbers as
+        ``rasterio.windows.bounds``, which uses two corners only)."""
+        c0, r0 = window.col_off, window.row_off
+        c1, r1 = c0 + window.width, r0 + window.height
+        xs, ys = zip(*(self.transform * p for p in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))), strict=True)
+        return (min(xs), min(ys), max(xs), max(ys))
 
     def window(self, bounds: tuple[float, float, float, float], clip: bool = True) -> Window:
         """The smallest whole-pixel window covering ``bounds`` (given in the grid CRS).
@@ -136,6 +141,23 @@ class Grid:
         for r in _starts(self.height, size, stride, pad):
             for c in _starts(self.width, size, stride, pad):
                 yield Window(c, r, size, size)
+
+    def tile_footprints(self, rows: Any, cols: Any, size: int) -> np.ndarray:
+        """Polygons (in the grid CRS) of the ``size`` x ``size`` pixel windows at offsets ``rows``, ``cols``
+        (arrays): the true quadrilaterals, also for rotated or sheared transforms. Vertex order (from
+        pixel corner ``(row + size, col + size)`` via ``(row, col + size)``, ``(row, col)``,
+        ``(row + size, col)``) makes a north-up grid's footprints exactly ``shapely.box`` of their bounds."""
+        tr = self.transform
+        r, c = np.asarray(rows, dtype=float), np.asarray(cols, dtype=float)
+        xa, ya = tr.c + tr.a * c + tr.b * r, tr.f + tr.d * c + tr.e * r  # corner (row, col)
+        ring = [
+            (xa + tr.a * size + tr.b * size, ya + tr.d * size + tr.e * size),
+            (xa + tr.a * size, ya + tr.d * size),
+            (xa, ya),
+            (xa + tr.b * size, ya + tr.e * size),
+        ]
+        coords = np.stack([np.column_stack(p) for p in [*ring, ring[0]]], axis=1)  # (n, 5, 2)
+        return shapely.polygons(coords)
 
     def __repr__(self) -> str:
         epsg = self.crs.to_epsg() if self.crs else None

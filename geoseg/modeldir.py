@@ -31,6 +31,7 @@ import torch
 
 from geoseg.config import read_json, write_json
 from geoseg.errors import ModelError, first_line
+from geoseg.io.output import atomic_path
 from geoseg.registry import Registry
 
 __all__ = [
@@ -78,7 +79,9 @@ def build_model(arch: str, encoder: str, in_channels: int, num_classes: int) -> 
 
 
 def save_model(model_dir: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:
-    """Write ``model.pt`` + ``config.json`` into ``model_dir`` atomically (temp dir, then rename)."""
+    """Write ``model.pt`` + ``config.json`` into ``model_dir`` atomically: both go to a temp sibling folder
+    (``model.pt`` fsynced, via :func:`geoseg.io.output.atomic_path`), which then replaces ``model_dir``
+    (a folder swap, so not ``atomic_path`` itself: a fixed temp name that the next save clears after a kill)."""
     model_dir = Path(model_dir)
     tmp = model_dir.with_name(f".{model_dir.name}.tmp")
     if tmp.exists():
@@ -88,7 +91,8 @@ def save_model(model_dir: str | Path, model: torch.nn.Module, config: dict[str, 
     tmp.mkdir(parents=True)
     module: torch.nn.Module = getattr(model, "module", model)  # unwrap DataParallel / compiled wrappers
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    torch.save(state, tmp / "model.pt")
+    with atomic_path(tmp / "model.pt", fsync=True) as part:
+        torch.save(state, part)
     write_json(tmp / "config.json", {**config, "weights_sha256": file_sha256(tmp / "model.pt")})
     old = model_dir.with_name(f".{model_dir.name}.old")
     if model_dir.exists():

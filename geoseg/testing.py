@@ -45,14 +45,16 @@ def write_scene(
     compress: str | None = "deflate",
     date: dt.date | None = None,
     mask: np.ndarray | None = None,
+    transform: Affine | None = None,
 ) -> Grid:
     """Write ``data`` (C, H, W) as a GeoTIFF; returns its :class:`Grid`.
 
+    ``transform`` (any affine, e.g. rotated or sheared) replaces the north-up ``origin`` + ``res`` one.
     ``tiled=False`` writes a striped file. ``mask`` (H, W bool, True = valid) writes an internal
     per-dataset mask. ``date`` is written as ``TIFFTAG_DATETIME``.
     """
     count, height, width = data.shape
-    transform = Affine(res, 0, origin[0], 0, -res, origin[1])
+    transform = transform if transform is not None else Affine(res, 0, origin[0], 0, -res, origin[1])
     profile: dict[str, Any] = {
         "driver": "GTiff",
         "width": width,

@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,8 +135,82 @@ def run(config: TileConfig) -> TileResult:
 
 
 def _run(config: TileConfig) -> TileResult:
-    t_size = config.tile_size
-    # ---- inputs (all validation before anything is written) ---------------------------------
+    """Phases: inputs (all validation) -> plan -> scan -> select -> extract -> index (into a staging dir)."""
+    inp = _read_inputs(config)
+    plan = _plan(config, inp)
+    timer = _Timer()
+    with (
+        _gc_frozen(),
+        staged_output(config.out) as stage,
+        Executor(config.workers, config.scheduler, processes=config.processes) as ex,
+    ):
+        if not ex.distributed:  # in-process tasks share the rasterization inputs built once per scene
+            for sl in inp.per_scene:
+                sl.prepare()
+        timer.lap("start-up")
+        scan = _scan(ex, plan, inp, config.progress)
+        timer.lap(f"scan ({plan.n_candidates} tiles)")
+        chosen = _select(config, inp, scan)
+        timer.lap("select")
+        ordered = _extract(ex, plan, inp, chosen.tiles, stage, config.progress)
+        timer.lap(f"extract ({len(chosen.tiles)} tiles)")
+        dataset = _index(stage, config, inp, chosen, ordered)
+        timer.lap("index + dataset.json")
+    log.info("geoseg tile timings: %s", timer.summary())
+    _log_split(config, inp, chosen, dataset)
+    _log_counts(chosen.sel.requested, chosen.sel.realised, dataset["counts"]["by_split"])
+    return TileResult(out=Path(config.out), n_tiles=len(chosen.tiles), counts=dataset["counts"], dataset=dataset)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything read and validated before any output is written."""
+
+    scenes: list[SceneInfo]
+    dtype: str  # common dtype of all scenes
+    labels: Labels
+    per_scene: list[SceneLabels]  # the labels of each scene, in its CRS
+    lookalikes: Any  # GeoDataFrame or None
+    val_area: Any  # GeoDataFrame or None
+    objects: dict[str, Any]  # label object summary (tile.objects)
+    boundary_width: int
+    boundary_source: str  # auto | option
+    boundary_class: int | None
+
+
+@dataclass(frozen=True)
+class _ScenePlan:
+    """One scene's chunks: tiles of one chunk are read with one windowed read."""
+
+    scene: SceneInfo
+    cache_mb: int  # GDAL block cache for its tasks (tile.work.gdal_cache_mb)
+    tree: Any  # shapely.STRtree over the scene's label polygons
+    # (row phase, col phase, chunk row, chunk col) -> tile offsets (row, col)
+    chunks: dict[tuple[int, int, int, int], list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    scenes: list[_ScenePlan]
+    tile_size: int
+    chunk_px: int  # chunk edge in pixels, a multiple of the tile size
+    pad_px: int  # label context read around a chunk (boundary width + 2)
+    n_candidates: int
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    """The select phase's result: the tiles to write (``index`` column = zarr row) and the split."""
+
+    tiles: pd.DataFrame
+    sel: sampling.Selection
+    split_info: dict[str, Any]
+    gap: int  # --val-gap in strides, resolved
+    block_tiles: Any  # resolved split block edge in tiles (None with --val-area)
+
+
+def _read_inputs(config: TileConfig) -> _Inputs:
+    """Open the scenes, labels and optional layers; check they fit together (raises before any write)."""
     dates = config.scene_dates * len(config.scenes) if len(config.scene_dates) == 1 else config.scene_dates
     scenes = [scene_info(p, dates[i] if dates else None, asset=config.asset) for i, p in enumerate(config.scenes)]
     counts = {s.count for s in scenes}
@@ -171,6 +245,20 @@ def _run(config: TileConfig) -> TileResult:
         per_scene.append(sl)
     if all(len(sl.geoms) == 0 for sl in per_scene):
         raise NoOverlapError(_no_overlap_message(config.labels, labels, scenes))
+    _warn_label_dates(config, labels, per_scene)
+
+    objects = label_object_summary(per_scene, [s.grid.crs for s in scenes], scenes[0].grid.resolution_m())
+    if config.boundary_width is None:
+        boundary_width, boundary_source = auto_boundary_width(objects), "auto"
+    else:
+        boundary_width, boundary_source = int(config.boundary_width), "option"
+    boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
+    return _Inputs(
+        scenes, dtype, labels, per_scene, lookalikes, val_area, objects, boundary_width, boundary_source, boundary_class
+    )
+
+
+def _warn_label_dates(config: TileConfig, labels: Labels, per_scene: list[SceneLabels]) -> None:
     if labels.undated:
         if config.undated == "keep":
             log.warning(
@@ -184,15 +272,11 @@ def _run(config: TileConfig) -> TileResult:
     if all(sl.n_valid == 0 for sl in per_scene):
         log.warning("%s: no label is valid for any scene date; every labelled pixel is ignore", config.labels)
 
-    objects = label_object_summary(per_scene, [s.grid.crs for s in scenes], scenes[0].grid.resolution_m())
-    if config.boundary_width is None:
-        boundary_width, boundary_source = auto_boundary_width(objects), "auto"
-    else:
-        boundary_width, boundary_source = int(config.boundary_width), "option"
-    boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
 
-    # ---- chunk plan -------------------------------------------------------------------------
-    itemsize = np.dtype(dtype).itemsize
+def _plan(config: TileConfig, inp: _Inputs) -> _Plan:
+    """Every candidate tile of every scene, grouped into chunks of about :data:`CHUNK_BYTES` pixels."""
+    t_size, scenes = config.tile_size, inp.scenes
+    itemsize = np.dtype(inp.dtype).itemsize
     k = max(1, int(math.sqrt(CHUNK_BYTES / (scenes[0].count * itemsize)) // t_size))
     chunk_px = k * t_size
     plans = []
@@ -200,207 +284,250 @@ def _run(config: TileConfig) -> TileResult:
         with open_raster(s.path) as ds:
             block = ds.block_shapes[0]
         cache = gdal_cache_mb(s.grid.width, block, s.count, itemsize, chunk_px)
-        tree = shapely.STRtree(per_scene[si].geoms)
-        # (row phase, col phase, chunk row, chunk col) -> tile offsets (row, col)
+        tree = shapely.STRtree(inp.per_scene[si].geoms)
         chunks: dict[tuple[int, int, int, int], list[tuple[int, int]]] = {}
         for w in s.grid.tiles(t_size, config.stride or t_size, pad=True):
             r, c = int(w.row_off), int(w.col_off)
             # tiles of one chunk share a lattice of pitch t_size (the scan cuts tiles by reshaping),
             # so overlapping tiles (stride < tile size) go to one chunk per lattice phase
             chunks.setdefault((r % t_size, c % t_size, r // chunk_px, c // chunk_px), []).append((r, c))
-        plans.append((s, cache, tree, chunks))
-    n_candidates = sum(len(t) for *_, ch in plans for t in ch.values())
-    itemsize_all = scenes[0].count * np.dtype(dtype).itemsize + 1  # image bands + the uint8 mask
+        plans.append(_ScenePlan(s, cache, tree, chunks))
+    n_candidates = sum(len(t) for p in plans for t in p.chunks.values())
+    itemsize_all = scenes[0].count * np.dtype(inp.dtype).itemsize + 1  # image bands + the uint8 mask
     warn_if_low_space(config.out, n_candidates * t_size * t_size * itemsize_all)  # uncompressed, every candidate
     if n_candidates == 0:
         raise EmptyResultError(f"scenes are smaller than --tile-size {t_size}; use a smaller tile size")
+    return _Plan(plans, t_size, chunk_px, inp.boundary_width + 2, n_candidates)
 
-    timer = _Timer()
-    with (
-        _gc_frozen(),
-        staged_output(config.out) as stage,
-        Executor(config.workers, config.scheduler, processes=config.processes) as ex,
-    ):
-        if not ex.distributed:  # in-process tasks share the rasterization inputs built once per scene
-            for sl in per_scene:
-                sl.prepare()
-        timer.lap("start-up")
-        # ---- scan ----------------------------------------------------------------------------
-        scan_items = []
-        pad_px = boundary_width + 2
-        for si, (s, cache, tree, chunks) in enumerate(plans):
-            for key, tiles in sorted(chunks.items()):
-                r0 = min(r for r, _ in tiles)
-                c0 = min(c for _, c in tiles)
-                win = _window(c0, r0, max(c for _, c in tiles) + t_size - c0, max(r for r, _ in tiles) + t_size - r0)
-                sub = per_scene[si].subset(_padded_bounds(s, win, pad_px), tree)
-                scan_items.append(((si, *key), ScanTask(_abs(s.path), s.grid, win, tuple(tiles), t_size, sub, cache)))
-        scan: dict[Any, ScanResult] = {}
-        with _bar(n_candidates, "scan", config.progress) as bar:
-            for key, sres in ex.map(scan_chunk, scan_items):
-                scan[key] = sres
-                bar.update(len(sres.rows))
-        del scan_items
-        timer.lap(f"scan ({n_candidates} tiles)")
-        cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size, val_area)
 
-        # ---- select ----------------------------------------------------------------------------
-        kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
-        first = scenes[0].grid
-        left, _, _, top = first.bounds
-        split, split_info = sampling.split_tiles(
-            cand,
-            kind,
-            tile_size=t_size,
-            stride=config.stride or t_size,
-            res=first.res[0],
-            origin=(left, top),
-            val_fraction=config.val_fraction,
-            val_block_tiles=config.val_block_tiles,
-            val_gap=config.val_gap,
-            seed=config.seed,
-            val_area=cand["val_area"].to_numpy(bool) if val_area is not None else None,
-        )
-        gap = sampling.default_gap(t_size, config.stride or t_size) if config.val_gap is None else config.val_gap
-        block_tiles = split_info["val_block_tiles"]
-        sel = sampling.select(
-            cand,
-            kind,
-            split,
-            negative_ratio=config.negative_ratio,
-            hard_negative_share=config.hard_negative_share,
-            use_lookalikes=lookalikes is not None,
-            seed=config.seed,
-        )
-        tiles = sel.tiles
-        if len(tiles) == 0:
-            n_pos = int((kind == "positive").sum())
-            if n_pos:  # positives existed, so the split dropped them all
-                raise EmptyResultError(
-                    f"{config.labels}: all {n_pos} positive tiles lie within --val-gap {gap} of a validation tile "
-                    "and were dropped; lower --val-gap or --val-fraction, or give a smaller --val-area"
-                )
+def _chunk_window(plan: _Plan, tiles: Sequence[tuple[int, int]]) -> Any:
+    """The window covering tiles at ``(row, col)`` offsets."""
+    t_size = plan.tile_size
+    r0 = min(r for r, _ in tiles)
+    c0 = min(c for _, c in tiles)
+    return _window(c0, r0, max(c for _, c in tiles) + t_size - c0, max(r for r, _ in tiles) + t_size - r0)
+
+
+def _scan(ex: Executor, plan: _Plan, inp: _Inputs, progress: bool) -> dict[Any, ScanResult]:
+    """Fractions and features of every candidate tile, keyed by ``(scene, chunk key)``."""
+    scan_items = []
+    for si, sp in enumerate(plan.scenes):
+        s = sp.scene
+        for key, tiles in sorted(sp.chunks.items()):
+            win = _chunk_window(plan, tiles)
+            sub = inp.per_scene[si].subset(_padded_bounds(s, win, plan.pad_px), sp.tree)
+            task = ScanTask(_abs(s.path), s.grid, win, tuple(tiles), plan.tile_size, sub, sp.cache_mb)
+            scan_items.append(((si, *key), task))
+    scan: dict[Any, ScanResult] = {}
+    with _bar(plan.n_candidates, "scan", progress) as bar:
+        for key, sres in ex.map(scan_chunk, scan_items):
+            scan[key] = sres
+            bar.update(len(sres.rows))
+    return scan
+
+
+def _select(config: TileConfig, inp: _Inputs, scan: dict[Any, ScanResult]) -> _Chosen:
+    """The candidate table, the kinds, the spatially blocked split and the sampled tiles (pure, seeded)."""
+    t_size, scenes, lookalikes, val_area = config.tile_size, inp.scenes, inp.lookalikes, inp.val_area
+    cand = _candidate_table(scan, scenes, inp.per_scene, lookalikes, t_size, val_area)
+    _check_valid_pixels(cand, scenes)
+    kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
+    first = scenes[0].grid
+    left, _, _, top = first.bounds
+    split, split_info = sampling.split_tiles(
+        cand,
+        kind,
+        tile_size=t_size,
+        stride=config.stride or t_size,
+        res=first.res[0],
+        origin=(left, top),
+        val_fraction=config.val_fraction,
+        val_block_tiles=config.val_block_tiles,
+        val_gap=config.val_gap,
+        seed=config.seed,
+        val_area=cand["val_area"].to_numpy(bool) if val_area is not None else None,
+    )
+    gap = sampling.default_gap(t_size, config.stride or t_size) if config.val_gap is None else config.val_gap
+    block_tiles = split_info["val_block_tiles"]
+    sel = sampling.select(
+        cand,
+        kind,
+        split,
+        negative_ratio=config.negative_ratio,
+        hard_negative_share=config.hard_negative_share,
+        use_lookalikes=lookalikes is not None,
+        seed=config.seed,
+    )
+    tiles = sel.tiles
+    if len(tiles) == 0:
+        n_pos = int((kind == "positive").sum())
+        if n_pos:  # positives existed, so the split dropped them all
             raise EmptyResultError(
-                f"{config.labels}: no tile passed the filters ({n_pos} positive candidates of {len(cand)} tiles); "
-                "lower --min-positive-fraction, raise --max-unusable-fraction or check dates/coverage"
+                f"{config.labels}: all {n_pos} positive tiles lie within --val-gap {gap} of a validation tile "
+                "and were dropped; lower --val-gap or --val-fraction, or give a smaller --val-area"
             )
-        tiles["index"] = np.arange(len(tiles))
-        timer.lap("select")
+        raise EmptyResultError(
+            f"{config.labels}: no tile passed the filters ({n_pos} positive candidates of {len(cand)} tiles); "
+            "lower --min-positive-fraction, raise --max-unusable-fraction or check dates/coverage"
+        )
+    tiles["index"] = np.arange(len(tiles))
+    return _Chosen(tiles, sel, split_info, gap, block_tiles)
 
-        # ---- extract ---------------------------------------------------------------------------
-        zarr_path = stage.absolute() / "tiles.zarr"
-        fill = scenes[0].nodata if scenes[0].nodata is not None and np.isfinite(scenes[0].nodata) else 0
-        store.create_arrays(zarr_path, len(tiles), scenes[0].count, t_size, dtype, fill=fill)
-        ex_items = []
-        for (si, cr, cc), grp in tiles.groupby(
-            [tiles["scene"], tiles["row_off"] // chunk_px, tiles["col_off"] // chunk_px], sort=True
-        ):
-            s, cache, tree, _ = plans[si]
-            trip = tuple((int(i), int(r), int(c)) for i, r, c in grp[["index", "row_off", "col_off"]].to_numpy())
-            r0 = min(r for _, r, _ in trip)
-            c0 = min(c for _, _, c in trip)
-            win = _window(c0, r0, max(c for *_, c in trip) + t_size - c0, max(r for _, r, _ in trip) + t_size - r0)
-            sub = per_scene[si].subset(_padded_bounds(s, win, pad_px), tree)
-            task = ExtractTask(
-                _abs(s.path),
-                s.grid,
-                trip,
-                t_size,
-                sub,
-                str(zarr_path),
-                dtype,
-                boundary_class,
-                boundary_width,
-                cache,
-            )
-            ex_items.append(((int(si), int(cr), int(cc)), task))
-        results: dict[Any, ExtractResult] = {}
-        with _bar(len(tiles), "tiles", config.progress) as bar:
-            for key, eres in ex.map(extract_chunk, ex_items):
-                results[key] = eres
-                bar.update(len(eres.index))
-        ordered = [results[k] for k in sorted(results)]
-        timer.lap(f"extract ({len(tiles)} tiles)")
-        exact = {
-            name: np.concatenate([getattr(r, name) for r in ordered])
-            for name in ("index", "label_fraction", "nodata_fraction", "unusable_fraction")
-        }
-        order = np.argsort(exact["index"])
-        for name in ("label_fraction", "nodata_fraction", "unusable_fraction"):
-            tiles[name] = exact[name][order]
 
-        # ---- index + dataset.json ------------------------------------------------------------
-        tiles["scene_path"] = [scenes[i].path for i in tiles["scene"]]
-        tiles["scene_date"] = [scenes[i].date.isoformat() if scenes[i].date else None for i in tiles["scene"]]
-        geoms = _index_geometries(tiles, scenes)
-        tiles["scene"] = [scenes[i].name for i in tiles["scene"]]
-        store.write_index(stage / "tiles.gpkg", tiles, geoms, first.crs)
-        names = list(scenes[0].band_names)
-        class_px = sum((r.class_pixels for r in ordered), np.zeros(256, np.int64))
-        classes = class_table(labels.class_names, boundary_class is not None)
-        realised_split = {sp: int((tiles["split"] == sp).sum()) for sp in ("train", "val")}
-        pos_split = tiles["split"][tiles["kind"] == "positive"]
-        val_share = {
-            "requested": None if val_area is not None else config.val_fraction,
-            "realised": round(float((pos_split == "val").mean()), 4) if len(pos_split) else None,
-        }
-        dataset = {
-            "config": to_dict(config),
-            "classes": classes,
-            "boundary_class": boundary_class,
-            "ignore_index": IGNORE,
-            "in_channels": scenes[0].count,
-            "dtype": dtype,
-            "tile_size": t_size,
-            "bands": store.band_stats(ordered, dtype, names),
-            "resolution_m": first.resolution_m(),
-            "objects": objects,
-            "boundary": {"width_px": boundary_width, "source": boundary_source, "rule": BOUNDARY_RULE},
-            "scenes": [s.to_dict() for s in scenes],
-            "date_range": _date_range(scenes),
-            "tiles_crs": first.crs.to_wkt(),
-            "tiles_crs_note": "tiles.gpkg geometries are in the first scene's CRS; row_off/col_off are in the "
-            "tile's own scene grid",
-            "counts": {
-                "requested": sel.requested,
-                "realised": sel.realised,
-                "by_split": realised_split,
-                "val_share_of_positives": val_share,
-            },
-            "pixel_counts": {str(c["id"]): int(class_px[c["id"]]) for c in classes} | {"255": int(class_px[255])},
-            "split": {
-                **split_info,
-                "val_block_tiles_option": config.val_block_tiles,
-                "val_area": str(config.val_area) if config.val_area else None,
-                "rule": sampling.SPLIT_RULE,
-            },
-            "hard_negatives": {
-                "source": "look-alike layer" if lookalikes is not None else "spectral similarity",
-                "statistic": None if lookalikes is not None else sampling.HARD_NEGATIVE_STATISTIC,
-            },
-            "labels": {
-                "path": str(config.labels),
-                "features": labels.features,
-                "polygons": len(labels.gdf),
-                "repaired": labels.repaired,
-                "undated": labels.undated,
-                "undated_policy": config.undated,
-                "max_label_age_days": config.max_label_age,
-                "per_scene": [
-                    {
-                        "scene": s.name,
-                        "in_scene": len(sl.geoms),
-                        "burned": sl.n_valid,
-                        "ignored": len(sl.geoms) - sl.n_valid,
-                    }
-                    for s, sl in zip(scenes, per_scene, strict=False)
-                ],
-            },
-        }
-        write_json(stage / "dataset.json", dataset)
-        timer.lap("index + dataset.json")
-    log.info("geoseg tile timings: %s", timer.summary())
-    if val_area is not None:
+def _check_valid_pixels(cand: pd.DataFrame, scenes: list[SceneInfo]) -> None:
+    """A scene without one valid pixel (all nodata, NaN or masked: every candidate tile's ``nodata_fraction``
+    is 1) is an :class:`InputError` naming it when no scene has one, else a warning (its tiles are unusable)."""
+    empty = cand.groupby("scene")["nodata_fraction"].min() >= 1.0
+    bad = [scenes[int(i)] for i in empty.index[empty.to_numpy()]]
+    if not bad:
+        return
+    what = f"nodata ({bad[0].nodata})" if bad[0].nodata is not None else "nodata"
+    if len(bad) == len(scenes):
+        more = f" (nor has any of the other {len(bad) - 1} scenes)" if len(bad) > 1 else ""
+        raise InputError(
+            f"{bad[0].path}: the scene has no valid pixels (every pixel is {what}, NaN or masked){more}; "
+            "nothing to tile"
+        )
+    for s in bad:
+        log.warning("%s: the scene has no valid pixels (all nodata, NaN or masked); none of its tiles is used", s.path)
+
+
+def _extract(
+    ex: Executor, plan: _Plan, inp: _Inputs, tiles: pd.DataFrame, stage: Path, progress: bool
+) -> list[ExtractResult]:
+    """Write the selected tiles (image + mask) into ``stage/tiles.zarr``; results in task-key order.
+
+    The exact fractions of the written tiles replace the scan's in ``tiles`` (in place)."""
+    scenes, t_size, chunk_px = inp.scenes, plan.tile_size, plan.chunk_px
+    zarr_path = stage.absolute() / "tiles.zarr"
+    fill = scenes[0].nodata if scenes[0].nodata is not None and np.isfinite(scenes[0].nodata) else 0
+    store.create_arrays(zarr_path, len(tiles), scenes[0].count, t_size, inp.dtype, fill=fill)
+    ex_items = []
+    for (si, cr, cc), grp in tiles.groupby(
+        [tiles["scene"], tiles["row_off"] // chunk_px, tiles["col_off"] // chunk_px], sort=True
+    ):
+        sp = plan.scenes[si]
+        trip = tuple((int(i), int(r), int(c)) for i, r, c in grp[["index", "row_off", "col_off"]].to_numpy())
+        win = _chunk_window(plan, [(r, c) for _, r, c in trip])
+        sub = inp.per_scene[si].subset(_padded_bounds(sp.scene, win, plan.pad_px), sp.tree)
+        task = ExtractTask(
+            _abs(sp.scene.path),
+            sp.scene.grid,
+            trip,
+            t_size,
+            sub,
+            str(zarr_path),
+            inp.dtype,
+            inp.boundary_class,
+            inp.boundary_width,
+            sp.cache_mb,
+        )
+        ex_items.append(((int(si), int(cr), int(cc)), task))
+    results: dict[Any, ExtractResult] = {}
+    with _bar(len(tiles), "tiles", progress) as bar:
+        for key, eres in ex.map(extract_chunk, ex_items):
+            results[key] = eres
+            bar.update(len(eres.index))
+    ordered = [results[k] for k in sorted(results)]
+    exact = {
+        name: np.concatenate([getattr(r, name) for r in ordered])
+        for name in ("index", "label_fraction", "nodata_fraction", "unusable_fraction")
+    }
+    order = np.argsort(exact["index"])
+    for name in ("label_fraction", "nodata_fraction", "unusable_fraction"):
+        tiles[name] = exact[name][order]
+    return ordered
+
+
+def _index(
+    stage: Path, config: TileConfig, inp: _Inputs, chosen: _Chosen, ordered: list[ExtractResult]
+) -> dict[str, Any]:
+    """Write ``tiles.gpkg`` and ``dataset.json`` into ``stage``; returns the dataset.json payload."""
+    scenes, tiles = inp.scenes, chosen.tiles
+    tiles["scene_path"] = [scenes[i].path for i in tiles["scene"]]
+    tiles["scene_date"] = [scenes[i].date.isoformat() if scenes[i].date else None for i in tiles["scene"]]
+    geoms = _index_geometries(tiles, scenes, config.tile_size)
+    tiles["scene"] = [scenes[i].name for i in tiles["scene"]]
+    store.write_index(stage / "tiles.gpkg", tiles, geoms, scenes[0].grid.crs)
+    dataset = _dataset_json(config, inp, chosen, ordered)
+    write_json(stage / "dataset.json", dataset)
+    return dataset
+
+
+def _dataset_json(config: TileConfig, inp: _Inputs, chosen: _Chosen, ordered: list[ExtractResult]) -> dict[str, Any]:
+    """The ``dataset.json`` payload (the tile dataset contract read by train, predict and baseline)."""
+    scenes, labels, per_scene, tiles, sel = inp.scenes, inp.labels, inp.per_scene, chosen.tiles, chosen.sel
+    lookalikes, val_area, boundary_class, first = inp.lookalikes, inp.val_area, inp.boundary_class, scenes[0].grid
+    names = list(scenes[0].band_names)
+    class_px = sum((r.class_pixels for r in ordered), np.zeros(256, np.int64))
+    classes = class_table(labels.class_names, boundary_class is not None)
+    realised_split = {sp: int((tiles["split"] == sp).sum()) for sp in ("train", "val")}
+    pos_split = tiles["split"][tiles["kind"] == "positive"]
+    val_share = {
+        "requested": None if val_area is not None else config.val_fraction,
+        "realised": round(float((pos_split == "val").mean()), 4) if len(pos_split) else None,
+    }
+    return {
+        "config": to_dict(config),
+        "classes": classes,
+        "boundary_class": boundary_class,
+        "ignore_index": IGNORE,
+        "in_channels": scenes[0].count,
+        "dtype": inp.dtype,
+        "tile_size": config.tile_size,
+        "bands": store.band_stats(ordered, inp.dtype, names),
+        "resolution_m": first.resolution_m(),
+        "objects": inp.objects,
+        "boundary": {"width_px": inp.boundary_width, "source": inp.boundary_source, "rule": BOUNDARY_RULE},
+        "scenes": [s.to_dict() for s in scenes],
+        "date_range": _date_range(scenes),
+        "tiles_crs": first.crs.to_wkt(),
+        "tiles_crs_note": "tiles.gpkg geometries are in the first scene's CRS; row_off/col_off are in the "
+        "tile's own scene grid",
+        "counts": {
+            "requested": sel.requested,
+            "realised": sel.realised,
+            "by_split": realised_split,
+            "val_share_of_positives": val_share,
+        },
+        "pixel_counts": {str(c["id"]): int(class_px[c["id"]]) for c in classes} | {"255": int(class_px[255])},
+        "split": {
+            **chosen.split_info,
+            "val_block_tiles_option": config.val_block_tiles,
+            "val_area": str(config.val_area) if config.val_area else None,
+            "rule": sampling.SPLIT_RULE,
+        },
+        "hard_negatives": {
+            "source": "look-alike layer" if lookalikes is not None else "spectral similarity",
+            "statistic": None if lookalikes is not None else sampling.HARD_NEGATIVE_STATISTIC,
+        },
+        "labels": {
+            "path": str(config.labels),
+            "features": labels.features,
+            "polygons": len(labels.gdf),
+            "repaired": labels.repaired,
+            "undated": labels.undated,
+            "undated_policy": config.undated,
+            "max_label_age_days": config.max_label_age,
+            "per_scene": [
+                {
+                    "scene": s.name,
+                    "in_scene": len(sl.geoms),
+                    "burned": sl.n_valid,
+                    "ignored": len(sl.geoms) - sl.n_valid,
+                }
+                for s, sl in zip(scenes, per_scene, strict=False)
+            ],
+        },
+    }
+
+
+def _log_split(config: TileConfig, inp: _Inputs, chosen: _Chosen, dataset: dict[str, Any]) -> None:
+    """Say how the split came out (and warn when it has no validation tiles)."""
+    gap, block_tiles, split_info = chosen.gap, chosen.block_tiles, chosen.split_info
+    realised_split = dataset["counts"]["by_split"]
+    val_share = dataset["counts"]["val_share_of_positives"]
+    if inp.val_area is not None:
         log.info(
             "split: val = tiles intersecting %s, gap %d strides; val share of positives %s",
             config.val_area,
@@ -427,8 +554,6 @@ def _run(config: TileConfig) -> TileResult:
                 "or give --val-area",
                 block_tiles,
             )
-    _log_counts(sel.requested, sel.realised, realised_split)
-    return TileResult(out=Path(config.out), n_tiles=len(tiles), counts=dataset["counts"], dataset=dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,7 +632,9 @@ def _candidate_table(
 ) -> pd.DataFrame:
     """One row per tile: fractions, features, look-alike and val-area flags, bounds in scene and common CRS.
 
-    Both layers are reprojected to each scene's CRS. ``lookalike``: the tile footprint intersects (or
+    Footprints are the tiles' true quadrilaterals (:meth:`Grid.tile_footprints`; rotated or sheared
+    scenes too), bounds their bounding boxes. Both layers are reprojected to each scene's CRS.
+    ``lookalike``: the tile footprint intersects (or
     touches) a look-alike polygon. ``val_area``: the footprint shares area with a val-area polygon
     (touching along an edge only does not count), so no pixel inside the layer is in a train tile.
     """
@@ -533,14 +660,9 @@ def _candidate_table(
     bounds = np.zeros((len(df), 4))
     for si, s in enumerate(scenes):
         sel = (df["scene"] == si).to_numpy()
-        tr = s.grid.transform
-        cols, rows = df.loc[sel, "col_off"].to_numpy(float), df.loc[sel, "row_off"].to_numpy(float)
-        xa, ya = tr.c + tr.a * cols + tr.b * rows, tr.f + tr.d * cols + tr.e * rows
-        xb, yb = xa + tr.a * t + tr.b * t, ya + tr.d * t + tr.e * t
-        b = np.column_stack([np.minimum(xa, xb), np.minimum(ya, yb), np.maximum(xa, xb), np.maximum(ya, yb)])
-        bounds[sel] = b
         if sel.any():
-            tboxes = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+            tboxes = s.grid.tile_footprints(df.loc[sel, "row_off"].to_numpy(), df.loc[sel, "col_off"].to_numpy(), t)
+            bounds[sel] = shapely.bounds(tboxes)
             if lookalikes is not None:
                 df.loc[sel, "lookalike"] = _hits(tboxes, to_crs(lookalikes, s.grid.crs).geometry.values, False)
             if val_area is not None:
@@ -553,8 +675,8 @@ def _candidate_table(
         if s.grid.crs == first_crs:
             continue
         sel = (df["scene"] == si).to_numpy()
-        polys = store.tile_polygons(bounds[sel], _transformer(s.grid.crs, first_crs))
-        common[sel] = shapely.bounds(polys)
+        quads = s.grid.tile_footprints(df.loc[sel, "row_off"].to_numpy(), df.loc[sel, "col_off"].to_numpy(), t)
+        common[sel] = shapely.bounds(store.tile_polygons(quads, _transformer(s.grid.crs, first_crs)))
     for j, k in enumerate(("x0", "y0", "x1", "y1")):
         df[k] = common[:, j]
     return df
@@ -578,18 +700,18 @@ def _transformer(src: Any, dst: Any) -> Any:
     return Transformer.from_crs(PCRS.from_wkt(src.to_wkt()), PCRS.from_wkt(dst.to_wkt()), always_xy=True)
 
 
-def _index_geometries(tiles: pd.DataFrame, scenes: list[SceneInfo]) -> np.ndarray:
-    """Tile polygons in the first scene's CRS (``tiles["scene"]`` holds scene indices)."""
+def _index_geometries(tiles: pd.DataFrame, scenes: list[SceneInfo], t: int) -> np.ndarray:
+    """Tile footprints (true quadrilaterals) in the first scene's CRS (``tiles["scene"]`` holds scene indices)."""
     first_crs = scenes[0].grid.crs
     out = np.empty(len(tiles), dtype=object)
     sidx = tiles["scene"].to_numpy(int)
-    b = tiles[["sx0", "sy0", "sx1", "sy1"]].to_numpy(float)
+    rows, cols = tiles["row_off"].to_numpy(), tiles["col_off"].to_numpy()
     for si, s in enumerate(scenes):
         sel = sidx == si
         if not sel.any():
             continue
         tr = None if s.grid.crs == first_crs else _transformer(s.grid.crs, first_crs)
-        out[sel] = store.tile_polygons(b[sel], tr)
+        out[sel] = store.tile_polygons(s.grid.tile_footprints(rows[sel], cols[sel], t), tr)
     return out
 
 

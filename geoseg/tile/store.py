@@ -17,6 +17,7 @@ import shapely
 from rasterio.crs import CRS
 
 from geoseg.classes import hex_rgb
+from geoseg.io.output import atomic_path
 from geoseg.qgis import style_gpkg
 from geoseg.tile.work import HIST_DTYPES, ExtractResult
 
@@ -108,7 +109,10 @@ def _stat(b: int, name: str, mean: Any, std: Any, p2: Any, p98: Any) -> dict[str
 
 
 def write_index(path: Path, tiles: pd.DataFrame, geoms: np.ndarray, crs: CRS) -> None:
-    """Write ``tiles.gpkg`` (layer ``tiles``) and store a QGIS style (categorized by ``kind``)."""
+    """Write ``tiles.gpkg`` (layer ``tiles``), ``tiles.qml`` and the style stored in the GeoPackage
+    (categorized by ``kind``). ``path`` is inside the stage's staging folder (geoseg.io.output.staged_output),
+    which makes the GeoPackage atomic (GDAL wants a ``.gpkg`` name, so no ``atomic_path`` temp for it);
+    the QML goes through :func:`geoseg.io.output.atomic_path`."""
     cols = [
         "index", "scene", "scene_path", "scene_date", "row_off", "col_off", "kind", "split",
         "label_fraction", "nodata_fraction", "unusable_fraction", "lookalike",
@@ -116,7 +120,8 @@ def write_index(path: Path, tiles: pd.DataFrame, geoms: np.ndarray, crs: CRS) ->
     gdf = gpd.GeoDataFrame(tiles[cols].reset_index(drop=True), geometry=list(geoms), crs=crs.to_wkt())
     gdf.to_file(path, layer="tiles", driver="GPKG", engine="pyogrio")
     qml = kind_qml()
-    path.with_suffix(".qml").write_text(qml)
+    with atomic_path(path.with_suffix(".qml")) as tmp:
+        tmp.write_text(qml)
     style_gpkg(path, "tiles", [], qml=qml, style_name="by kind", description="geoseg tile kinds")
 
 
@@ -156,14 +161,13 @@ def kind_qml() -> str:
 """
 
 
-def tile_polygons(bounds: np.ndarray, transformer: Any | None) -> np.ndarray:
-    """Tile boxes (rows of minx, miny, maxx, maxy in the scene CRS) as polygons in the index CRS.
-
-    With a ``pyproj.Transformer`` the boxes are densified (16 points per edge) before reprojection.
-    """
-    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+def tile_polygons(footprints: np.ndarray, transformer: Any | None) -> np.ndarray:
+    """Tile footprints (polygons in the scene CRS, see :meth:`geoseg.grid.Grid.tile_footprints`) in the
+    index CRS: unchanged without a ``transformer``; with a ``pyproj.Transformer`` densified (edges cut
+    to at most 1/16 of the larger bounding-box side) before reprojection."""
     if transformer is None:
-        return boxes
-    seg = np.maximum(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1]) / 16
-    dense = shapely.segmentize(boxes, seg)
+        return footprints
+    b = shapely.bounds(footprints)
+    seg = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 16
+    dense = shapely.segmentize(footprints, seg)
     return shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import ConfigError, DeviceError, ModelError, first_line
+from geoseg.io.output import atomic_path
 from geoseg.train.metrics import confusion_matrix
 
 
@@ -252,15 +253,10 @@ def evaluate(
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary sibling, fsync, then ``os.replace``: a kill never leaves a torn file."""
+    """``torch.save`` via :func:`geoseg.io.output.atomic_path` (fsync, then rename): a kill never leaves a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -1,4 +1,5 @@
-"""``metrics.csv`` and ``curves.png`` from the per-epoch history (both rewritten atomically each epoch).
+"""``metrics.csv`` and ``curves.png`` from the per-epoch history (both rewritten atomically each epoch, via
+:func:`geoseg.io.output.atomic_path`).
 
 History record per epoch: ``{"epoch", "train_loss", "val_loss", "miou", "lr", "seconds", "samples_per_s",
 "classes": {"iou": [...], "precision": [...], "recall": [...], "f1": [...], "support": [...]}}`` (lists indexed
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from geoseg.io.output import atomic_path
 
 CSV_COLUMNS = (
     "epoch", "class_id", "class", "iou", "precision", "recall", "f1", "support",
@@ -29,8 +31,7 @@ def _fmt(v: Any) -> str:
 def write_metrics_csv(path: str | Path, history: Sequence[dict[str, Any]], classes: Sequence[dict[str, Any]]) -> Path:
     """One row per epoch per class (``classes`` as in the model config); epoch-level columns repeated per row."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for rec in history:
@@ -42,7 +43,6 @@ def write_metrics_csv(path: str | Path, history: Sequence[dict[str, Any]], class
                 row += [int(per["support"][i])]
                 row += [rec[k] for k in ("train_loss", "val_loss", "miou", "lr", "seconds")]
                 w.writerow([_fmt(x) for x in row])
-    os.replace(tmp, path)
     return path
 
 
@@ -72,7 +72,6 @@ def plot_curves(path: str | Path, history: Sequence[dict[str, Any]], classes: Se
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

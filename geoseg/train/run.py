@@ -34,15 +34,16 @@ import numpy as np
 import torch
 
 from geoseg.config import StageConfig, naming, read_json, to_dict, write_json
-from geoseg.errors import ConfigError, GeosegError, ModelError, first_line
+from geoseg.errors import ConfigError, GeosegError
 from geoseg.io.lock import output_lock
 from geoseg.io.output import check_writable_dir
 from geoseg.train import loop
 from geoseg.train.dataset import DatasetInfo, TileDataset, TileSampler, kind_weights, read_dataset
 from geoseg.train.losses import LOSSES, build_loss
-from geoseg.train.metrics import class_scores, mean_iou, rank_score, score_classes
+from geoseg.train.metrics import class_scores, mean_iou, score_classes
 from geoseg.train.model import ARCHS, DEFAULT_ENCODER, build_model, load_model, read_model_config, save_model
 from geoseg.train.report import plot_curves, write_metrics_csv
+from geoseg.train.state import TrainState, check_compatible
 from geoseg.train.transforms import DEFAULT_RECIPE, RECIPES, build_train_transform, describe
 from geoseg.train.weights import apply_weights
 
@@ -201,16 +202,6 @@ def _one_line(e: GeosegError) -> GeosegError:
     return type(e)(last.split(prefix, 1)[-1])
 
 
-def _check_resume(ckpt: dict[str, Any], cfg: TrainConfig, mcfg: dict[str, Any], path: Path) -> None:
-    old = ckpt.get("model_config", {})
-    for key in ("arch", "encoder", "in_channels", "num_classes"):
-        if old.get(key) != mcfg[key]:
-            raise ConfigError(
-                f"{path}: checkpoint has {key}={old.get(key)!r} but this run has {mcfg[key]!r}; "
-                "resume with the original options or train into a new --out"
-            )
-
-
 def run(config: TrainConfig) -> TrainResult:
     """Train as configured; see the module doc for outputs, resume and DDP behaviour.
 
@@ -241,8 +232,76 @@ def _mark_interrupted(run_json: Path) -> None:
 
 
 def _run(cfg: TrainConfig) -> TrainResult:
+    """Phases: set up -> build model, data and state (restored on --resume) -> train epochs -> finish."""
     ds = read_dataset(cfg.dataset)
     cfg = replace(cfg, dataset=ds.path, out=cfg.out.expanduser().resolve())
+    rt = _setup(cfg, ds)
+    ckpt = _prepare_out(cfg, rt)
+    torch.manual_seed(cfg.seed + rt.rank)
+    np.random.seed(cfg.seed + rt.rank)
+    model = build_model(cfg.arch, cfg.encoder, ds.in_channels, ds.num_classes)
+    if ckpt is not None:
+        weights_info = dict(ckpt.get("weights_info", {"source": "checkpoint"}))
+    else:
+        weights_info = apply_weights(model, cfg.encoder, cfg.weights, ds.in_channels)
+    mcfg = model_config(cfg, ds, weights_info)
+    if ckpt is not None:
+        check_compatible(ckpt, mcfg, cfg.out / CHECKPOINT)
+    net = _place(model, rt)
+    data = _build_data(cfg, ds, rt)
+    state = _build_state(cfg, rt, model, data.steps, mcfg, weights_info)
+    if ckpt is not None:
+        state.load_state_dict(ckpt, path=cfg.out / CHECKPOINT, rng=not rt.distributed)
+        log.info("resuming %s after epoch %d of %d", cfg.out, state.epoch, cfg.epochs)
+    criterion = build_loss(cfg.loss, dice_weight=cfg.dice_weight, ignore_index=ds.ignore_index, gamma=cfg.focal_gamma)
+    s = _Session(cfg, ds, rt, net, criterion, data, state, _run_info(cfg, ds, rt, data, weights_info))
+    if rt.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        _write_reports(s, "running")
+    t_start = time.perf_counter()
+    for epoch in range(state.epoch, cfg.epochs):
+        _train_epoch(s, epoch)
+    _finish(s, time.perf_counter() - t_start)
+    rec = state.best_record
+    best_miou = rec["miou"] if rec else math.nan
+    return TrainResult(
+        cfg.out, cfg.out / "model", len(state.history), state.best_epoch, best_miou, state.history, rt.is_main
+    )
+
+
+@dataclass
+class _Data:
+    """The loaders of one run and what the reports say about them."""
+
+    train_ds: TileDataset
+    val_ds: TileDataset
+    train_sampler: TileSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None  # None: no val split
+    workers: int
+    transform: Any
+
+    @property
+    def steps(self) -> int:
+        return len(self.train_loader)
+
+
+@dataclass
+class _Session:
+    """Everything the epoch loop and the reports need (``state`` is what a checkpoint holds)."""
+
+    cfg: TrainConfig
+    ds: DatasetInfo
+    rt: loop.Runtime
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    criterion: torch.nn.Module
+    data: _Data
+    state: TrainState
+    run_info: dict[str, Any]
+
+
+def _setup(cfg: TrainConfig, ds: DatasetInfo) -> loop.Runtime:
+    """Check the tile size, resolve the device / AMP / DDP runtime and the torch thread count."""
     stride = 32
     if ds.tile_size % stride:
         raise ConfigError(
@@ -253,9 +312,13 @@ def _run(cfg: TrainConfig) -> TrainResult:
     loop.init_distributed(rt)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    return rt
+
+
+def _prepare_out(cfg: TrainConfig, rt: loop.Runtime) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``--resume``), or None; with ``--overwrite`` the old run's outputs go."""
     out = cfg.out
     ckpt_path = out / CHECKPOINT
-    ckpt: dict[str, Any] | None = None
     if ckpt_path.exists() and not cfg.resume:
         if not cfg.overwrite:
             raise ConfigError(f"{out}: already holds a training run; pass --resume to continue it or --overwrite")
@@ -266,36 +329,25 @@ def _run(cfg: TrainConfig) -> TrainResult:
                 (out / name).unlink(missing_ok=True)
     if cfg.resume:
         if ckpt_path.exists():
-            ckpt = loop.load_checkpoint(ckpt_path)
-        else:
-            log.info("%s: no checkpoint to resume from; starting a new run", ckpt_path)
-    torch.manual_seed(cfg.seed + rt.rank)
-    np.random.seed(cfg.seed + rt.rank)
+            return loop.load_checkpoint(ckpt_path)
+        log.info("%s: no checkpoint to resume from; starting a new run", ckpt_path)
+    return None
 
-    # --- model -------------------------------------------------------------------------------------------------
-    model = build_model(cfg.arch, cfg.encoder, ds.in_channels, ds.num_classes)
-    if ckpt is not None:
-        weights_info = dict(ckpt.get("weights_info", {"source": "checkpoint"}))
-    else:
-        weights_info = apply_weights(model, cfg.encoder, cfg.weights, ds.in_channels)
-    mcfg = model_config(cfg, ds, weights_info)
-    if ckpt is not None:
-        _check_resume(ckpt, cfg, mcfg, ckpt_path)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            msg = f"{ckpt_path}: weights do not fit the model ({first_line(e, 160)}); use --overwrite"
-            raise ModelError(msg) from None
+
+def _place(model: torch.nn.Module, rt: loop.Runtime) -> torch.nn.Module:
+    """Move ``model`` to the device (channels-last if asked); the network to call (DDP-wrapped under torchrun)."""
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    net: torch.nn.Module = model
     if rt.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
+        return torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None
         )
+    return model
 
-    # --- data --------------------------------------------------------------------------------------------------
+
+def _build_data(cfg: TrainConfig, ds: DatasetInfo, rt: loop.Runtime) -> _Data:
+    """Train / val datasets, samplers and loaders (this rank's shard)."""
     workers = default_workers() if cfg.workers is None else cfg.workers
     nodatas = {sc.get("nodata") for sc in ds.info.get("scenes", [])} - {None}
     nodata = float(next(iter(nodatas))) if len(nodatas) == 1 else None  # NaN is always treated as no data
@@ -329,126 +381,113 @@ def _run(cfg: TrainConfig) -> TrainResult:
         log.warning("%s: no validation tiles; training without validation and keeping the last epoch", ds.path)
     if workers == 0:
         train_ds.reseed(cfg.seed + rt.rank)
-    steps = len(train_loader)
+    return _Data(train_ds, val_ds, train_sampler, train_loader, val_loader, workers, tf)
 
-    # --- optimisation ------------------------------------------------------------------------------------------
-    criterion = build_loss(cfg.loss, dice_weight=cfg.dice_weight, ignore_index=ds.ignore_index, gamma=cfg.focal_gamma)
+
+def _build_state(
+    cfg: TrainConfig,
+    rt: loop.Runtime,
+    model: torch.nn.Module,
+    steps: int,
+    mcfg: dict[str, Any],
+    weights_info: dict[str, Any],
+) -> TrainState:
+    """A fresh state: AdamW, warm-up + cosine LR per step over ``epochs x steps``, a GradScaler if fp16."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, loop.WarmupCosine(total, max(1, min(200, total // 20))))
-    scaler = loop.make_scaler(rt)
-    start_epoch, best, best_epoch = 0, -math.inf, 0
-    history: list[dict[str, Any]] = []
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"])
-        best, best_epoch = float(ckpt["best_score"]), int(ckpt["best_epoch"])
-        history = list(ckpt["history"])
-        if ckpt.get("rng") and not rt.distributed:  # (DDP ranks > 0 have no saved state of their own)
-            loop.set_rng_state(ckpt["rng"])
-        log.info("resuming %s after epoch %d of %d", out, start_epoch, cfg.epochs)
+    return TrainState(model, optimizer, scheduler, loop.make_scaler(rt), to_dict(cfg), mcfg, weights_info)
 
+
+def _run_info(cfg: TrainConfig, ds: DatasetInfo, rt: loop.Runtime, data: _Data, weights_info: dict[str, Any]) -> dict:
+    """The run.json fields fixed for the whole run."""
     ids = score_classes(ds.num_classes, ds.boundary_class)
-    run_info: dict[str, Any] = {
+    return {
         "command": "train",
         "config": to_dict(cfg),
-        "runtime": {**rt.describe(), "workers": workers, "steps_per_epoch": steps},
+        "runtime": {**rt.describe(), "workers": data.workers, "steps_per_epoch": data.steps},
         "dataset": {
             "path": str(ds.path),
-            "tiles": {"train": len(train_ds), "val": len(val_ds)},
+            "tiles": {"train": len(data.train_ds), "val": len(data.val_ds)},
             "tile_size": ds.tile_size,
             "in_channels": ds.in_channels,
             "dtype": ds.dtype,
             "classes": ds.classes,
         },
         "weights": weights_info,
-        "augmentation": describe(tf, cfg.augment_recipe, cfg.channel_shuffle),
+        "augmentation": describe(data.transform, cfg.augment_recipe, cfg.channel_shuffle),
         "score": {"name": "mIoU", "class_ids": ids, "definition": "mean validation IoU over these class ids"},
     }
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_reports(out, history, ds.classes, run_info, "running", best, best_epoch, cfg)
+
+
+def _train_epoch(s: _Session, epoch: int) -> None:
+    """One epoch (0-based ``epoch``): train, validate, record; rank 0 saves the model if kept, the checkpoint
+    and the reports."""
     from geoseg.progress import tqdm
 
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        train_sampler.set_epoch(epoch)
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            file=sys.stderr,
-            disable=not (rt.is_main and cfg.progress),
-            dynamic_ncols=True,
+    cfg, ds, rt, data, st = s.cfg, s.ds, s.rt, s.data, s.state
+    data.train_sampler.set_epoch(epoch)
+    bar = tqdm(
+        total=data.steps,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        file=sys.stderr,
+        disable=not (rt.is_main and cfg.progress),
+        dynamic_ncols=True,
+    )
+    try:
+        tr = loop.train_one_epoch(
+            s.net, data.train_loader, s.criterion, st.optimizer, st.scheduler, st.scaler, rt, progress=bar
         )
-        try:
-            tr = loop.train_one_epoch(net, train_loader, criterion, optimizer, scheduler, scaler, rt, progress=bar)
-            bar.set_postfix_str(f"loss={tr['loss']:.4f} validating", refresh=True)
-            if val_loader is not None:
-                val_loss, cm = loop.evaluate(net, val_loader, criterion, ds.num_classes, ds.ignore_index, rt)
-            else:
-                val_loss, cm = math.nan, np.zeros((ds.num_classes, ds.num_classes), np.int64)
-        except BaseException:
-            bar.close()
-            raise
-        sc = class_scores(cm)
-        miou = mean_iou(sc["iou"], ids)
-        bar.set_postfix(loss=f"{tr['loss']:.4f}", val_loss=f"{val_loss:.4f}", val_mIoU=f"{miou:.3f}", refresh=True)
+        bar.set_postfix_str(f"loss={tr['loss']:.4f} validating", refresh=True)
+        if data.val_loader is not None:
+            val_loss, cm = loop.evaluate(s.net, data.val_loader, s.criterion, ds.num_classes, ds.ignore_index, rt)
+        else:
+            val_loss, cm = math.nan, np.zeros((ds.num_classes, ds.num_classes), np.int64)
+    except BaseException:
         bar.close()
-        rec = {
-            "epoch": epoch + 1,
-            "train_loss": tr["loss"],
-            "val_loss": val_loss,
-            "miou": miou,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "seconds": round(tr["seconds"], 3),
-            "samples_per_s": round(tr["samples"] * rt.world / max(tr["seconds"], 1e-9), 3),
-            "classes": {k: [float(x) for x in v] for k, v in sc.items()},
-        }
-        history.append(rec)
-        keep = cfg.keep if val_loader is not None else "last"
-        improved = rank_score(miou) > best or val_loader is None  # without val, best = last
-        if improved:
-            best, best_epoch = rank_score(miou), epoch + 1
-        if rt.is_main:
-            if improved or keep == "last":
-                save_model(out / "model", model, {**mcfg, "epoch": epoch + 1, "val_miou": miou, "kept": keep})
-            loop.save_checkpoint(
-                ckpt_path,
-                {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "epoch": epoch + 1,
-                    "best_score": best,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "config": to_dict(cfg),
-                    "model_config": mcfg,
-                    "weights_info": weights_info,
-                    "rng": loop.rng_state(),
-                },
-            )
-            _write_reports(out, history, ds.classes, run_info, "running", best, best_epoch, cfg)
-        if rt.distributed:
-            torch.distributed.barrier()
-
+        raise
+    sc = class_scores(cm)
+    miou = mean_iou(sc["iou"], score_classes(ds.num_classes, ds.boundary_class))
+    bar.set_postfix(loss=f"{tr['loss']:.4f}", val_loss=f"{val_loss:.4f}", val_mIoU=f"{miou:.3f}", refresh=True)
+    bar.close()
+    rec = {
+        "epoch": epoch + 1,
+        "train_loss": tr["loss"],
+        "val_loss": val_loss,
+        "miou": miou,
+        "lr": float(st.scheduler.get_last_lr()[0]),
+        "seconds": round(tr["seconds"], 3),
+        "samples_per_s": round(tr["samples"] * rt.world / max(tr["seconds"], 1e-9), 3),
+        "classes": {k: [float(x) for x in v] for k, v in sc.items()},
+    }
+    keep = cfg.keep if data.val_loader is not None else "last"
+    improved = st.record(rec, always_best=data.val_loader is None)  # without val, best = last
     if rt.is_main:
-        if not (out / "model").exists():  # resumed a run whose model/ was deleted: export the checkpoint state
-            save_model(out / "model", model, {**mcfg, "epoch": len(history), "val_miou": history[-1]["miou"]})
+        if improved or keep == "last":
+            meta = {"epoch": epoch + 1, "val_miou": miou, "kept": keep}
+            save_model(cfg.out / "model", st.model, {**st.model_config, **meta})
+        loop.save_checkpoint(cfg.out / CHECKPOINT, st.state_dict())
+        _write_reports(s, "running")
+    if rt.distributed:
+        torch.distributed.barrier()
+
+
+def _finish(s: _Session, seconds: float) -> None:
+    """Rank 0: export the model if missing, calibrate the post-processing, final reports; end DDP."""
+    cfg, rt, st = s.cfg, s.rt, s.state
+    if rt.is_main:
+        model_dir = cfg.out / "model"
+        if not model_dir.exists():  # resumed a run whose model/ was deleted: export the checkpoint state
+            meta = {"epoch": len(st.history), "val_miou": st.history[-1]["miou"]}
+            save_model(model_dir, st.model, {**st.model_config, **meta})
         if cfg.calibrate:
-            run_info["postprocess"] = _calibrate(out / "model", val_ds, rt, cfg, ds.val_offsets)
-        run_info["timing"] = {"seconds_this_session": round(time.perf_counter() - t_start, 3)}
-        _write_reports(out, history, ds.classes, run_info, "complete", best, best_epoch, cfg)
+            s.run_info["postprocess"] = _calibrate(model_dir, s.data.val_ds, rt, cfg, s.ds.val_offsets)
+        s.run_info["timing"] = {"seconds_this_session": round(seconds, 3)}
+        _write_reports(s, "complete")
     if rt.distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    best_miou = history[best_epoch - 1]["miou"] if best_epoch else math.nan
-    return TrainResult(out, out / "model", len(history), best_epoch, best_miou, history, rt.is_main)
 
 
 def _calibrate(
@@ -493,29 +532,22 @@ def _calibrate(
     return block
 
 
-def _write_reports(
-    out: Path,
-    history: list[dict[str, Any]],
-    classes: list[dict[str, Any]],
-    run_info: dict[str, Any],
-    status: str,
-    best: float,
-    best_epoch: int,
-    cfg: TrainConfig,
-) -> None:
-    if history:
-        write_metrics_csv(out / "metrics.csv", history, classes)
-        plot_curves(out / "curves.png", history, classes)
-    best_rec = history[best_epoch - 1] if best_epoch else None
+def _write_reports(s: _Session, status: str) -> None:
+    """``metrics.csv`` + ``curves.png`` (once there is an epoch) and ``run.json`` with ``status``."""
+    out, st, classes = s.cfg.out, s.state, s.ds.classes
+    if st.history:
+        write_metrics_csv(out / "metrics.csv", st.history, classes)
+        plot_curves(out / "curves.png", st.history, classes)
+    best_rec = st.best_record
     write_json(
         out / "run.json",
         {
-            **run_info,
+            **s.run_info,
             "status": status,
-            "epochs_completed": len(history),
-            "epochs": cfg.epochs,
-            "best": {"epoch": best_epoch, "miou": best_rec["miou"] if best_rec else None, "record": best_rec},
-            "last": history[-1] if history else None,
+            "epochs_completed": len(st.history),
+            "epochs": s.cfg.epochs,
+            "best": {"epoch": st.best_epoch, "miou": best_rec["miou"] if best_rec else None, "record": best_rec},
+            "last": st.history[-1] if st.history else None,
             "outputs": {
                 "model": "model/",
                 "checkpoint": str(CHECKPOINT),

@@ -133,6 +133,14 @@ def _point_line_labels(tmp: Path, case: dict) -> Path:
     return write_labels(tmp / "points.gpkg", geoms, case["grid"].crs, **{"class": ["a", "b"]})
 
 
+def _invalid_scene(tmp: Path, fill: float) -> Path:
+    """A dated scene over the labels with no valid pixel: all nodata (0) or all NaN (float, no nodata tag)."""
+    nan = fill != fill
+    p = tmp / ("nan_20210601.tif" if nan else "nodata_20210601.tif")
+    write_scene(p, np.full((3, 128, 160), fill, np.float32 if nan else np.uint8), nodata=None if nan else fill)
+    return p
+
+
 CASES = {
     "missing scene": (lambda t, c: {"scene": t / "nope.tif"}, [], "scene not found"),
     "not a raster": (lambda t, c: {"scene": (t / "x.tif", (t / "x.tif").write_text("hello"))[0]}, [], "not a readable"),
@@ -152,6 +160,16 @@ CASES = {
         lambda t, c: {"labels": _point_line_labels(t, c)},
         [],
         "no polygon features (only 1 LineString, 1 Point)",
+    ),
+    "all-nodata scene": (
+        lambda t, c: {"scene": _invalid_scene(t, 0)},
+        [],
+        "nodata_20210601.tif: the scene has no valid pixels",
+    ),
+    "all-NaN scene": (
+        lambda t, c: {"scene": _invalid_scene(t, np.nan)},
+        [],
+        "nan_20210601.tif: the scene has no valid",
     ),
     "missing labels": (lambda t, c: {"labels": t / "none.gpkg"}, [], "not found"),
     "bad option": (lambda t, c: {}, ["--undated", "maybe"], "--undated"),
