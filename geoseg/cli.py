@@ -348,6 +348,61 @@ def predict(
         typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
                    err=True)
 @app.command()
+def mine(
+    scenes: Annotated[
+        list[str], typer.Argument(help="Scene GeoTIFF(s) the labels annotate (paths, URLs, STAC Items).")
+    ],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Label polygons (as for geoseg tile).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (false_positives.gpkg, false_negatives.gpkg, "
+                                      "review.gpkg, mine.json, predict/).")],
+    coverage: Annotated[
+        Path | None, typer.Option(help="Annotated areas (labels complete inside); default: the whole scene.")
+    ] = None,
+    aoi: Annotated[
+        Path | None, typer.Option(help="Predict only inside this polygon layer (default: whole scenes).")
+    ] = None,
+    scene_date: Annotated[
+        list[str] | None, typer.Option(help="Acquisition date (once for all scenes, or once per scene).")
+    ] = None,
+    class_field: Annotated[str | None, typer.Option(help="Label class field (default 'class' if present).")] = None,
+    date_field: Annotated[str, typer.Option(help="Label date field.")] = "date",
+    labels_layer: Annotated[str | None, typer.Option(help="Layer name in a multi-layer labels file.")] = None,
+    max_label_age: Annotated[int | None, typer.Option(help="Labels older than this many days are not valid.")] = None,
+    undated: Annotated[str, typer.Option(help="Undated labels: keep (valid for every scene) or drop.")] = "keep",
+    iou: Annotated[float, typer.Option(help="IoU for a match (one-to-one, as geoseg evaluate).")] = 0.5,
+    review: Annotated[
+        bool, typer.Option("--review/--no-review", help="Predict outside the coverage too and rank review cells.")
+    ] = True,
+    review_cell: Annotated[
+        int | None, typer.Option("--review-cell", help="Review cell edge in pixels (default: the model's tile size).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Local dask workers for predict (0 = in-process).")] = 0,
+    asset: Annotated[str | None, typer.Option(help=ASSET_HELP)] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Mine a model's false positives (hard negatives), missed labels and review cells outside the coverage."""
+    from geoseg.mine import MineConfig
+    from geoseg.mine import run as run_mine
+
+    cfg = MineConfig(
+        scenes=tuple(str(s) for s in scenes), model=str(model), labels=str(labels), out=str(out),
+        coverage=str(coverage) if coverage else None, aoi=str(aoi) if aoi else None,
+        scene_dates=tuple(scene_date or ()), class_field=class_field, date_field=date_field,
+        labels_layer=labels_layer, max_label_age=max_label_age, undated=undated, iou=iou, review=review,
+        review_cell=review_cell, batch_size=batch_size, device=device, workers=workers, asset=asset,
+        progress=progress,
+    )  # fmt: skip
+    res = run_mine(cfg)
+    c = res.counts
+    typer.echo(f"{res.out}: {c['false_positives']} false positives, {c['false_negatives']} false negatives "
+               f"({c['matched']} matched of {c['predicted_inside_coverage']} predicted inside the coverage), "
+               f"{c['review_cells']} review cells", err=True)  # fmt: skip
+
+
+@app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],
     out: Annotated[
