@@ -114,7 +114,9 @@ def tile(
         Path | None, typer.Option(help="Annotated areas: outside = ignore (255), inside unlabelled = background.")
     ] = None,
     hard_negatives: Annotated[
-        Path | None, typer.Option(help="Look-alike polygons: label-free tiles touching them are hard negatives.")
+        list[Path] | None,
+        typer.Option(help="Look-alike polygons, or false_positives.gpkg of geoseg mine (repeatable): label-free "
+                     "tiles touching them are hard negatives (mined ones first, kind mined_negative)."),
     ] = None,
     negative_ratio: Annotated[float, typer.Option(help="Negative tiles per positive tile.")] = 1.0,
     hard_negative_share: Annotated[float, typer.Option(help="Share of the negatives that are hard.")] = 0.5,
@@ -184,7 +186,7 @@ def tile(
         max_label_age=max_label_age,
         undated=undated,
         coverage=str(coverage) if coverage else None,
-        hard_negatives=str(hard_negatives) if hard_negatives else None,
+        hard_negatives=tuple(str(h) for h in hard_negatives or ()),
         negative_ratio=negative_ratio,
         hard_negative_share=hard_negative_share,
         min_positive_fraction=min_positive_fraction,
@@ -204,7 +206,7 @@ def tile(
     c = res.counts
     typer.echo(f"{res.n_tiles} tiles -> {res.out}")
     typer.echo(f"{'kind':<14} {'requested':>9} {'realised':>9}")
-    for k in ("positive", "hard_negative", "easy_negative"):
+    for k in c["requested"]:
         typer.echo(f"{k:<14} {c['requested'][k]:>9} {c['realised'][k]:>9}")
     share = c["val_share_of_positives"]
     real = "n/a" if share["realised"] is None else f"{share['realised']:.3f}"

@@ -37,6 +37,7 @@ from geoseg.io.rasters import SceneInfo, open_raster, scene_info
 from geoseg.io.vectors import to_crs
 from geoseg.progress import tqdm
 from geoseg.tile import sampling, store
+from geoseg.tile.hardneg import read_hard_negatives
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
 from geoseg.tile.parallel import Executor
@@ -67,7 +68,7 @@ class TileConfig:
     max_label_age: int | None = None  # days
     undated: str = "keep"  # keep | drop
     coverage: str | None = None
-    hard_negatives: str | None = None
+    hard_negatives: tuple[str, ...] = ()  # [--hard-negatives, repeatable] look-alike and geoseg-mined layers
     negative_ratio: float = 1.0
     hard_negative_share: float = 0.5
     min_positive_fraction: float = 0.01
@@ -84,6 +85,11 @@ class TileConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        hn: object = self.hard_negatives
+        if hn is None or isinstance(hn, (str, Path)):  # one layer (older pipelines, Python callers)
+            object.__setattr__(self, "hard_negatives", () if hn is None else (str(hn),))
+        elif isinstance(hn, list):
+            object.__setattr__(self, "hard_negatives", tuple(str(h) for h in hn))
         vbt = self.val_block_tiles
         if isinstance(vbt, str) and vbt.strip().isdigit():  # "8" from a command line or --set
             object.__setattr__(self, "val_block_tiles", int(vbt))
@@ -162,7 +168,8 @@ def _run(config: TileConfig) -> TileResult:
                     "the file name) but the labels are dated; give --scene-date YYYY-MM-DD"
                 )
     coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
-    lookalikes = read_polygons(config.hard_negatives, what="hard-negatives layer") if config.hard_negatives else None
+    hard_layers = read_hard_negatives(config.hard_negatives)
+    lookalikes, mined = hard_layers.lookalikes, hard_layers.mined
     val_area = read_polygons(config.val_area, what="val-area layer") if config.val_area else None
 
     per_scene = []
@@ -243,7 +250,7 @@ def _run(config: TileConfig) -> TileResult:
                 bar.update(len(sres.rows))
         del scan_items
         timer.lap(f"scan ({n_candidates} tiles)")
-        cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size, val_area)
+        cand = _candidate_table(scan, scenes, per_scene, lookalikes, t_size, val_area, mined)
 
         # ---- select ----------------------------------------------------------------------------
         kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
@@ -272,6 +279,7 @@ def _run(config: TileConfig) -> TileResult:
             hard_negative_share=config.hard_negative_share,
             use_lookalikes=lookalikes is not None,
             seed=config.seed,
+            use_mined=mined is not None,
         )
         tiles = sel.tiles
         if len(tiles) == 0:
@@ -378,6 +386,9 @@ def _run(config: TileConfig) -> TileResult:
             "hard_negatives": {
                 "source": "look-alike layer" if lookalikes is not None else "spectral similarity",
                 "statistic": None if lookalikes is not None else sampling.HARD_NEGATIVE_STATISTIC,
+                "layers": hard_layers.sources,
+                "mined": mined is not None,
+                "quota": sampling.HARD_NEGATIVE_QUOTA,
             },
             "labels": {
                 "path": str(config.labels),
@@ -505,6 +516,7 @@ def _candidate_table(
     lookalikes: Any,
     t: int,
     val_area: Any = None,
+    mined: Any = None,
 ) -> pd.DataFrame:
     """One row per tile: fractions, features, look-alike and val-area flags, bounds in scene and common CRS.
 
@@ -530,6 +542,7 @@ def _candidate_table(
         parts.append(d)
     df = pd.concat(parts, ignore_index=True).sort_values(["scene", "row_off", "col_off"], ignore_index=True)
     df["lookalike"] = False
+    df["mined"] = False
     df["val_area"] = False
     bounds = np.zeros((len(df), 4))
     for si, s in enumerate(scenes):
@@ -544,6 +557,8 @@ def _candidate_table(
             tboxes = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
             if lookalikes is not None:
                 df.loc[sel, "lookalike"] = _hits(tboxes, to_crs(lookalikes, s.grid.crs).geometry.values, False)
+            if mined is not None:
+                df.loc[sel, "mined"] = _hits(tboxes, to_crs(mined, s.grid.crs).geometry.values, False)
             if val_area is not None:
                 df.loc[sel, "val_area"] = _hits(tboxes, to_crs(val_area, s.grid.crs).geometry.values, True)
     for j, k in enumerate(("sx0", "sy0", "sx1", "sy1")):
@@ -626,6 +641,6 @@ def _crs_name(crs: Any) -> str:
 
 
 def _log_counts(requested: dict[str, int], realised: dict[str, int], by_split: dict[str, int]) -> None:
-    for k in sampling.KINDS:
+    for k in requested:
         if realised[k] < requested[k]:
             log.warning("%s: requested %d, realised %d (not enough candidates)", k, requested[k], realised[k])
