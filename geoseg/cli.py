@@ -45,6 +45,7 @@ C = TypeVar("C")
 #: config field -> command parameter, where the names differ (all other fields: the same name)
 PARAM_OF: dict[str, dict[str, str]] = {
     "TileConfig": {"scene_dates": "scene_date"},
+    "MineConfig": {"scene_dates": "scene_date"},
     "PredictConfig": {"vectorize": "vectorize_"},
     "VectorizeConfig": {"min_area_m2": "min_area", "fill_holes_m2": "fill_holes", "simplify_px": "simplify"},
 }
@@ -150,7 +151,9 @@ def tile(
         Path | None, typer.Option(help="Annotated areas: outside = ignore (255), inside unlabelled = background.")
     ] = None,
     hard_negatives: Annotated[
-        Path | None, typer.Option(help="Look-alike polygons: label-free tiles touching them are hard negatives.")
+        list[Path] | None,
+        typer.Option(help="Look-alike polygons, or false_positives.gpkg of geoseg mine (repeatable): label-free "
+                     "tiles touching them are hard negatives (mined ones first, kind mined_negative)."),
     ] = None,
     negative_ratio: Annotated[float, typer.Option(help="Negative tiles per positive tile.")] = 1.0,
     hard_negative_share: Annotated[float, typer.Option(help="Share of the negatives that are hard.")] = 0.5,
@@ -206,12 +209,13 @@ def tile(
         locals(),
         classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None,
         scene_dates=tuple(scene_date or ()),
+        hard_negatives=tuple(str(h) for h in hard_negatives or ()),
     )
     res = run_tile(cfg)
     c = res.counts
     typer.echo(f"{res.n_tiles} tiles -> {res.out}")
     typer.echo(f"{'kind':<14} {'requested':>9} {'realised':>9}")
-    for k in ("positive", "hard_negative", "easy_negative"):
+    for k in c["requested"]:
         typer.echo(f"{k:<14} {c['requested'][k]:>9} {c['realised'][k]:>9}")
     share = c["val_share_of_positives"]
     real = "n/a" if share["realised"] is None else f"{share['realised']:.3f}"
@@ -337,6 +341,56 @@ def predict(
     for s in res.scenes:
         typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
                    err=True)
+
+
+@app.command()
+def mine(
+    scenes: Annotated[
+        list[str], typer.Argument(help="Scene GeoTIFF(s) the labels annotate (paths, URLs, STAC Items).")
+    ],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Label polygons (as for geoseg tile).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (false_positives.gpkg, false_negatives.gpkg, "
+                                      "review.gpkg, mine.json, predict/).")],
+    coverage: Annotated[
+        Path | None, typer.Option(help="Annotated areas (labels complete inside); default: the whole scene.")
+    ] = None,
+    aoi: Annotated[
+        Path | None, typer.Option(help="Predict only inside this polygon layer (default: whole scenes).")
+    ] = None,
+    scene_date: Annotated[
+        list[str] | None, typer.Option(help="Acquisition date (once for all scenes, or once per scene).")
+    ] = None,
+    class_field: Annotated[str | None, typer.Option(help="Label class field (default 'class' if present).")] = None,
+    date_field: Annotated[str, typer.Option(help="Label date field.")] = "date",
+    labels_layer: Annotated[str | None, typer.Option(help="Layer name in a multi-layer labels file.")] = None,
+    max_label_age: Annotated[int | None, typer.Option(help="Labels older than this many days are not valid.")] = None,
+    undated: Annotated[str, typer.Option(help="Undated labels: keep (valid for every scene) or drop.")] = "keep",
+    iou: Annotated[float, typer.Option(help="IoU for a match (one-to-one, as geoseg evaluate).")] = 0.5,
+    review: Annotated[
+        bool, typer.Option("--review/--no-review", help="Predict outside the coverage too and rank review cells.")
+    ] = True,
+    review_cell: Annotated[
+        int | None, typer.Option("--review-cell", help="Review cell edge in pixels (default: the model's tile size).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
+    device: Device = "auto",
+    workers: Workers = 1,
+    asset: Asset = None,
+    progress: Progress = True,
+) -> None:
+    """Mine a model's false positives (hard negatives), missed labels and review cells outside the coverage."""
+    from geoseg.mine import MineConfig
+    from geoseg.mine import run as run_mine
+
+    cfg = _build(MineConfig, locals(), scene_dates=tuple(scene_date or ()))
+    res = run_mine(cfg)
+    c = res.counts
+    typer.echo(f"{res.out}: {c['false_positives']} false positives, {c['false_negatives']} false negatives "
+               f"({c['matched']} matched of {c['predicted_inside_coverage']} predicted inside the coverage), "
+               f"{c['review_cells']} review cells", err=True)  # fmt: skip
+
+
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory (or its model/ folder).")],

@@ -69,6 +69,7 @@ __all__ = [
     "confusion_matrix",
     "format_sweep_table",
     "iou_key",
+    "match_objects",
     "merge_split_masks",
     "merges_splits",
     "metrics_from_confusion",
@@ -261,6 +262,12 @@ def _assign(ov: Overlaps, iou: float) -> tuple[np.ndarray, np.ndarray, np.ndarra
         mt.append(ut[cols[hit]])
         mi.append(m[rows[hit], cols[hit]])
     return np.concatenate(mp).astype(int), np.concatenate(mt).astype(int), np.concatenate(mi).astype(float)
+
+
+def match_objects(ov: Overlaps, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one-to-one matching of the object metrics: ``(pred index, truth index, IoU)`` of the pairs of
+    :func:`overlaps` matched at IoU >= ``iou`` (inclusive), maximising the total IoU."""
+    return _assign(ov, iou)
 
 
 def _prf(n_pred: int, n_truth: int, tp_pred: int, tp_truth: int) -> dict[str, Any]:

@@ -156,6 +156,8 @@ def write_buildings_scene(
     seed: int = 0,
     crs: Any = "EPSG:32636",
     date: dt.date | None = None,
+    attempts: int = 4000,
+    slab_share: float = 0.2,
 ) -> dict[str, Any]:
     """A synthetic town: rectangular buildings (alone, in touching pairs and rows), look-alike slabs.
 
@@ -164,7 +166,8 @@ def write_buildings_scene(
     the same colours but no ridge, no shadow and a speckled texture, so only the shape cues tell
     them apart. Writes ``scene.tif`` (3-band uint8), ``buildings.gpkg`` (field ``class`` =
     ``building``) and ``slabs.gpkg``; returns their paths, the grid, and per-building
-    ``group`` ids (buildings of one touching pair/row share a group).
+    ``group`` ids (buildings of one touching pair/row share a group). ``attempts`` random placements
+    (fewer: a sparser town), each a slab with probability ``slab_share``.
     """
     from scipy import ndimage
 
@@ -198,8 +201,9 @@ def write_buildings_scene(
         occupied[max(0, r - 1) : r + h + 2, max(0, c - 1) : c + w + 2] = True
 
     group = 0
-    for _ in range(4000):
-        kind = rng.choice(["single", "pair", "row", "slab"], p=[0.45, 0.25, 0.1, 0.2])
+    weights = np.array([0.45, 0.25, 0.1]) / 0.8 * (1 - slab_share)
+    for _ in range(attempts):
+        kind = rng.choice(["single", "pair", "row", "slab"], p=[*weights, slab_share])
         h, w = (int(v) for v in rng.integers(10, 26, 2))
         n = {"single": 1, "pair": 2, "row": 3, "slab": 1}[str(kind)]
         horizontal = bool(rng.integers(0, 2))

@@ -38,6 +38,7 @@ from geoseg.io.vectors import to_crs
 from geoseg.parallel import Executor
 from geoseg.progress import tqdm
 from geoseg.tile import sampling, store
+from geoseg.tile.hardneg import read_hard_negatives
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
 from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
@@ -67,7 +68,7 @@ class TileConfig(StageConfig):
     max_label_age: int | None = None  # days
     undated: str = "keep"  # keep | drop
     coverage: str | None = None
-    hard_negatives: str | None = None
+    hard_negatives: tuple[str, ...] = ()  # [--hard-negatives, repeatable] look-alike and geoseg-mined layers
     negative_ratio: float = 1.0
     hard_negative_share: float = 0.5
     min_positive_fraction: float = 0.01
@@ -84,6 +85,11 @@ class TileConfig(StageConfig):
     progress: bool = True
 
     def normalize(self) -> None:
+        hn: object = self.hard_negatives
+        if hn is None or isinstance(hn, (str, Path)):  # one layer (older pipelines, Python callers)
+            self._set("hard_negatives", () if hn is None else (str(hn),))
+        elif isinstance(hn, list):
+            self._set("hard_negatives", tuple(str(h) for h in hn))
         vbt = self.val_block_tiles
         if isinstance(vbt, str) and vbt.strip().isdigit():  # "8" from a command line or --set
             self._set("val_block_tiles", int(vbt))
@@ -171,6 +177,8 @@ class _Inputs:
     labels: Labels
     per_scene: list[SceneLabels]  # the labels of each scene, in its CRS
     lookalikes: Any  # GeoDataFrame or None
+    mined: Any  # GeoDataFrame of geoseg-mined false positives, or None
+    hard_sources: list[dict[str, object]]  # per --hard-negatives layer: path, kind, polygons (dataset.json)
     val_area: Any  # GeoDataFrame or None
     objects: dict[str, Any]  # label object summary (tile.objects)
     boundary_width: int
@@ -235,7 +243,8 @@ def _read_inputs(config: TileConfig) -> _Inputs:
                     "the file name) but the labels are dated; give --scene-date YYYY-MM-DD"
                 )
     coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
-    lookalikes = read_polygons(config.hard_negatives, what="hard-negatives layer") if config.hard_negatives else None
+    hard_layers = read_hard_negatives(config.hard_negatives)
+    lookalikes, mined = hard_layers.lookalikes, hard_layers.mined
     val_area = read_polygons(config.val_area, what="val-area layer") if config.val_area else None
 
     per_scene = []
@@ -254,7 +263,8 @@ def _read_inputs(config: TileConfig) -> _Inputs:
         boundary_width, boundary_source = int(config.boundary_width), "option"
     boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
     return _Inputs(
-        scenes, dtype, labels, per_scene, lookalikes, val_area, objects, boundary_width, boundary_source, boundary_class
+        scenes, dtype, labels, per_scene, lookalikes, mined, hard_layers.sources, val_area, objects,
+        boundary_width, boundary_source, boundary_class,
     )
 
 
@@ -329,7 +339,7 @@ def _scan(ex: Executor, plan: _Plan, inp: _Inputs, progress: bool) -> dict[Any, 
 def _select(config: TileConfig, inp: _Inputs, scan: dict[Any, ScanResult]) -> _Chosen:
     """The candidate table, the kinds, the spatially blocked split and the sampled tiles (pure, seeded)."""
     t_size, scenes, lookalikes, val_area = config.tile_size, inp.scenes, inp.lookalikes, inp.val_area
-    cand = _candidate_table(scan, scenes, inp.per_scene, lookalikes, t_size, val_area)
+    cand = _candidate_table(scan, scenes, inp.per_scene, lookalikes, t_size, val_area, inp.mined)
     _check_valid_pixels(cand, scenes)
     kind = sampling.candidate_kind(cand, config.min_positive_fraction, config.max_unusable_fraction)
     first = scenes[0].grid
@@ -357,6 +367,7 @@ def _select(config: TileConfig, inp: _Inputs, scan: dict[Any, ScanResult]) -> _C
         hard_negative_share=config.hard_negative_share,
         use_lookalikes=lookalikes is not None,
         seed=config.seed,
+        use_mined=inp.mined is not None,
     )
     tiles = sel.tiles
     if len(tiles) == 0:
@@ -500,6 +511,9 @@ def _dataset_json(config: TileConfig, inp: _Inputs, chosen: _Chosen, ordered: li
         "hard_negatives": {
             "source": "look-alike layer" if lookalikes is not None else "spectral similarity",
             "statistic": None if lookalikes is not None else sampling.HARD_NEGATIVE_STATISTIC,
+            "layers": inp.hard_sources,
+            "mined": inp.mined is not None,
+            "quota": sampling.HARD_NEGATIVE_QUOTA,
         },
         "labels": {
             "path": str(config.labels),
@@ -629,6 +643,7 @@ def _candidate_table(
     lookalikes: Any,
     t: int,
     val_area: Any = None,
+    mined: Any = None,
 ) -> pd.DataFrame:
     """One row per tile: fractions, features, look-alike and val-area flags, bounds in scene and common CRS.
 
@@ -656,6 +671,7 @@ def _candidate_table(
         parts.append(d)
     df = pd.concat(parts, ignore_index=True).sort_values(["scene", "row_off", "col_off"], ignore_index=True)
     df["lookalike"] = False
+    df["mined"] = False
     df["val_area"] = False
     bounds = np.zeros((len(df), 4))
     for si, s in enumerate(scenes):
@@ -665,6 +681,8 @@ def _candidate_table(
             bounds[sel] = shapely.bounds(tboxes)
             if lookalikes is not None:
                 df.loc[sel, "lookalike"] = _hits(tboxes, to_crs(lookalikes, s.grid.crs).geometry.values, False)
+            if mined is not None:
+                df.loc[sel, "mined"] = _hits(tboxes, to_crs(mined, s.grid.crs).geometry.values, False)
             if val_area is not None:
                 df.loc[sel, "val_area"] = _hits(tboxes, to_crs(val_area, s.grid.crs).geometry.values, True)
     for j, k in enumerate(("sx0", "sy0", "sx1", "sy1")):
@@ -747,6 +765,6 @@ def _crs_name(crs: Any) -> str:
 
 
 def _log_counts(requested: dict[str, int], realised: dict[str, int], by_split: dict[str, int]) -> None:
-    for k in sampling.KINDS:
+    for k in requested:
         if realised[k] < requested[k]:
             log.warning("%s: requested %d, realised %d (not enough candidates)", k, requested[k], realised[k])

@@ -1,7 +1,8 @@
 """Pure tile-selection logic on a candidate table (one row per tile of every scene).
 
 Candidate columns used here: ``scene``, ``row_off``, ``col_off``, ``label_fraction``,
-``unusable_fraction`` (nodata or ignore), ``lookalike`` (bool), ``f0..`` (spectral features),
+``unusable_fraction`` (nodata or ignore), ``lookalike`` (bool), ``mined`` (bool, optional), ``f0..``
+(spectral features),
 ``x0, y0, x1, y1`` (tile bounds in the common CRS, i.e. the first scene's CRS).
 
 * **Usable**: ``unusable_fraction <= max_unusable_fraction``.
@@ -23,6 +24,13 @@ Candidate columns used here: ``scene``, ``row_off``, ``col_off``, ``label_fracti
   mean and standard deviation of valid pixels, z-scored over all usable tiles; the score is the
   Euclidean distance to the nearest positive tile (smallest = hardest). Easy negatives are drawn
   at random from the remaining negatives. Same seed, same table -> same selection.
+* **Mined hard negatives** (``mined``: the tile touches a false positive mined by ``geoseg mine``, see
+  :mod:`geoseg.tile.hardneg`): with a mined layer, the hard quota is filled *mined first*: up to
+  ``n_hard`` negatives touching mined polygons (drawn at random), kind ``mined_negative``; the rest
+  of the quota (kind ``hard_negative``) comes from the look-alike tiles when a look-alike layer is
+  given, else from the spectral rule. So the hard-negative share, and with it the negative budget,
+  stays what the options say; a model's own mistakes take precedence over the user's look-alikes
+  because they are what this model gets wrong.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-KINDS = ("positive", "hard_negative", "easy_negative")
+KINDS = ("positive", "mined_negative", "hard_negative", "easy_negative")
 MIN_BLOCKS = 10  # auto block size: at least this many blocks holding positives, where the data allows
 SPLIT_RULE = (
     "square blocks of val_block_tiles x tile_size pixels of the first scene, anchored at its top-left corner "
@@ -45,6 +53,12 @@ SPLIT_RULE = (
 HARD_NEGATIVE_STATISTIC = (
     "Euclidean distance, in z-scored per-band [mean, std] of valid pixels, from a negative tile to the "
     "nearest positive tile; smallest first"
+)
+
+HARD_NEGATIVE_QUOTA = (
+    "hard = round(hard_negative_share x negatives) per split; filled first with negatives touching geoseg-mined "
+    "false positives (kind mined_negative, random), then look-alike tiles (random) or, without a look-alike "
+    "layer, the spectrally closest negatives (kind hard_negative)"
 )
 
 
@@ -314,14 +328,16 @@ def select(
     hard_negative_share: float,
     use_lookalikes: bool,
     seed: int,
+    use_mined: bool = False,
 ) -> Selection:
     """Pick positives, hard and easy negatives per split (see module docstring)."""
     feat_cols = [c for c in df.columns if c.startswith("f") and c[1:].isdigit()]
     feats = df[feat_cols].to_numpy(float) if feat_cols else np.zeros((len(df), 0))
     rng = np.random.default_rng([seed, 2])
     order_cols = ["scene", "row_off", "col_off"]
-    chosen: dict[str, list[int]] = {k: [] for k in KINDS}
-    requested = dict.fromkeys(KINDS, 0)
+    kinds = [k for k in KINDS if use_mined or k != "mined_negative"]  # (no mined layer: the counts of before)
+    chosen: dict[str, list[int]] = {k: [] for k in kinds}
+    requested = dict.fromkeys(kinds, 0)
     usable_ref = feats[kind.notna().to_numpy()]
     for sp in ("train", "val"):
         in_sp = (split == sp).to_numpy()
@@ -334,9 +350,17 @@ def select(
         n_hard = round(hard_negative_share * n_neg)
         n_easy = n_neg - n_hard
         requested["positive"] += len(pos)
-        requested["hard_negative"] += n_hard
         requested["easy_negative"] += n_easy
         chosen["positive"] += pos.tolist()
+        if use_mined:  # mined first within the hard quota (module docstring)
+            is_mined = df["mined"].to_numpy(bool)[neg]
+            mined = rng.permutation(neg[is_mined])[:n_hard]
+            neg = np.setdiff1d(neg, mined, assume_unique=True)
+            neg = neg[np.lexsort([df[c].to_numpy()[neg] for c in reversed(order_cols)])]
+            chosen["mined_negative"] += mined.tolist()
+            requested["mined_negative"] += len(mined)
+            n_hard -= len(mined)
+        requested["hard_negative"] += n_hard
         if use_lookalikes:
             look = df["lookalike"].to_numpy(bool)[neg]
             hard_pool, rest = neg[look], neg[~look]
@@ -351,13 +375,13 @@ def select(
         chosen["hard_negative"] += hard.tolist()
         chosen["easy_negative"] += easy.tolist()
     parts = []
-    for k in KINDS:
+    for k in kinds:
         sub = df.loc[df.index[chosen[k]]].copy()
         sub["kind"] = k
         sub["split"] = split.loc[sub.index].to_numpy()
         parts.append(sub.sort_values(order_cols, kind="stable"))
     tiles = pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
-    realised = {k: len(chosen[k]) for k in KINDS}
+    realised = {k: len(chosen[k]) for k in kinds}
     by_split = {sp: int((tiles["split"] == sp).sum()) for sp in ("train", "val")}
     return Selection(tiles=tiles, requested=requested, realised=realised, by_split=by_split, split_info={})
 

@@ -21,7 +21,9 @@ from geoseg.io.output import atomic_path
 from geoseg.qgis import style_gpkg
 from geoseg.tile.work import HIST_DTYPES, ExtractResult
 
-KIND_COLORS = {"positive": "#e41a1c", "hard_negative": "#ff7f00", "easy_negative": "#377eb8"}
+KIND_COLORS = {
+    "positive": "#e41a1c", "mined_negative": "#984ea3", "hard_negative": "#ff7f00", "easy_negative": "#377eb8",
+}  # fmt: skip
 
 
 def create_arrays(zarr_path: Path, n: int, count: int, tile_size: int, dtype: str, fill: float = 0) -> None:
@@ -115,7 +117,7 @@ def write_index(path: Path, tiles: pd.DataFrame, geoms: np.ndarray, crs: CRS) ->
     the QML goes through :func:`geoseg.io.output.atomic_path`."""
     cols = [
         "index", "scene", "scene_path", "scene_date", "row_off", "col_off", "kind", "split",
-        "label_fraction", "nodata_fraction", "unusable_fraction", "lookalike",
+        "label_fraction", "nodata_fraction", "unusable_fraction", "lookalike", "mined",
     ]  # fmt: skip
     gdf = gpd.GeoDataFrame(tiles[cols].reset_index(drop=True), geometry=list(geoms), crs=crs.to_wkt())
     gdf.to_file(path, layer="tiles", driver="GPKG", engine="pyogrio")

@@ -23,7 +23,7 @@ from geoseg.classes import ClassTable
 from geoseg.config import read_json
 from geoseg.errors import InputError, InputNotFoundError, first_line
 
-KINDS = ("positive", "hard_negative", "easy_negative")
+KINDS = ("positive", "mined_negative", "hard_negative", "easy_negative")  # tile kinds (geoseg.tile.sampling)
 
 
 @dataclass(frozen=True)

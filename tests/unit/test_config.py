@@ -14,6 +14,7 @@ from geoseg.cli import PARAM_OF, app
 from geoseg.config import StageConfig
 from geoseg.errors import ConfigError
 from geoseg.evaluate import EvaluateConfig
+from geoseg.mine import MineConfig
 from geoseg.predict.run import PredictConfig
 from geoseg.tile.run import TileConfig
 from geoseg.train.run import TrainConfig
@@ -87,9 +88,10 @@ NOT_ON_CLI = {
     "predict": set(),
     "vectorize": set(),
     "evaluate": set(),
+    "mine": {"valid_from_field", "valid_to_field"},
 }
 COMMANDS = {"tile": TileConfig, "train": TrainConfig, "predict": PredictConfig, "vectorize": VectorizeConfig,
-            "evaluate": EvaluateConfig}  # fmt: skip
+            "evaluate": EvaluateConfig, "mine": MineConfig}  # fmt: skip
 
 
 def _same(cli: Any, field: Any) -> bool:

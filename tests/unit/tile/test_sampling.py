@@ -319,3 +319,53 @@ def test_mostly_nodata_and_ignore_tiles_are_skipped(grid_case: dict) -> None:
     idx, _, masks = load_dataset(grid_case["tmp"] / "n")
     assert res.n_tiles == len(idx)
     assert (masks != 255).all()  # nothing ignored was sampled
+
+
+def test_select_mined_first_within_the_hard_quota() -> None:
+    df = _table(seed=5)
+    kind = candidate_kind(df, 0.01, 0.5)
+    split = pd.Series("train", index=df.index, dtype=object)
+    neg = np.flatnonzero((kind == "negative").to_numpy())
+    n_neg = round(1.0 * int((kind == "positive").sum()))
+    n_hard = round(0.5 * n_neg)
+    df["mined"] = False
+    few = neg[:5]  # fewer mined tiles than the hard quota: all taken, the rest of the quota from look-alikes
+    df.loc[few, "mined"] = True
+    df.loc[few, "lookalike"] = True  # a tile may be both: it counts once, as mined
+    sel = select(df, kind, split, negative_ratio=1, hard_negative_share=0.5, use_lookalikes=True, seed=0,
+                 use_mined=True)  # fmt: skip
+    mined = sel.tiles[sel.tiles.kind == "mined_negative"]
+    hard = sel.tiles[sel.tiles.kind == "hard_negative"]
+    assert len(mined) == 5 and mined.mined.all()
+    assert len(mined) + len(hard) == n_hard and hard.lookalike.all() and not hard.mined.any()
+    assert sel.requested["mined_negative"] + sel.requested["hard_negative"] == n_hard
+    assert not sel.tiles.duplicated(["row_off", "col_off"]).any()
+    # more mined tiles than the quota: the quota is all mined, nothing from the look-alikes
+    df.loc[neg, "mined"] = True
+    sel2 = select(df, kind, split, negative_ratio=1, hard_negative_share=0.5, use_lookalikes=True, seed=0,
+                  use_mined=True)  # fmt: skip
+    assert (sel2.tiles.kind == "mined_negative").sum() == n_hard and (sel2.tiles.kind == "hard_negative").sum() == 0
+    # without use_mined the counts keep their former keys
+    assert "mined_negative" not in select(df, kind, split, negative_ratio=1, hard_negative_share=0.5,
+                                          use_lookalikes=True, seed=0).requested  # fmt: skip
+
+
+def test_run_several_hard_negative_layers_record_the_mined_kind(grid_case: dict) -> None:
+    look = gpd.read_file(grid_case["look"])
+    mined_geoms = list(look.geometry.values[:6])
+    mined_path = write_labels(grid_case["tmp"] / "fp.gpkg", mined_geoms, look.crs, geoseg_mined=["abc"] * 6)
+    rest = write_labels(grid_case["tmp"] / "rest.gpkg", list(look.geometry.values[6:]), look.crs)
+    run(_cfg(grid_case, "m", hard_negatives=(str(rest), str(mined_path)), val_fraction=0.0, negative_ratio=2.0))
+    idx, _, _ = load_dataset(grid_case["tmp"] / "m")
+    meta = json.loads((grid_case["tmp"] / "m" / "dataset.json").read_text())
+    mined_u, rest_u = shapely.union_all(mined_geoms), gpd.read_file(rest).union_all()
+    m = idx[idx.kind == "mined_negative"]
+    h = idx[idx.kind == "hard_negative"]
+    assert len(m) > 0 and all(g.intersects(mined_u) for g in m.geometry)
+    assert len(h) > 0 and all(g.intersects(rest_u) for g in h.geometry)
+    assert meta["counts"]["realised"]["mined_negative"] == len(m)
+    assert [s["kind"] for s in meta["hard_negatives"]["layers"]] == ["look-alike", "mined"]
+    assert meta["hard_negatives"]["layers"][1]["model_sha256"] == "abc"
+    # one layer as a plain string still works (older pipeline files)
+    cfg = _cfg(grid_case, "one", hard_negatives=str(grid_case["look"]))
+    assert cfg.hard_negatives == (str(grid_case["look"]),)
