@@ -101,14 +101,19 @@ def polygons_px(lid: np.ndarray, mask: np.ndarray, col_off: int, row_off: int) -
 
 
 def _scores(lab: BlockLabels, inner: np.ndarray, m: np.ndarray, pin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(sums, counts)`` per local id ``0..n`` of the instance's class probability over ``inner``.
+    """``(sums, counts)`` per local id ``0..n`` of the instance's class probability over ``inner``
+    (``pin``: the (C, h, w) probabilities of the block interior, ``m``: ``inner > 0``).
 
     Exact sums (integers, so the block layout cannot change their rounding): raw units for integer
     rasters, fixed point (:data:`FLOAT_UNIT`) for float ones; score = sum * score_unit / count."""
     if not lab.n:
         return np.zeros(1), np.zeros(1, np.int64)
     lid = inner[m]
-    pk = np.take_along_axis(pin[m], lab.classes[lid - 1][:, None].astype(np.intp), axis=1)[:, 0]
+    pcls = lab.classes[lid - 1]
+    pk = np.zeros(len(lid), pin.dtype)
+    for k in np.unique(lab.classes).tolist():  # one contiguous gather per class, not C values per pixel
+        sel = pcls == k
+        pk[sel] = pin[k][m][sel]
     fixed = pk.astype(np.float64) if np.issubdtype(pk.dtype, np.integer) else np.round(pk * (1 / FLOAT_UNIT))
     return np.bincount(lid, weights=fixed, minlength=lab.n + 1), np.bincount(lid, minlength=lab.n + 1)
 
@@ -144,7 +149,8 @@ def vectorize_block(
     region, marker = lab.region, lab.marker
     inner = _sub(region, ext, win)
     m = inner > 0
-    sums, cnts = _scores(lab, inner, m, _sub(data.transpose(1, 2, 0), ext, win))
+    r0, c0 = int(win.row_off - ext.row_off), int(win.col_off - ext.col_off)
+    sums, cnts = _scores(lab, inner, m, data[:, r0 : r0 + int(win.height), c0 : c0 + int(win.width)])
     off = stream.add_block(lab.classes, lab.fallback, sums[1:], cnts[1:])
     if lab.n:  # polygons of the interior, in global pixel coordinates
         vals, geoms = polygons_px(inner, m, int(win.col_off), int(win.row_off))

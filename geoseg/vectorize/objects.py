@@ -121,6 +121,48 @@ class Objects:
         return self.take(np.lexsort(self.key.T[::-1]))
 
 
+def drop_collinear(geoms: np.ndarray) -> np.ndarray:
+    """Pixel-space polygons (axis-parallel edges, integer vertices) without their collinear vertices,
+    in one vectorised pass over the coordinates: ``shapely.simplify(g, 0.0, preserve_topology=True)``
+    of such polygons, whose every kept vertex is a corner. Ring starts are kept (after
+    :func:`shapely.normalize` they are the minimum corner)."""
+    if not len(geoms):
+        return geoms
+    _, xy, (ring_off, poly_off) = shapely.to_ragged_array(geoms)
+    x, y = xy[:, 0], xy[:, 1]
+    keep = np.ones(len(xy), bool)
+    keep[1:-1] = ~(((x[:-2] == x[1:-1]) & (x[1:-1] == x[2:])) | ((y[:-2] == y[1:-1]) & (y[1:-1] == y[2:])))
+    starts = ring_off[:-1]
+    keep[starts] = True
+    keep[ring_off[1:] - 1] = True  # closing vertices
+    ring_len = np.add.reduceat(keep.astype(np.int64), starts)
+    new_off = np.concatenate([[0], np.cumsum(ring_len)])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy[keep], (new_off, poly_off))
+
+
+def union_parts(parts: np.ndarray) -> Any:
+    """The union of the pixel-space parts of one object, each from the interior of a different block
+    or disjoint within one block (so interior-disjoint).
+
+    A part's holes lie strictly inside its block, where no other part reaches, so they are holes of
+    the union: only the outer rings are unioned (much cheaper for objects with many holes) and the
+    holes added back. Exact; checked by area (integer vertices, so exact), with
+    :func:`shapely.union_all` of the parts where that fails (a part inside another's hole)."""
+    n_holes = shapely.get_num_interior_rings(parts)
+    if not n_holes.any():
+        return shapely.union_all(parts)
+    u = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(parts)))
+    if shapely.get_type_id(u) != shapely.GeometryType.POLYGON:
+        return shapely.union_all(parts)
+    holes = [shapely.get_interior_ring(u, j) for j in range(shapely.get_num_interior_rings(u))]
+    for g, k in zip(parts.tolist(), n_holes.tolist(), strict=True):
+        holes.extend(shapely.get_interior_ring(g, j) for j in range(k))
+    out = shapely.Polygon(shapely.get_exterior_ring(u), holes)
+    if shapely.area(out) != float(np.sum(shapely.area(parts))):
+        return shapely.union_all(parts)
+    return out
+
+
 def merge_parts(
     post: Post, geoms: np.ndarray, comp: np.ndarray, csum: np.ndarray, ccnt: np.ndarray, ccls: np.ndarray
 ) -> Objects:
@@ -136,7 +178,7 @@ def merge_parts(
     ends = np.r_[starts[1:], len(comp)]
     merged = geoms[starts].copy()
     for i in np.flatnonzero(ends - starts > 1).tolist():
-        merged[i] = shapely.union_all(geoms[starts[i] : ends[i]])
+        merged[i] = union_parts(geoms[starts[i] : ends[i]])
     oc = comp[starts]
     parts, idx = shapely.get_parts(merged, return_index=True)  # multi-part only if the halo was too small
     oc = oc[idx]
@@ -156,7 +198,7 @@ def finish_objects(post: Post, objs: Objects, *, regular: bool) -> Objects:
     if not len(objs):
         return objs
     # canonical rings (start at the min corner, no collinear seam vertices): independent of the seams
-    g = shapely.simplify(shapely.normalize(objs.geoms), 0.0, preserve_topology=True)
+    g = drop_collinear(shapely.normalize(objs.geoms))
     if regular:
         g = regularize_pixels(g, post.transform, post.crs, post.centre)
     elif post.simplify_px > 0:
