@@ -4,6 +4,7 @@ overlaps later neighbours need (see :mod:`geoseg.vectorize`)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ def polygons_px(lid: np.ndarray, mask: np.ndarray, col_off: int, row_off: int) -
     """``(values, polygons)`` of the 4-connected regions of ``lid`` under ``mask`` (GDAL polygonize),
     in global pixel coordinates (integers), built into shapely in one vectorised call."""
     vals: list[int] = []
-    coords: list[object] = []
+    coords: list[tuple[float, float]] = []
     ring_off, poly_off = [0], [0]
     shift = Affine.translation(col_off, row_off)
     for geom, val in rasterio.features.shapes(lid, mask=mask, connectivity=4, transform=shift):
@@ -93,8 +94,9 @@ def polygons_px(lid: np.ndarray, mask: np.ndarray, col_off: int, row_off: int) -
         poly_off.append(len(ring_off) - 1)
     if not vals:
         return np.zeros(0, np.int64), np.zeros(0, dtype=object)
+    xy = np.fromiter(itertools.chain.from_iterable(coords), np.float64, count=2 * len(coords)).reshape(-1, 2)
     geoms = shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.asarray(coords, np.float64),
+        shapely.GeometryType.POLYGON, xy,
         (np.asarray(ring_off, np.int64), np.asarray(poly_off, np.int64)),
     )  # fmt: skip
     return np.asarray(vals, np.int64), geoms
