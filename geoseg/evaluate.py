@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from geoseg.errors import (
     first_line,
 )
 from geoseg.grid import Grid
+from geoseg.io.output import atomic_path
 from geoseg.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ def object_metrics(
     :func:`iou_key`; with ``min_cover``, ``merges_splits`` holds :func:`merges_splits` counts
     overall, ``by_size`` (predictions binned by their area, truths by theirs) and ``by_class``.
     """
-    from geoseg.vectorize import geodesic_areas_m2
+    from geoseg.grid import geodesic_areas_m2
 
     if truth_gdf.crs is not None and pred_gdf.crs is not None and not truth_gdf.crs.equals(pred_gdf.crs):
         truth_gdf = truth_gdf.to_crs(pred_gdf.crs)
@@ -488,7 +488,7 @@ def boundary_to_nearest(pred: np.ndarray, boundary_class: int | None, fg: Sequen
 def classes_at_threshold(probs: np.ndarray, threshold: float, fg: Sequence[int]) -> np.ndarray:
     """(H, W) class ids from (C, H, W) probabilities: the argmax, except that a foreground argmax
     whose probability is below ``threshold`` (same unit as ``probs``) becomes background 0 — the
-    object-pixel rule of :func:`geoseg.vectorize.label_instances`."""
+    object-pixel rule of :func:`geoseg.instances.label_instances`."""
     am = np.argmax(probs, axis=0)
     pk = np.take_along_axis(probs, am[None], axis=0)[0]
     return np.where(np.isin(am, list(fg)) & (pk < threshold), 0, am).astype(np.uint8)
@@ -528,11 +528,11 @@ def _eval_windows(
     shapely.prepare(region)
     acc = _Acc(np.zeros((num_classes, num_classes), np.int64))
     if probs is not None and len(sweep):
-        from geoseg.vectorize import _raw_scale
+        from geoseg.io.rasters import probability_scale
 
         acc.sweep_cm = np.zeros((len(sweep), num_classes, num_classes), np.int64)
-        scale = _raw_scale(probs)
-        sweep_raw = [t / scale - 1e-6 for t in sweep]  # the rule of geoseg.vectorize
+        scale = probability_scale(probs)
+        sweep_raw = [t / scale - 1e-6 for t in sweep]  # the rule of geoseg.vectorize (geoseg.instances)
     wins = []
     for r0 in range(0, grid.height, bs):
         for c0 in range(0, grid.width, bs):
@@ -560,9 +560,9 @@ def _eval_windows(
         tru = np.where(valid, tru, IGNORE).astype(np.uint8)
         acc.cm += confusion_matrix(pred, tru, num_classes, IGNORE)
         if acc.sweep_cm is not None:
-            from geoseg.vectorize import _read_probs
+            from geoseg.io.rasters import read_probabilities
 
-            pdata, pvalid = _read_probs(probs, w)
+            pdata, pvalid = read_probabilities(probs, w)
             keep = valid & pvalid
             for j, t in enumerate(sweep_raw):
                 ct = boundary_to_nearest(classes_at_threshold(pdata, t, fg), boundary_class, fg)
@@ -722,24 +722,18 @@ def _truth_classes(
 
 
 def _write_error_map(tiles: list[dict[str, Any]], crs: Any, path: Path) -> Path:
+    from geoseg.io.vectors import GPKG_OPTIONS
     from geoseg.qgis import graduated_qml, style_gpkg
-    from geoseg.vectorize import GPKG_OPTIONS
 
     cols = ["row_off", "col_off", "pixels", "truth_px", "pred_px", "tp", "fp", "fn", "iou", "error_fraction"]
     gdf = gpd.GeoDataFrame(
         {c: [t[c] for t in tiles] for c in cols}, geometry=[t["geometry"] for t in tiles], crs=crs.to_wkt()
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.gpkg")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(path, suffix=".tmp.gpkg") as tmp:
         gdf.to_file(tmp, driver="GPKG", layer="errors", engine="pyogrio", geometry_type="Polygon",
                     dataset_options=GPKG_OPTIONS)  # fmt: skip
         style_gpkg(tmp, "errors", [], qml=graduated_qml("error_fraction", ERROR_RANGES), style_name="errors",
                    description="geoseg error fraction per tile")  # fmt: skip
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -938,13 +932,8 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"threshold sweep (min area {sweep['min_area_m2']:g} m²)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -952,8 +941,9 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate a prediction; writes ``eval.json`` (and the error map, and with ``sweep`` the plot
     ``<out stem>_sweep.png``) and returns the result."""
     from geoseg.config import to_dict, write_json
+    from geoseg.grid import geodesic_areas_m2
     from geoseg.io.vectors import clean_polygons, read_aoi, read_vector, to_crs
-    from geoseg.vectorize import geodesic_areas_m2, read_prediction_classes
+    from geoseg.vectorize import read_prediction_classes
 
     config.validate()
     classes_tif, inst_path = _resolve(config)

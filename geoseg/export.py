@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from geoseg import __version__
 from geoseg.config import read_json, write_json
 from geoseg.errors import ConfigError, InputNotFoundError, ModelError, first_line
+from geoseg.io.output import atomic_path
 
 DEFAULT_OPSET = 17
 FORMATS = ("onnx",)
@@ -117,8 +117,39 @@ def export_onnx(
     net, cfg = load_model(model_dir, "cpu")
     c, tile = int(cfg["in_channels"]), int(cfg["tile_size"])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    with atomic_path(out) as tmp:  # removed again if the check fails
+        shapes, diff, diff_logits = _export_checked(net, tmp, out, (c, tile), opset, check_batch, seed)
+        import onnxruntime
+
+        info = {
+            "format": "onnx", "opset": opset, "input": "input", "output": "logits",
+            "layout": "NCHW float32 normalised", "dynamic_axes": ["batch", "height", "width"], "check_shapes": shapes,
+            "max_abs_diff": diff, "max_abs_diff_logits": diff_logits,
+            "tolerance": CHECK_TOLERANCE, "source_model": str(model_dir.resolve()),
+            "weights_sha256": weights_sha256(model_dir), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "geoseg": __version__,
+        }  # fmt: skip
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        for key, value in (("geoseg_config", cfg), ("geoseg_export", info)):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value, default=str)
+        proto.producer_name = "geoseg"
+        proto.producer_version = __version__
+        onnx.save(proto, str(tmp))
+    side = write_json(out.with_name(out.name + ".json"), {**cfg, "onnx_export": info})
+    return ExportResult(out, Path(side), opset, diff, shapes, diff_logits)
+
+
+def _export_checked(
+    net: Any, tmp: Path, out: Path, c_tile: tuple[int, int], opset: int, check_batch: int, seed: int
+) -> tuple[list[list[int]], float, float]:
+    """Export ``net`` to ``tmp`` and compare ONNX Runtime with PyTorch on random input at two shapes;
+    returns ``(shapes, max abs probability difference, max abs logit difference)``; ModelError past
+    :data:`CHECK_TOLERANCE`."""
+    import torch
+
+    c, tile = c_tile
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(check_batch, c, tile, tile, generator=gen)
     with warnings.catch_warnings():
@@ -142,29 +173,8 @@ def export_onnx(
         p_ref, p_got = torch.softmax(torch.from_numpy(ref), 1), torch.softmax(torch.from_numpy(got), 1)
         diff = max(diff, float((p_got - p_ref).abs().max()))
     if not diff <= CHECK_TOLERANCE:
-        tmp.unlink(missing_ok=True)
         raise ModelError(f"{out}: ONNX Runtime differs from PyTorch by {diff:.3g} (> {CHECK_TOLERANCE}) on random data")
-    import onnxruntime
-
-    info = {
-        "format": "onnx", "opset": opset, "input": "input", "output": "logits", "layout": "NCHW float32 normalised",
-        "dynamic_axes": ["batch", "height", "width"], "check_shapes": shapes, "max_abs_diff": diff,
-        "max_abs_diff_logits": diff_logits,
-        "tolerance": CHECK_TOLERANCE, "source_model": str(model_dir.resolve()),
-        "weights_sha256": weights_sha256(model_dir), "torch": torch.__version__, "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__, "geoseg": __version__,
-    }  # fmt: skip
-    proto = onnx.load(str(tmp))
-    del proto.metadata_props[:]
-    for key, value in (("geoseg_config", cfg), ("geoseg_export", info)):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value, default=str)
-    proto.producer_name = "geoseg"
-    proto.producer_version = __version__
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
-    side = write_json(out.with_name(out.name + ".json"), {**cfg, "onnx_export": info})
-    return ExportResult(out, Path(side), opset, diff, shapes, diff_logits)
+    return shapes, diff, diff_logits
 
 
 def onnx_for_run(model_dir: Path) -> Path | None:

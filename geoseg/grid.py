@@ -6,7 +6,9 @@ geoseg analogue of odc-geo's ``GeoBox``. Windows are always :class:`rasterio.win
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -239,6 +241,13 @@ def geodesic_areas_m2(geoms: Any, crs: Any) -> np.ndarray:
 LOCAL_AREA_MAX_SIZE_X_DIST_M2 = 1e8  # size (m) x distance from the origin (m) below which local_areas_m2 is planar
 
 
+@functools.lru_cache(maxsize=32)
+def _transformer(src_wkt: str, dst_proj4: str, thread: int) -> Transformer:
+    """A cached ``src -> dst`` transformer (building one costs ~50 ms; one per thread: pyproj
+    transformers are not shared between threads)."""
+    return Transformer.from_crs(ProjCRS.from_wkt(src_wkt), ProjCRS.from_proj4(dst_proj4), always_xy=True)
+
+
 def local_areas_m2(geoms: Any, crs: Any, origin: tuple[float, float]) -> np.ndarray:
     """True areas in m² (WGS84 ellipsoid) of polygons given in ``crs``, fast, for the many small ones.
 
@@ -255,8 +264,8 @@ def local_areas_m2(geoms: Any, crs: Any, origin: tuple[float, float]) -> np.ndar
     if arr.size == 0:
         return np.zeros(0)
     src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    laea = ProjCRS.from_proj4(f"+proj=laea +lat_0={origin[1]!r} +lon_0={origin[0]!r} +ellps=WGS84 +units=m +no_defs")
-    t = Transformer.from_crs(src, laea, always_xy=True)
+    laea = f"+proj=laea +lat_0={origin[1]!r} +lon_0={origin[0]!r} +ellps=WGS84 +units=m +no_defs"
+    t = _transformer(src.to_wkt(), laea, threading.get_ident())
 
     def _fn(xy: np.ndarray) -> np.ndarray:
         x, y = t.transform(xy[:, 0], xy[:, 1])

@@ -634,7 +634,7 @@ def _concat(parts: list[gpd.GeoDataFrame], crs: Any, columns: list[str]) -> gpd.
 
 
 def _write(gdf: gpd.GeoDataFrame, path: Path, layer: str) -> None:
-    from geoseg.vectorize import GPKG_OPTIONS
+    from geoseg.io.vectors import GPKG_OPTIONS
 
     gdf = gdf.copy()
     for c in gdf.columns:

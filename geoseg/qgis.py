@@ -22,6 +22,7 @@ import rasterio
 from rasterio.crs import CRS
 
 from geoseg.classes import ClassesLike, ClassTable, as_class_dicts, default_color, hex_rgb
+from geoseg.io.output import atomic_path
 
 __all__ = [
     "classes_qml",
@@ -173,9 +174,8 @@ def probability_qml(classes: ClassesLike, boundary_class: int | None = None) -> 
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -29,16 +29,17 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` (``.NAME.<random>.tmp``, same folder, so the rename is
+def atomic_path(path: str | Path, *, fsync: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (``.NAME.<random><suffix>``, same folder, so the rename is
     atomic) to write to; on success it is renamed onto ``path`` with ``os.replace``, with the
     permissions a plain ``open`` would give (umask applied), on error it is removed and ``path`` is
     untouched. The one temp-name scheme of every geoseg writer: a kill at any moment leaves either
     the old file or the new one, never a torn one (plus, at worst, a hidden ``.tmp`` sibling).
-    ``fsync=True`` flushes the file to disk before the rename (checkpoints, models)."""
+    ``fsync=True`` flushes the file to disk before the rename (checkpoints, models); ``suffix`` is for
+    writers that insist on an extension (GDAL's GPKG driver: ``".tmp.gpkg"``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

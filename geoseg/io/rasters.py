@@ -257,3 +257,31 @@ def _root_cause(e: BaseException) -> str:
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     code = getattr(e, "code", None)
     return f"HTTP {code} {getattr(e, 'reason', '')}".strip() if isinstance(code, int) else first_line(e)
+
+
+def read_probabilities(ds: rasterio.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs, valid)`` of a geoseg probabilities raster (``probabilities.tif``) in ``window``.
+
+    ``probs``: (C, H, W) raw values (uint8 ``p * 254`` with nodata 255, or float32 probabilities;
+    non-finite float values set to 0); ``valid``: (H, W) bool, False where any band is nodata (or
+    non-finite). Raw units: multiply by :func:`probability_scale` for probabilities. Memory O(C x window).
+    """
+    data = ds.read(window=window)
+    nod = ds.nodata
+    if np.issubdtype(data.dtype, np.floating):
+        invalid = ~np.isfinite(data).all(axis=0)
+        if nod is not None and np.isfinite(nod):
+            invalid |= (data == nod).any(axis=0)
+        data = np.where(np.isfinite(data), data, 0).astype(np.float32, copy=False)
+    else:
+        invalid = (data == (255 if nod is None else nod)).any(axis=0)
+    return data, ~invalid
+
+
+def probability_scale(ds: rasterio.DatasetReader) -> float:
+    """Probability per raw unit of a probabilities raster: its GDAL scale if set, 1/254 for the
+    integer contract, 1 for floats."""
+    if np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+        return 1.0
+    s = ds.scales[0] if ds.scales else 1.0
+    return float(s) if s and s != 1.0 else 1.0 / 254.0

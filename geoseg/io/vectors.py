@@ -15,6 +15,9 @@ from geoseg.errors import CRSError, InputError, InputNotFoundError, LabelsError,
 log = logging.getLogger(__name__)
 
 POLYGONAL = ("Polygon", "MultiPolygon")
+# GeoPackage 1.2 for every geoseg GPKG output: read without warnings by older GDALs (QGIS 3.22 ships
+# GDAL 3.6; GDAL 3.10 writes 1.4)
+GPKG_OPTIONS = {"VERSION": "1.2"}
 
 
 def read_vector(path: str | Path, *, what: str = "layer", layer: str | None = None) -> gpd.GeoDataFrame:

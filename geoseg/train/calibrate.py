@@ -1,7 +1,7 @@
 """Calibrate the instance step on the validation split: the post-processing that maximises object F1.
 
 After training, the kept model predicts every validation tile (at most ``max_tiles``, a seeded
-sample); the instance step of :func:`geoseg.vectorize.label_instances` runs on each tile's
+sample); the instance step of :func:`geoseg.instances.label_instances` runs on each tile's
 probabilities for every combination of class threshold, core threshold (only with a boundary
 class) and minimum object area, and the combination with the highest object F1 at IoU >= 0.5
 (one-to-one, same class) wins. Ties go to the combination closest to the uncalibrated defaults.
@@ -33,8 +33,8 @@ import torch
 from scipy import ndimage as ndi
 
 from geoseg.classes import ClassTable
+from geoseg.instances import grow_markers, label_instances
 from geoseg.postprocess import DEFAULTS, MIN_OBJECT_PX, derived_min_area_m2
-from geoseg.vectorize import grow_markers, label_instances
 
 log = logging.getLogger(__name__)
 
