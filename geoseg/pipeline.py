@@ -345,9 +345,64 @@ def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = 
     if from_stage is not None and from_stage not in pipe.stages:
         raise ConfigError(f"--from {from_stage}: not a stage of {pipe.path}; stages: {', '.join(pipe.stages)}")
     configs = {name: pipe.resolve(name, out) for name in pipe.stages}  # validate all before any work
+    preflight(pipe, configs)
     check_writable_dir(out)
     with output_lock(out):  # one pipeline per --out at a time (each stage also locks its own folder)
         return _run_stages(pipe, out, configs, from_stage)
+
+
+def preflight(pipe: Pipeline, configs: Mapping[str, Any]) -> None:
+    """Checks across stages and against this machine that no single config can make, before any work:
+    a CUDA ``device`` where CUDA is unavailable; predict ``--bands`` beyond a local scene's band count;
+    predict ``overlap`` (or ``tile_size``) that cannot fit the tile size its model will be trained on
+    (when that model is made by a train stage of this file from a tile stage of this file). Each problem
+    is a one-line :class:`ConfigError` naming the file and the stage."""
+    for name, cfg in configs.items():
+        where = f"{pipe.path}: stage {name}"
+        device = str(getattr(cfg, "device", "auto") or "auto").lower()
+        if pipe.kind(name).device and device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"{where}: device {device}: CUDA is not available here; use cpu or auto")
+        if pipe.kinds.get(name, name) != "predict":
+            continue
+        if cfg.bands:
+            _check_bands(where, cfg.scenes, cfg.bands)
+        tile = _trained_tile_size(pipe, configs, name)
+        size = cfg.tile_size or tile
+        if size is not None and cfg.overlap is not None and not 0 <= cfg.overlap < size:
+            raise ConfigError(f"{where}: overlap must be in [0, {size - 1}] pixels for tile size {size} "
+                              f"(the model's, from the tile stage), got {cfg.overlap}")  # fmt: skip
+
+
+def _check_bands(where: str, scenes: tuple[str, ...], bands: tuple[int, ...]) -> None:
+    """``bands`` within the band count of every scene that is a local file (URLs and STAC Items are read later)."""
+    import rasterio
+
+    for scene in scenes:
+        if not Path(scene).is_file() or Path(scene).suffix.lower() == ".json":
+            continue
+        try:
+            with rasterio.open(scene) as ds:
+                count = ds.count
+        except rasterio.errors.RasterioError:
+            continue  # the stage itself reports an unreadable scene with its own message
+        bad = [b for b in bands if b > count]
+        if bad:
+            raise ConfigError(f"{where}: bands: {bad[0]} out of range; {scene} has {count} bands")
+
+
+def _trained_tile_size(pipe: Pipeline, configs: Mapping[str, Any], stage: str) -> int | None:
+    """The tile size of the model a predict stage uses, when a train stage of this file makes that model
+    from a tile stage of this file; else None (an existing model: predict checks it when it loads it)."""
+    for dep in pipe.dependencies(stage):
+        if pipe.kinds.get(dep, dep) != "train":
+            continue
+        for src in pipe.dependencies(dep):
+            if pipe.kinds.get(src, src) == "tile":
+                return int(configs[src].tile_size)
+    return None
 
 
 def _run_stages(pipe: Pipeline, out: Path, configs: dict[str, Any], from_stage: str | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import rasterio
+import torch
 import zarr
 
 from geoseg.cli import main
@@ -103,7 +104,12 @@ BAD_PIPELINES = {
     "evaluate_size_bins": (_with("evaluate", "size_bins: [banana]"), "--size-bins: expected a list of numbers"),
     "evaluate_iou": (_with("evaluate", "iou: 2"), "--iou"),
     "baseline_threshold": (_with("baseline", "threshold: 7"), "--threshold"),
+    # checks across stages / against the scene files and this machine (pipeline.preflight)
+    "predict_overlap": (_TEXT.replace("    overlap: 32", "    overlap: 9999", 1), "overlap must be in [0, 127]"),
+    "predict_bands": (_with("predict", "bands: [7, 8, 9]"), "bands: 7 out of range"),
 }
+if not torch.cuda.is_available():  # a CUDA request on a machine without CUDA
+    BAD_PIPELINES["train_cuda"] = (_with("train", "device: cuda"), "CUDA is not available")
 
 
 @pytest.mark.parametrize("name", list(BAD_PIPELINES))
