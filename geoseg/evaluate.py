@@ -58,6 +58,7 @@ from geoseg.errors import (
 )
 from geoseg.grid import Grid
 from geoseg.io.output import atomic_path
+from geoseg.metrics import confusion_matrix, f1, foreground_scores, metrics_from_confusion, ratio
 from geoseg.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -97,47 +98,6 @@ ERROR_RANGES = (
 # ---------------------------------------------------------------------------------------------
 # pure metrics
 # ---------------------------------------------------------------------------------------------
-def _ratio(a: float, b: float) -> float | None:
-    return float(a) / float(b) if b else None
-
-
-def _f1(p: float | None, r: float | None) -> float | None:
-    if p is None or r is None:
-        return None
-    return 2 * p * r / (p + r) if (p + r) > 0 else 0.0
-
-
-def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """(K, K) int64 counts, rows = truth, columns = prediction; ``ignore`` in either is skipped.
-
-    Values outside ``0..K-1`` (other than ``ignore``) are an error.
-    """
-    p = np.asarray(pred).ravel().astype(np.int64)
-    t = np.asarray(truth).ravel().astype(np.int64)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction {np.shape(pred)} and truth {np.shape(truth)} differ in shape")
-    keep = (p != ignore) & (t != ignore)
-    p, t = p[keep], t[keep]
-    if p.size and (p.min() < 0 or p.max() >= num_classes or t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"class ids must be in 0..{num_classes - 1} (or {ignore} = ignore)")
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def metrics_from_confusion(cm: np.ndarray) -> dict[str, Any]:
-    """Per-class IoU/precision/recall/F1 (None where undefined) and overall accuracy of ``cm``."""
-    cm = np.asarray(cm, dtype=np.int64)
-    out: dict[int, dict[str, Any]] = {}
-    for k in range(cm.shape[0]):
-        tp = int(cm[k, k])
-        fp = int(cm[:, k].sum() - tp)
-        fn = int(cm[k, :].sum() - tp)
-        p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-        out[k] = {"iou": _ratio(tp, tp + fp + fn), "precision": p, "recall": r, "f1": _f1(p, r),
-                  "tp": tp, "fp": fp, "fn": fn}  # fmt: skip
-    total = int(cm.sum())
-    return {"classes": out, "accuracy": _ratio(int(np.trace(cm)), total), "pixels": total}
-
-
 def pixel_metrics(pred_classes: np.ndarray, truth: np.ndarray, num_classes: int, ignore: int = IGNORE) -> dict:
     """Pixel metrics of two class rasters (same shape): ``{"classes": {id: {iou, precision, recall,
     f1, tp, fp, fn}}, "accuracy", "pixels", "confusion"}``; ``ignore`` pixels are skipped."""
@@ -271,9 +231,9 @@ def match_objects(ov: Overlaps, iou: float = 0.5) -> tuple[np.ndarray, np.ndarra
 
 
 def _prf(n_pred: int, n_truth: int, tp_pred: int, tp_truth: int) -> dict[str, Any]:
-    p, r = _ratio(tp_pred, n_pred), _ratio(tp_truth, n_truth)
+    p, r = ratio(tp_pred, n_pred), ratio(tp_truth, n_truth)
     return {"n_pred": n_pred, "n_truth": n_truth, "tp_pred": tp_pred, "tp_truth": tp_truth,
-            "fp": n_pred - tp_pred, "fn": n_truth - tp_truth, "precision": p, "recall": r, "f1": _f1(p, r)}  # fmt: skip
+            "fp": n_pred - tp_pred, "fn": n_truth - tp_truth, "precision": p, "recall": r, "f1": f1(p, r)}  # fmt: skip
 
 
 def _scores_at(
@@ -747,15 +707,6 @@ def _read_instances(path: Path) -> gpd.GeoDataFrame:
         raise InputError(f"{path}: not a readable instances layer ({msg})") from None
 
 
-def _foreground(cm: np.ndarray, fg: Sequence[int]) -> dict[str, Any]:
-    """Foreground (any foreground class) vs the rest, from a confusion matrix."""
-    f = np.zeros(cm.shape[0], bool)
-    f[list(fg)] = True
-    tp, fp, fn = int(cm[np.ix_(f, f)].sum()), int(cm[np.ix_(~f, f)].sum()), int(cm[np.ix_(f, ~f)].sum())
-    p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"iou": _ratio(tp, tp + fp + fn), "precision": p, "recall": r, "f1": _f1(p, r), "tp": tp, "fp": fp, "fn": fn}
-
-
 def _open_probabilities(classes_tif: Path, ds: rasterio.DatasetReader) -> rasterio.DatasetReader:
     path = classes_tif.parent / "probabilities.tif"
     if not path.exists():
@@ -843,7 +794,7 @@ def _sweep(
             rows.append({
                 "threshold": float(t),
                 "pixel_iou": {names[k]: pm[k]["iou"] for k in fg},
-                "pixel_foreground_iou": _foreground(cms[j], fg)["iou"],
+                "pixel_foreground_iou": foreground_scores(cms[j], fg)["iou"],
                 "object_precision": main["precision"], "object_recall": main["recall"], "object_f1": main["f1"],
                 "object_f1_by_iou": {iou_key(i): sc[iou_key(i)]["f1"] for i in config.iou_thresholds},
                 "n_pred": main["n_pred"], "tp": main["tp"],
@@ -991,7 +942,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     }
     fg_iou = [pm["classes"][k]["iou"] for k in fg if pm["classes"][k]["iou"] is not None]
     pixel["mean_iou"] = float(np.mean(fg_iou)) if fg_iou else None
-    pixel["foreground"] = _foreground(acc.cm, fg)
+    pixel["foreground"] = foreground_scores(acc.cm, fg)
     pixel["confusion"] = {"labels": [names.get(k, str(k)) for k in range(num_classes)], "matrix": acc.cm.tolist()}
 
     result: dict[str, Any] = {

@@ -2,7 +2,8 @@
 
 ``cm[t, p]`` counts valid pixels with true class ``t`` predicted as ``p`` (pixels whose target is
 ``ignore_index`` are never counted). Per class: IoU = TP / (TP + FP + FN), precision = TP / (TP + FP),
-recall = TP / (TP + FN), F1 = 2PR / (P + R) = 2TP / (2TP + FP + FN); NaN where the denominator is 0.
+recall = TP / (TP + FN), F1 = 2PR / (P + R); NaN where undefined (the one definition, shared with
+``geoseg evaluate``, is :mod:`geoseg.metrics`; this module adds the on-device accumulation and model selection).
 
 **Model-selection score (mIoU)**: the mean IoU over the *foreground object classes* -- every class id except 0
 (background) and the boundary/contact class -- ignoring classes whose IoU is NaN (absent from both truth and
@@ -19,6 +20,9 @@ import numpy as np
 import torch
 
 from geoseg.classes import ClassTable
+from geoseg.metrics import class_scores
+
+__all__ = ["class_scores", "confusion_matrix", "mean_iou", "rank_score", "score_classes"]
 
 
 def confusion_matrix(
@@ -30,26 +34,6 @@ def confusion_matrix(
     p = pred[valid].long()
     idx = t * num_classes + p
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
-
-
-def class_scores(cm: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-class ``iou``, ``precision``, ``recall``, ``f1`` (NaN where undefined) and ``support`` (true pixels)."""
-    cm = np.asarray(cm.cpu() if isinstance(cm, torch.Tensor) else cm, dtype=np.float64)
-    tp = np.diag(cm)
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    return {
-        "iou": _div(tp, tp + fp + fn),
-        "precision": _div(tp, tp + fp),
-        "recall": _div(tp, tp + fn),
-        "f1": _div(2 * tp, 2 * tp + fp + fn),
-        "support": cm.sum(1),
-    }
 
 
 def score_classes(num_classes: int, boundary_class: int | None) -> list[int]:
