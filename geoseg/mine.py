@@ -347,48 +347,109 @@ def _label_classes(
     return out
 
 
-def _run(cfg: MineConfig) -> MineResult:
-    from geoseg.classes import ClassTable
-    from geoseg.grid import geodesic_areas_m2
-    from geoseg.io.rasters import scene_info
-    from geoseg.io.vectors import read_aoi, to_crs
-    from geoseg.modeldir import file_sha256, read_model_config, resolve_model_dir
-    from geoseg.predict.run import PredictConfig
-    from geoseg.predict.run import run as run_predict
-    from geoseg.tile.labels import read_labels, read_polygons
+@dataclass(frozen=True)
+class _Inputs:
+    """The read phase's result: everything checked before any work (regions in each scene's CRS)."""
 
+    model_dir: Path
+    model_config: dict[str, Any]
+    model_classes: list[dict[str, Any]]
+    sha: str  # sha256 of the model weights
+    cell: int  # review cell edge in pixels
+    scenes: list[Any]  # SceneInfo
+    labels: Any  # tile.labels.Labels
+    label_names: list[str]  # model class name per label class id - 1
+    regions: list[tuple[Any, Any]]  # (predicted area, annotated area) per scene
+    review: bool  # write the review grid (--review and a coverage)
+
+    @property
+    def out_crs(self) -> Any:
+        return self.scenes[0].grid.crs
+
+
+@dataclass
+class _SceneResult:
+    """One scene's rows of the three layers (output CRS; None = no rows) and its ``per_scene`` record."""
+
+    info: dict[str, Any]
+    fp: gpd.GeoDataFrame | None = None
+    fn: gpd.GeoDataFrame | None = None
+    review: gpd.GeoDataFrame | None = None
+    matched_scores: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    """One scene's ``geoseg predict`` output: its directory, instance threshold and instances (scene CRS)."""
+
+    pred_dir: Path
+    threshold: float
+    instances: gpd.GeoDataFrame
+
+    @property
+    def geoms(self) -> np.ndarray:
+        return np.asarray(self.instances.geometry.values, dtype=object)
+
+
+def _run(cfg: MineConfig) -> MineResult:
+    """Phases: read inputs -> per scene (predict -> compare -> review) -> merge -> write outputs."""
     t_start = time.perf_counter()
-    # ---- inputs, all checked before any work -----------------------------------------------
+    inp = _read_inputs(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        results = [_mine_scene(cfg, inp, i, work, out) for i in range(len(inp.scenes))]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _write_outputs(cfg, inp, out, results, t_start)
+
+
+def _read_inputs(cfg: MineConfig) -> _Inputs:
+    """Open the model, scenes, labels, coverage and AOI; check they fit together (raises before any work)."""
+    from geoseg.classes import ClassTable
+    from geoseg.io.rasters import scene_info
+    from geoseg.modeldir import file_sha256, read_model_config, resolve_model_dir
+    from geoseg.tile.labels import read_scene_labels
+
     model_dir = resolve_model_dir(cfg.model)
     mcfg = read_model_config(model_dir)
     table = ClassTable.from_model_config(mcfg)
     model_classes = table.to_json()
-    fg = list(table.foreground)
     sha = str(mcfg.get("weights_sha256") or file_sha256(model_dir / "model.pt"))
-    cell = int(cfg.review_cell or mcfg["tile_size"])
     dates = cfg.scene_dates * len(cfg.scenes) if len(cfg.scene_dates) == 1 else cfg.scene_dates
     scenes = [scene_info(p, dates[i] if dates else None, asset=cfg.asset) for i, p in enumerate(cfg.scenes)]
     stems = [s.stem for s in scenes]
     if len(set(stems)) != len(stems):
         raise InputError("scenes with the same file name stem: outputs would collide; rename one")
-    labels = read_labels(
-        cfg.labels,
-        class_field=cfg.class_field,
-        date_field=cfg.date_field,
-        valid_from_field=cfg.valid_from_field,
-        valid_to_field=cfg.valid_to_field,
-        layer=cfg.labels_layer,
+    labels = read_scene_labels(cfg, scenes)
+    label_names = _label_classes(labels.class_names, model_classes, list(table.foreground), cfg.labels)
+    has_coverage, regions = _regions(cfg, scenes)
+    return _Inputs(
+        model_dir=model_dir,
+        model_config=mcfg,
+        model_classes=model_classes,
+        sha=sha,
+        cell=int(cfg.review_cell or mcfg["tile_size"]),
+        scenes=scenes,
+        labels=labels,
+        label_names=label_names,
+        regions=regions,
+        review=bool(cfg.review and has_coverage),
     )
-    if labels.has_dates:
-        for s in scenes:
-            if s.date is None:
-                raise InputError(
-                    f"{s.path}: no acquisition date but the labels are dated; give --scene-date YYYY-MM-DD"
-                )
-    label_names = _label_classes(labels.class_names, model_classes, fg, cfg.labels)
+
+
+def _regions(cfg: MineConfig, scenes: Sequence[Any]) -> tuple[bool, list[tuple[Any, Any]]]:
+    """Whether a coverage is given, and (predicted area, annotated area) per scene in the scene CRS;
+    raises :class:`NoOverlapError` when no scene has an annotated area."""
+    from geoseg.io.vectors import read_aoi, to_crs
+    from geoseg.tile.labels import read_polygons
+
     coverage = read_polygons(cfg.coverage, what="coverage") if cfg.coverage else None
     aoi = read_aoi(cfg.aoi) if cfg.aoi else None
-    regions = []  # (predicted area, annotated area) per scene, in the scene CRS
+    regions = []
     for s in scenes:
         area = s.grid.footprint
         if aoi is not None:
@@ -400,221 +461,212 @@ def _run(cfg: MineConfig) -> MineResult:
     if all(ann.is_empty for _, ann in regions):
         what = "--coverage" if coverage is not None else "--aoi"
         raise NoOverlapError(f"{cfg.coverage or cfg.aoi}: {what} does not overlap any scene")
+    return coverage is not None, regions
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / WORK_DIR
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    fp_rows: list[gpd.GeoDataFrame] = []
-    fn_rows: list[gpd.GeoDataFrame] = []
-    rv_rows: list[gpd.GeoDataFrame] = []
-    per_scene: list[dict[str, Any]] = []
-    matched_scores: list[float] = []
-    out_crs = scenes[0].grid.crs
-    try:
-        for i, s in enumerate(scenes):
-            predicted, annotated = regions[i]
-            info: dict[str, Any] = {"scene": s.name, "scene_date": s.date.isoformat() if s.date else None}
-            if annotated.is_empty:
-                log.warning("%s: no annotated area (coverage ∩ scene) here; skipped", s.path)
-                per_scene.append({**info, "skipped": True})
-                continue
-            crs_wkt = s.grid.crs.to_wkt()
-            aoi_file = work / f"aoi_{i:03d}.gpkg"
-            gpd.GeoDataFrame(geometry=[predicted], crs=crs_wkt).to_file(aoi_file, driver="GPKG", engine="pyogrio")
-            pred_dir = out / "predict" / s.stem
-            pres = run_predict(
-                PredictConfig(
-                    scenes=(str(cfg.scenes[i]),),
-                    model=str(model_dir),
-                    out=str(pred_dir),
-                    aoi=str(aoi_file),
-                    batch_size=cfg.batch_size,
-                    device=cfg.device,
-                    workers=cfg.workers,
-                    progress=cfg.progress,
-                    asset=cfg.asset,
-                )
-            )
-            prun = read_json(pres.run_json, what="predict run.json")
-            threshold = float((prun.get("postprocess") or {}).get("threshold") or 0.5)
-            inst_path = pred_dir / "instances.gpkg"
-            if inst_path.exists():
-                pred = gpd.read_file(inst_path, layer="instances", engine="pyogrio")
-                pred = pred.set_crs(crs_wkt, allow_override=True) if pred.crs is None else to_crs(pred, s.grid.crs)
-            else:
-                pred = gpd.GeoDataFrame({"class": [], "score": [], "area_m2": []}, geometry=[], crs=crs_wkt)
-            pgeoms = np.asarray(pred.geometry.values, dtype=object)
-            p_in = inside(pgeoms, annotated)
 
-            lab = to_crs(labels.gdf, s.grid.crs)
-            valid = labels.validity(s.date, max_age_days=cfg.max_label_age, undated=cfg.undated)
-            lgeoms = np.asarray(lab.geometry.values, dtype=object)
-            lnames = np.array([label_names[int(c) - 1] for c in lab["class_id"]], dtype=object)
-            t_sel = valid & inside(lgeoms, annotated)
-            inval = lgeoms[~valid]
-            ambiguous = np.zeros(len(pgeoms), bool)
-            if len(inval) and len(pgeoms):
-                hit = shapely.STRtree(inval).query(pgeoms, predicate="intersects")[0]
-                ambiguous[np.unique(hit)] = True
-            pi = np.flatnonzero(p_in & ~ambiguous)
-            ti = np.flatnonzero(t_sel)
-            comp = compare_objects(pgeoms[pi], pred["class"].to_numpy(object)[pi], lgeoms[ti], lnames[ti], iou=cfg.iou)
-            fp, fn = pi[comp.false_positives], ti[comp.false_negatives]
-            matched_scores += pred["score"].to_numpy(float)[pi[comp.pred_matched]].tolist()
-            date = s.date.isoformat() if s.date else None
-            if len(fp):
-                g = pred.iloc[fp][["class", "score", "area_m2", "geometry"]].copy()
-                g["best_iou"] = comp.pred_best_iou[comp.false_positives]
-                g["scene"], g["scene_date"], g[MINED_FIELD] = s.name, date, sha
-                fp_rows.append(to_crs(gpd.GeoDataFrame(g, geometry="geometry", crs=crs_wkt), out_crs))
-            if len(fn):
-                fgeo = lgeoms[fn]
-                g = gpd.GeoDataFrame(
-                    {
-                        "class": lnames[fn],
-                        "area_m2": geodesic_areas_m2(fgeo, s.grid.crs),
-                        "best_iou": comp.truth_best_iou[comp.false_negatives],
-                        "scene": s.name,
-                        "scene_date": date,
-                    },
-                    geometry=list(fgeo),
-                    crs=crs_wkt,
-                )
-                fn_rows.append(to_crs(g, out_crs))
-            n_cells = 0
-            if cfg.review and coverage is not None:
-                unann = shapely.difference(predicted, annotated)
-                if not unann.is_empty:
-                    outside = pgeoms[~p_in & inside(pgeoms, predicted)] if len(pgeoms) else pgeoms
-                    polys, stats = review_grid(
-                        pred_dir / "probabilities.tif",
-                        annotated,
-                        cell=cell,
-                        threshold=threshold,
-                        object_points=shapely.point_on_surface(outside) if len(outside) else [],
-                    )
-                    if polys:
-                        g = gpd.GeoDataFrame(
-                            {**stats, "scene": s.name, "scene_date": date}, geometry=polys, crs=crs_wkt
-                        )
-                        rv_rows.append(to_crs(g, out_crs))
-                        n_cells = len(polys)
-            per_scene.append(
-                {
-                    **info,
-                    "skipped": False,
-                    "predict": str(pred_dir),
-                    "threshold": threshold,
-                    "predicted_inside_coverage": int(p_in.sum()),
-                    "ambiguous": int((p_in & ambiguous).sum()),
-                    "labels_inside_coverage": len(ti),
-                    "invalid_labels": int((~valid).sum()),
-                    "matched": int(comp.pred_matched.sum()),
-                    "false_positives": len(fp),
-                    "false_negatives": len(fn),
-                    "review_cells": n_cells,
-                }
-            )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _mine_scene(cfg: MineConfig, inp: _Inputs, i: int, work: Path, out: Path) -> _SceneResult:
+    """Predict scene ``i``, compare with its valid labels and grade its unannotated area."""
+    s = inp.scenes[i]
+    predicted, annotated = inp.regions[i]
+    info: dict[str, Any] = {"scene": s.name, "scene_date": s.date.isoformat() if s.date else None}
+    if annotated.is_empty:
+        log.warning("%s: no annotated area (coverage ∩ scene) here; skipped", s.path)
+        return _SceneResult({**info, "skipped": True})
+    pred = _predict_scene(cfg, inp, i, work, out)
+    res, p_in, counts = _compare_scene(cfg, inp, s, annotated, pred)
+    n_cells = 0
+    if inp.review:
+        res.review = _review_scene(inp, s, pred, predicted, annotated, p_in)
+        n_cells = 0 if res.review is None else len(res.review)
+    res.info = {
+        **info,
+        "skipped": False,
+        "predict": str(pred.pred_dir),
+        "threshold": pred.threshold,
+        **counts,
+        "review_cells": n_cells,
+    }
+    return res
 
-    fps = _concat(fp_rows, out_crs, ["class", "score", "area_m2", "best_iou", "scene", "scene_date", MINED_FIELD])
-    fns = _concat(fn_rows, out_crs, ["class", "area_m2", "best_iou", "scene", "scene_date"])
-    rvs = _concat(
-        rv_rows,
-        out_crs,
-        ["row_off", "col_off", "pixels", "uncertainty", "foreground", "objects", "score", "scene", "scene_date"],
+
+def _predict_scene(cfg: MineConfig, inp: _Inputs, i: int, work: Path, out: Path) -> _Prediction:
+    """``geoseg predict`` of scene ``i`` over its predicted area into ``OUT/predict/<stem>/``."""
+    from geoseg.io.vectors import to_crs
+    from geoseg.predict.run import PredictConfig
+    from geoseg.predict.run import run as run_predict
+
+    s = inp.scenes[i]
+    crs_wkt = s.grid.crs.to_wkt()
+    aoi_file = work / f"aoi_{i:03d}.gpkg"
+    gpd.GeoDataFrame(geometry=[inp.regions[i][0]], crs=crs_wkt).to_file(aoi_file, driver="GPKG", engine="pyogrio")
+    pred_dir = out / "predict" / s.stem
+    pres = run_predict(
+        PredictConfig(
+            scenes=(str(cfg.scenes[i]),),
+            model=str(inp.model_dir),
+            out=str(pred_dir),
+            aoi=str(aoi_file),
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            workers=cfg.workers,
+            progress=cfg.progress,
+            asset=cfg.asset,
+        )
     )
+    prun = read_json(pres.run_json, what="predict run.json")
+    threshold = float((prun.get("postprocess") or {}).get("threshold") or 0.5)
+    inst_path = pred_dir / "instances.gpkg"
+    if inst_path.exists():
+        pred = gpd.read_file(inst_path, layer="instances", engine="pyogrio")
+        pred = pred.set_crs(crs_wkt, allow_override=True) if pred.crs is None else to_crs(pred, s.grid.crs)
+    else:
+        pred = gpd.GeoDataFrame({"class": [], "score": [], "area_m2": []}, geometry=[], crs=crs_wkt)
+    return _Prediction(pred_dir, threshold, pred)
+
+
+def _compare_scene(
+    cfg: MineConfig, inp: _Inputs, s: Any, annotated: Any, pred: _Prediction
+) -> tuple[_SceneResult, np.ndarray, dict[str, int]]:
+    """False positives / negatives of one scene inside its annotated area (output CRS), the predictions'
+    inside-the-coverage flags, and the scene's counts (``per_scene`` keys, in order)."""
+    from geoseg.grid import geodesic_areas_m2
+    from geoseg.io.vectors import to_crs
+
+    crs_wkt = s.grid.crs.to_wkt()
+    inst, pgeoms = pred.instances, pred.geoms
+    p_in = inside(pgeoms, annotated)
+    lab = to_crs(inp.labels.gdf, s.grid.crs)
+    valid = inp.labels.validity(s.date, max_age_days=cfg.max_label_age, undated=cfg.undated)
+    lgeoms = np.asarray(lab.geometry.values, dtype=object)
+    lnames = np.array([inp.label_names[int(c) - 1] for c in lab["class_id"]], dtype=object)
+    inval = lgeoms[~valid]
+    ambiguous = np.zeros(len(pgeoms), bool)
+    if len(inval) and len(pgeoms):
+        hit = shapely.STRtree(inval).query(pgeoms, predicate="intersects")[0]
+        ambiguous[np.unique(hit)] = True
+    pi = np.flatnonzero(p_in & ~ambiguous)
+    ti = np.flatnonzero(valid & inside(lgeoms, annotated))
+    comp = compare_objects(pgeoms[pi], inst["class"].to_numpy(object)[pi], lgeoms[ti], lnames[ti], iou=cfg.iou)
+    fp, fn = pi[comp.false_positives], ti[comp.false_negatives]
+    res = _SceneResult({}, matched_scores=inst["score"].to_numpy(float)[pi[comp.pred_matched]].tolist())
+    date = s.date.isoformat() if s.date else None
+    if len(fp):
+        g = inst.iloc[fp][["class", "score", "area_m2", "geometry"]].copy()
+        g["best_iou"] = comp.pred_best_iou[comp.false_positives]
+        g["scene"], g["scene_date"], g[MINED_FIELD] = s.name, date, inp.sha
+        res.fp = to_crs(gpd.GeoDataFrame(g, geometry="geometry", crs=crs_wkt), inp.out_crs)
+    if len(fn):
+        fgeo = lgeoms[fn]
+        columns = {
+            "class": lnames[fn],
+            "area_m2": geodesic_areas_m2(fgeo, s.grid.crs),
+            "best_iou": comp.truth_best_iou[comp.false_negatives],
+            "scene": s.name,
+            "scene_date": date,
+        }
+        res.fn = to_crs(gpd.GeoDataFrame(columns, geometry=list(fgeo), crs=crs_wkt), inp.out_crs)
+    counts = {
+        "predicted_inside_coverage": int(p_in.sum()),
+        "ambiguous": int((p_in & ambiguous).sum()),
+        "labels_inside_coverage": len(ti),
+        "invalid_labels": int((~valid).sum()),
+        "matched": int(comp.pred_matched.sum()),
+        "false_positives": len(fp),
+        "false_negatives": len(fn),
+    }
+    return res, p_in, counts
+
+
+def _review_scene(
+    inp: _Inputs, s: Any, pred: _Prediction, predicted: Any, annotated: Any, p_in: np.ndarray
+) -> gpd.GeoDataFrame | None:
+    """The review cells of one scene's unannotated area (output CRS), or None when there are none."""
+    from geoseg.io.vectors import to_crs
+
+    unann = shapely.difference(predicted, annotated)
+    if unann.is_empty:
+        return None
+    pgeoms = pred.geoms
+    outside = pgeoms[~p_in & inside(pgeoms, predicted)] if len(pgeoms) else pgeoms
+    polys, stats = review_grid(
+        pred.pred_dir / "probabilities.tif",
+        annotated,
+        cell=inp.cell,
+        threshold=pred.threshold,
+        object_points=shapely.point_on_surface(outside) if len(outside) else [],
+    )
+    if not polys:
+        return None
+    date = s.date.isoformat() if s.date else None
+    g = gpd.GeoDataFrame({**stats, "scene": s.name, "scene_date": date}, geometry=polys, crs=s.grid.crs.to_wkt())
+    return to_crs(g, inp.out_crs)
+
+
+_FP_COLUMNS = ["class", "score", "area_m2", "best_iou", "scene", "scene_date", MINED_FIELD]
+_FN_COLUMNS = ["class", "area_m2", "best_iou", "scene", "scene_date"]
+_REVIEW_COLUMNS = [
+    "row_off",
+    "col_off",
+    "pixels",
+    "uncertainty",
+    "foreground",
+    "objects",
+    "score",
+    "scene",
+    "scene_date",
+]
+_COUNT_KEYS = (
+    "predicted_inside_coverage",
+    "ambiguous",
+    "labels_inside_coverage",
+    "matched",
+    "false_positives",
+    "false_negatives",
+    "review_cells",
+)
+#: per layer: graduated ``score`` ranges (None: categorized by class), style name, style description
+_STYLES = {
+    "false_positives": (SCORE_RANGES, "by score", "geoseg mined false positives (by score)"),
+    "false_negatives": (None, "by class", "geoseg missed labels (by class)"),
+    "review": (REVIEW_RANGES, "by score", "geoseg review cells (by score)"),
+}
+
+
+def _write_outputs(cfg: MineConfig, inp: _Inputs, out: Path, results: list[_SceneResult], t_start: float) -> MineResult:
+    """Merge the scenes' rows (review ranked), write the three styled layers, ``mine.json`` and ``run.json``
+    through a staging directory."""
+    crs = inp.out_crs
+    fps = _concat([r.fp for r in results if r.fp is not None], crs, _FP_COLUMNS)
+    fns = _concat([r.fn for r in results if r.fn is not None], crs, _FN_COLUMNS)
+    rvs = _concat([r.review for r in results if r.review is not None], crs, _REVIEW_COLUMNS)
     rvs.insert(0, "rank", rank_cells(rvs["score"].to_numpy(float), rvs["objects"].to_numpy(int)))
     rvs = rvs.sort_values("rank", kind="stable").reset_index(drop=True)
-    keys = (
-        "predicted_inside_coverage",
-        "ambiguous",
-        "labels_inside_coverage",
-        "matched",
-        "false_positives",
-        "false_negatives",
-        "review_cells",
-    )
-    counts = {k: sum(int(p.get(k, 0)) for p in per_scene) for k in keys}
+    per_scene = [r.info for r in results]
+    counts = {k: sum(int(p.get(k, 0)) for p in per_scene) for k in _COUNT_KEYS}
     files = {
         "false_positives": str(out / FALSE_POSITIVES),
         "false_negatives": str(out / FALSE_NEGATIVES),
         "review": str(out / REVIEW),
         "predict": str(out / "predict"),
     }
-    from geoseg.qgis import graduated_qml, style_gpkg
-
     with staged_output(out) as stage:
-        _write(fps, stage / FALSE_POSITIVES, "false_positives")
-        style_gpkg(
-            stage / FALSE_POSITIVES,
-            "false_positives",
-            [],
-            qml=graduated_qml("score", SCORE_RANGES),
-            style_name="by score",
-            description="geoseg mined false positives (by score)",
-        )
-        _write(fns, stage / FALSE_NEGATIVES, "false_negatives")
-        style_gpkg(
-            stage / FALSE_NEGATIVES,
-            "false_negatives",
-            model_classes,
-            style_name="by class",
-            description="geoseg missed labels (by class)",
-        )
-        if cfg.review and coverage is not None:
-            _write(rvs, stage / REVIEW, "review")
-            style_gpkg(
-                stage / REVIEW,
-                "review",
-                [],
-                qml=graduated_qml("score", REVIEW_RANGES),
-                style_name="by score",
-                description="geoseg review cells (by score)",
-            )
+        _write_styled(fps, stage / FALSE_POSITIVES, "false_positives", inp.model_classes)
+        _write_styled(fns, stage / FALSE_NEGATIVES, "false_negatives", inp.model_classes)
+        if inp.review:
+            _write_styled(rvs, stage / REVIEW, "review", inp.model_classes)
         else:
             files["review"] = ""
             (out / REVIEW).unlink(missing_ok=True)  # (an older run's grid would not match these options)
-        payload = {
+        matched = [v for r in results for v in r.matched_scores]
+        write_json(stage / "mine.json", _mine_json(cfg, inp, fps, fns, matched, counts, per_scene, files))
+        run_json = {
             "stage": "mine",
-            "model": {"path": str(model_dir.resolve()), "weights_sha256": sha, "config": mcfg},
-            "options": to_dict(cfg),
+            "config": to_dict(cfg),
+            "model_dir": str(inp.model_dir.resolve()),
             "counts": counts,
-            "scores": {"false_positives": _stats(fps["score"].to_numpy(float)), "matched": _stats(matched_scores)},
-            "areas_m2": {
-                "false_positives": _stats(fps["area_m2"].to_numpy(float)),
-                "false_negatives": _stats(fns["area_m2"].to_numpy(float)),
-            },
-            "review": {
-                "cell_px": cell,
-                "enabled": bool(cfg.review and coverage is not None),
-                "min_share": REVIEW_MIN_SHARE,
-                "score": "max(uncertainty, foreground); uncertainty = mean 2 min(p, 1 - p), p = 1 - "
-                "P(background); foreground = share of p >= the instance threshold",
-            },
-            "rules": {
-                "match": f"one-to-one, same class, IoU >= {cfg.iou} (geoseg evaluate's matching)",
-                "inside": "representative point in coverage ∩ predicted area",
-                "ambiguous": "predictions touching a label not valid at the scene date are left out",
-            },
-            "per_scene": per_scene,
-            "files": files,
-            "crs": out_crs.to_wkt(),
+            "total_s": round(time.perf_counter() - t_start, 3),
         }
-        write_json(stage / "mine.json", payload)
-        write_json(
-            stage / "run.json",
-            {
-                "stage": "mine",
-                "config": to_dict(cfg),
-                "model_dir": str(model_dir.resolve()),
-                "counts": counts,
-                "total_s": round(time.perf_counter() - t_start, 3),
-            },
-        )
+        write_json(stage / "run.json", run_json)
     log.info(
         "mine: %d false positives, %d false negatives, %d review cells -> %s",
         counts["false_positives"],
@@ -623,6 +675,57 @@ def _run(cfg: MineConfig) -> MineResult:
         out,
     )
     return MineResult(out, counts, files, out / "mine.json", per_scene)
+
+
+def _mine_json(
+    cfg: MineConfig,
+    inp: _Inputs,
+    fps: gpd.GeoDataFrame,
+    fns: gpd.GeoDataFrame,
+    matched_scores: list[float],
+    counts: dict[str, int],
+    per_scene: list[dict[str, Any]],
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """The ``mine.json`` payload (see the module docstring)."""
+    return {
+        "stage": "mine",
+        "model": {"path": str(inp.model_dir.resolve()), "weights_sha256": inp.sha, "config": inp.model_config},
+        "options": to_dict(cfg),
+        "counts": counts,
+        "scores": {"false_positives": _stats(fps["score"].to_numpy(float)), "matched": _stats(matched_scores)},
+        "areas_m2": {
+            "false_positives": _stats(fps["area_m2"].to_numpy(float)),
+            "false_negatives": _stats(fns["area_m2"].to_numpy(float)),
+        },
+        "review": {
+            "cell_px": inp.cell,
+            "enabled": inp.review,
+            "min_share": REVIEW_MIN_SHARE,
+            "score": "max(uncertainty, foreground); uncertainty = mean 2 min(p, 1 - p), p = 1 - "
+            "P(background); foreground = share of p >= the instance threshold",
+        },
+        "rules": {
+            "match": f"one-to-one, same class, IoU >= {cfg.iou} (geoseg evaluate's matching)",
+            "inside": "representative point in coverage ∩ predicted area",
+            "ambiguous": "predictions touching a label not valid at the scene date are left out",
+        },
+        "per_scene": per_scene,
+        "files": files,
+        "crs": inp.out_crs.to_wkt(),
+    }
+
+
+def _write_styled(gdf: gpd.GeoDataFrame, path: Path, layer: str, model_classes: list[dict[str, Any]]) -> None:
+    """Write ``layer`` (see :func:`_write`) with its default QGIS style from :data:`_STYLES`."""
+    from geoseg.qgis import graduated_qml, style_gpkg
+
+    ranges, style_name, description = _STYLES[layer]
+    _write(gdf, path, layer)
+    if ranges is None:
+        style_gpkg(path, layer, model_classes, style_name=style_name, description=description)
+    else:
+        style_gpkg(path, layer, [], qml=graduated_qml("score", ranges), style_name=style_name, description=description)
 
 
 def _concat(parts: list[gpd.GeoDataFrame], crs: Any, columns: list[str]) -> gpd.GeoDataFrame:

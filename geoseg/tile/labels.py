@@ -31,7 +31,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import geopandas as gpd
 import numpy as np
@@ -42,10 +42,13 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from geoseg.classes import BOUNDARY_NAME, ClassTable
-from geoseg.errors import LabelsError
+from geoseg.errors import InputError, LabelsError
 from geoseg.grid import Grid
 from geoseg.io.dates import parse_date
 from geoseg.io.vectors import clean_polygons, read_vector, require_field, to_crs
+
+if TYPE_CHECKING:
+    from geoseg.io.rasters import SceneInfo
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,47 @@ def read_labels(
         repaired=repaired,
         undated=undated,
     )
+
+
+class LabelOptions(Protocol):
+    """The label-reading options a stage config carries (``geoseg tile``, ``geoseg mine``)."""
+
+    @property
+    def labels(self) -> str: ...
+    @property
+    def class_field(self) -> str | None: ...
+    @property
+    def date_field(self) -> str: ...
+    @property
+    def valid_from_field(self) -> str: ...
+    @property
+    def valid_to_field(self) -> str: ...
+    @property
+    def labels_layer(self) -> str | None: ...
+
+
+def read_scene_labels(
+    options: LabelOptions, scenes: Sequence[SceneInfo], *, classes: Sequence[str] | None = None
+) -> Labels:
+    """:func:`read_labels` with a stage's options, then check that every scene has an acquisition date
+    when the labels are dated (raises :class:`InputError` naming the first undated scene)."""
+    labels = read_labels(
+        options.labels,
+        class_field=options.class_field,
+        classes=classes,
+        date_field=options.date_field,
+        valid_from_field=options.valid_from_field,
+        valid_to_field=options.valid_to_field,
+        layer=options.labels_layer,
+    )
+    if labels.has_dates:
+        for s in scenes:
+            if s.date is None:
+                raise InputError(
+                    f"{s.path}: no acquisition date (no ACQUISITIONDATETIME/TIFFTAG_DATETIME tag, no YYYYMMDD in "
+                    "the file name) but the labels are dated; give --scene-date YYYY-MM-DD"
+                )
+    return labels
 
 
 def read_polygons(path: str | Path, *, what: str) -> gpd.GeoDataFrame:

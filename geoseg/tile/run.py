@@ -39,7 +39,7 @@ from geoseg.parallel import Executor
 from geoseg.progress import tqdm
 from geoseg.tile import sampling, store
 from geoseg.tile.hardneg import read_hard_negatives
-from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_labels, read_polygons
+from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_polygons, read_scene_labels
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
 from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
 
@@ -226,22 +226,7 @@ def _read_inputs(config: TileConfig) -> _Inputs:
         desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
         raise InputError(f"scenes have different band counts ({desc}); tile them into separate datasets")
     dtype = str(np.result_type(*[np.dtype(s.dtype) for s in scenes]))
-    labels = read_labels(
-        config.labels,
-        class_field=config.class_field,
-        classes=config.classes,
-        date_field=config.date_field,
-        valid_from_field=config.valid_from_field,
-        valid_to_field=config.valid_to_field,
-        layer=config.labels_layer,
-    )
-    if labels.has_dates:
-        for s in scenes:
-            if s.date is None:
-                raise InputError(
-                    f"{s.path}: no acquisition date (no ACQUISITIONDATETIME/TIFFTAG_DATETIME tag, no YYYYMMDD in "
-                    "the file name) but the labels are dated; give --scene-date YYYY-MM-DD"
-                )
+    labels = read_scene_labels(config, scenes, classes=config.classes)
     coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
     hard_layers = read_hard_negatives(config.hard_negatives)
     lookalikes, mined = hard_layers.lookalikes, hard_layers.mined
