@@ -39,7 +39,6 @@ import shapely
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.windows import Window
-from scipy import ndimage
 
 from geoseg.classes import BOUNDARY_NAME, ClassTable
 from geoseg.errors import LabelsError
@@ -348,19 +347,63 @@ def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> tu
     space; unlabelled pixels within ``width`` px of two different instances (close contact).
 
     ``shapes``: ``(geometry, instance id > 0)`` pairs, later pairs win where they overlap.
+    The ``2w+1`` square max/min filters run on the ``w``-padded raster with shifted-slice numpy
+    maxima/minima (no border mode needed: every output window lies inside the padded raster),
+    in strips of :data:`_STRIP_ROWS` rows; whole-array ufuncs release the GIL, so thread workers
+    run them in parallel. Memory: the int32 padded raster plus O(strip x W) temporaries.
     """
     pad = int(width)
-    padded = grid[Window(-pad, -pad, grid.width + 2 * pad, grid.height + 2 * pad)]
+    h, w = grid.height, grid.width
+    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)]
     inst = rasterize(shapes, out_shape=padded.shape, transform=padded.transform, dtype="int32")
-    size = 2 * pad + 1
-    hi = ndimage.maximum_filter(inst, size=size, mode="nearest")
-    lo = ndimage.minimum_filter(inst, size=size, mode="nearest")
-    edge = (inst > 0) & ((hi != inst) | (lo != inst))
-    big = np.iinfo(np.int32).max
-    lo_nz = ndimage.minimum_filter(np.where(inst > 0, inst, big), size=size, mode="nearest")
-    gap = (inst == 0) & (hi > 0) & (lo_nz < big) & (hi != lo_nz)
-    crop = (slice(pad, pad + grid.height), slice(pad, pad + grid.width))
-    return edge[crop], gap[crop]
+    rim = np.zeros((h, w), bool)
+    gap = np.zeros((h, w), bool)
+    labelled_rows = np.flatnonzero(inst.any(axis=1))
+    if len(labelled_rows) == 0:
+        return rim, gap
+    # output rows whose window reaches a labelled row
+    y_lo = max(0, int(labelled_rows[0]) - 2 * pad)
+    y_hi = min(h, int(labelled_rows[-1]) + 1)
+    big = np.int32(np.iinfo(np.int32).max)
+    for y0 in range(y_lo, y_hi, _STRIP_ROWS):
+        y1 = min(y_hi, y0 + _STRIP_ROWS)
+        a = inst[y0 : y1 + 2 * pad]  # padded rows of output rows y0..y1
+        centre = a[pad : pad + y1 - y0, pad : pad + w]
+        hi = _square_filter(a, pad, np.maximum)
+        lo = _square_filter(a, pad, np.minimum)
+        lo_nz = _square_filter(np.where(a > 0, a, big), pad, np.minimum)
+        rim[y0:y1] = (centre > 0) & ((hi != centre) | (lo != centre))
+        gap[y0:y1] = (centre == 0) & (hi > 0) & (lo_nz < big) & (hi != lo_nz)
+    return rim, gap
+
+
+_STRIP_ROWS = 256  # output rows per boundary filter strip
+
+
+def _square_filter(a: np.ndarray, r: int, op: Any) -> np.ndarray:
+    """``op`` (np.maximum / np.minimum) over ``(2r+1)^2`` squares of ``a``: shape ``(H - 2r, W - 2r)``,
+    output ``[i, j]`` = the square centred at ``a[i + r, j + r]`` (equals scipy.ndimage's filter, cropped)."""
+    return _line_filter(_line_filter(a, r, op, 0), r, op, 1)
+
+
+def _line_filter(a: np.ndarray, r: int, op: Any, axis: int) -> np.ndarray:
+    """``op`` over windows of ``2r+1`` along ``axis`` (valid part only) by doubling: O(log r) passes."""
+    length = 2 * r + 1
+    if length == 1:
+        return a
+
+    def cut(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return x[start:stop] if axis == 0 else x[:, start:stop]
+
+    cur, span = a, 1  # cur[i] = op over a[i : i + span]
+    while span * 2 <= length:
+        n = cur.shape[axis]
+        cur = op(cut(cur, 0, n - span), cut(cur, span, n))
+        span *= 2
+    if span < length:
+        n, k = cur.shape[axis], length - span
+        cur = op(cut(cur, 0, n - k), cut(cur, k, n))
+    return cur
 
 
 @dataclass(frozen=True)
