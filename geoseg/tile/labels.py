@@ -307,8 +307,8 @@ def burn_mask(
     """The uint8 mask of ``grid`` (any window of a scene): 0 background, class ids, boundary, 255.
 
     Pure and window-local: equals the same rasterization done on the whole scene and cropped.
-    Memory: O(H * W) bytes (plus int32 instance ids on a ``boundary_width``-padded window when the
-    boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
+    Memory: O(H * W) bytes (plus uint16/int32 polygon ids on a ``boundary_width``-padded window when
+    the boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
     Only polygons whose bounding box reaches the window are rasterized.
     """
     h, w = grid.height, grid.width
@@ -316,24 +316,21 @@ def burn_mask(
     if h == 0 or w == 0:
         return out
     pad = boundary_width if boundary_class is not None and boundary_width > 0 else 0
-    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)] if pad else grid
     prep = _prepared(labels)
-    near = _near(prep.bounds, padded.bounds)
-    inside = near & _near(prep.bounds, grid.bounds)
-    inv = np.flatnonzero(inside & ~labels.valid)
-    if len(inv):
-        rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
-    val = np.flatnonzero(inside & labels.valid)
-    if len(val):
-        ids = labels.class_ids.tolist()
-        rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
     if pad and boundary_class is not None:  # pad > 0 implies a boundary class
-        val_pad = np.flatnonzero(near & labels.valid)
-        if len(val_pad):
-            inst = labels.instance.tolist()
-            pairs = [(prep.shapes[i], inst[i]) for i in val_pad]
-            rim, gap = boundary_pixels(grid, pairs, pad)
+        out, inst = _burn_padded(grid, labels, prep, pad)
+        if inst is not None:
+            rim, gap = rim_and_gap(inst, pad)
             out[rim | (gap & (out == 0))] = boundary_class
+    else:
+        inside = _near(prep.bounds, grid.bounds)
+        inv = np.flatnonzero(inside & ~labels.valid)
+        if len(inv):
+            rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
+        val = np.flatnonzero(inside & labels.valid)
+        if len(val):
+            ids = labels.class_ids.tolist()
+            rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
@@ -342,42 +339,110 @@ def burn_mask(
     return out
 
 
+def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """One rasterization of the polygons near the ``pad``-padded window in burn order (invalid labels
+    first, then valid ones, file order: later wins), numbered valid ``1..V`` then invalid ``V+1..``:
+    the class mask of ``grid`` (number -> class id / 255 by lookup, cropped) and the padded raster of
+    *valid* instance numbers (0 elsewhere; None when no valid polygon is near)."""
+    h, w = grid.height, grid.width
+    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)]
+    near = _near(prep.bounds, padded.bounds)
+    inv = np.flatnonzero(near & ~labels.valid).tolist()
+    val = np.flatnonzero(near & labels.valid)
+    n_val, n = len(val), len(val) + len(inv)
+    if n == 0:
+        return np.zeros((h, w), np.uint8), None
+    dtype = np.uint16 if n < np.iinfo(np.uint16).max else np.int32
+    shapes = prep.shapes
+    numbered = [(shapes[i], n_val + k) for k, i in enumerate(inv, start=1)]
+    numbered += [(shapes[i], k) for k, i in enumerate(val.tolist(), start=1)]
+    burnt = rasterize(numbered, out_shape=padded.shape, transform=padded.transform, dtype=dtype)
+    cls = np.full(n + 1, IGNORE, np.uint8)
+    cls[0] = 0
+    cls[1 : n_val + 1] = labels.class_ids[val]
+    out = cls[burnt[pad : pad + h, pad : pad + w]]
+    if n_val == 0:
+        return out, None
+    inst = burnt if not inv else np.where(burnt <= n_val, burnt, 0).astype(dtype, copy=False)
+    ids = labels.instance[val]
+    if len(np.unique(ids)) < n_val:  # several polygons of one instance: one number per instance id
+        _, rank = np.unique(ids, return_inverse=True)
+        lut = np.zeros(n + 1, dtype)
+        lut[1 : n_val + 1] = rank.astype(dtype) + 1
+        inst = lut[inst]
+    return out, inst
+
+
 def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> tuple[np.ndarray, np.ndarray]:
     """``(rim, gap)`` bool (H, W): label pixels within ``width`` px of another instance or of unlabelled
     space; unlabelled pixels within ``width`` px of two different instances (close contact).
 
     ``shapes``: ``(geometry, instance id > 0)`` pairs, later pairs win where they overlap.
-    The ``2w+1`` square max/min filters run on the ``w``-padded raster with shifted-slice numpy
-    maxima/minima (no border mode needed: every output window lies inside the padded raster),
-    in strips of :data:`_STRIP_ROWS` rows; whole-array ufuncs release the GIL, so thread workers
-    run them in parallel. Memory: the int32 padded raster plus O(strip x W) temporaries.
     """
     pad = int(width)
-    h, w = grid.height, grid.width
-    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)]
+    padded = grid[Window(-pad, -pad, grid.width + 2 * pad, grid.height + 2 * pad)]
     inst = rasterize(shapes, out_shape=padded.shape, transform=padded.transform, dtype="int32")
+    return rim_and_gap(inst, pad)
+
+
+def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`boundary_pixels` from a ``r``-padded raster of instance ids (0 = none), shape ``(H + 2r, W + 2r)``.
+
+    rim: ``inst > 0`` and the ``(2r+1)^2`` square around it is not constant (min < max); gap:
+    ``inst == 0`` and the square holds two different ids (min of the ids > 0 < max). The square
+    filters run in strips of :data:`_STRIP_ROWS` rows, skipping rows no label reaches: OpenCV
+    dilate/erode for uint16 ids, shifted-slice numpy maxima/minima otherwise (identical results;
+    every output window lies inside the padded raster, so no border rule enters). Both release
+    the GIL, so thread workers run them in parallel. Memory: O(strip x W) temporaries.
+    """
+    h, w = inst.shape[0] - 2 * r, inst.shape[1] - 2 * r
     rim = np.zeros((h, w), bool)
     gap = np.zeros((h, w), bool)
     labelled_rows = np.flatnonzero(inst.any(axis=1))
     if len(labelled_rows) == 0:
         return rim, gap
-    # output rows whose window reaches a labelled row
-    y_lo = max(0, int(labelled_rows[0]) - 2 * pad)
+    y_lo = max(0, int(labelled_rows[0]) - 2 * r)  # output rows whose square reaches a labelled row
     y_hi = min(h, int(labelled_rows[-1]) + 1)
-    big = np.int32(np.iinfo(np.int32).max)
+    fast = _cv2() is not None and inst.dtype == np.uint16
     for y0 in range(y_lo, y_hi, _STRIP_ROWS):
         y1 = min(y_hi, y0 + _STRIP_ROWS)
-        a = inst[y0 : y1 + 2 * pad]  # padded rows of output rows y0..y1
-        centre = a[pad : pad + y1 - y0, pad : pad + w]
-        hi = _square_filter(a, pad, np.maximum)
-        lo = _square_filter(a, pad, np.minimum)
-        lo_nz = _square_filter(np.where(a > 0, a, big), pad, np.minimum)
-        rim[y0:y1] = (centre > 0) & ((hi != centre) | (lo != centre))
-        gap[y0:y1] = (centre == 0) & (hi > 0) & (lo_nz < big) & (hi != lo_nz)
+        a = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
+        centre = a[r : r + y1 - y0, r : r + w]
+        if fast:
+            hi, lo, lo_nz = _cv2_filters(a, r)
+        else:
+            big = np.iinfo(a.dtype).max
+            hi = _square_filter(a, r, np.maximum)
+            lo = _square_filter(a, r, np.minimum)
+            lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
+        rim[y0:y1] = (centre > 0) & (lo < hi)
+        gap[y0:y1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
     return rim, gap
 
 
-_STRIP_ROWS = 256  # output rows per boundary filter strip
+_STRIP_ROWS = 512  # output rows per boundary filter strip
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv comes with albumentations
+        return None
+    return cv2
+
+
+def _cv2_filters(a: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Square max, min and min-of-nonzero (zeros as 65535) of uint16 ``a``, cropped by ``r`` on each side."""
+    cv2 = _cv2()
+    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    crop = (slice(r, a.shape[0] - r), slice(r, a.shape[1] - r))
+    hi = cv2.dilate(a, k, borderType=cv2.BORDER_REPLICATE)[crop]
+    lo = cv2.erode(a, k, borderType=cv2.BORDER_REPLICATE)[crop]
+    nz = a - np.uint16(1)  # 0 -> 65535, id -> id - 1 (order kept)
+    lo_nz = cv2.erode(nz, k, borderType=cv2.BORDER_REPLICATE)[crop]
+    lo_nz += np.uint16(1)  # back to ids; 65535 (no id in the square) wraps to 0, fixed below
+    lo_nz[lo_nz == 0] = np.uint16(65535)
+    return hi, lo, lo_nz
 
 
 def _square_filter(a: np.ndarray, r: int, op: Any) -> np.ndarray:
