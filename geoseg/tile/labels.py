@@ -170,12 +170,27 @@ def _dates(gdf: gpd.GeoDataFrame, path: str | Path, *fields: str) -> gpd.pd.Data
     out = {}
     for key, field in zip(("date", "valid_from", "valid_to"), fields, strict=False):
         if field in gdf.columns:
-            vals = gdf[field].tolist()
-            parsed = [parse_date(v, source=f"{path}: field {field!r} row {i}") for i, v in enumerate(vals)]
+            parsed = _parse_dates(gdf[field].tolist(), f"{path}: field {field!r}")
         else:
             parsed = [None] * len(gdf)
         out[key] = gpd.pd.Series(parsed, index=gdf.index, dtype=object)
     return gpd.pd.DataFrame(out)
+
+
+def _parse_dates(vals: list[Any], source: str) -> list[Any]:
+    """:func:`parse_date` of each value, once per distinct value (label dates repeat a lot); an
+    unparsable value raises naming its first row."""
+    seen: dict[Any, Any] = {}
+    out = []
+    for i, v in enumerate(vals):
+        try:
+            d = seen[v]
+        except KeyError:
+            d = seen[v] = parse_date(v, source=f"{source} row {i}")
+        except TypeError:  # unhashable
+            d = parse_date(v, source=f"{source} row {i}")
+        out.append(d)
+    return out
 
 
 def label_validity(
