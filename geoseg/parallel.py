@@ -4,6 +4,9 @@ The one executor of every stage that fans out (tile, predict), so ``--workers`` 
 mean the same everywhere: ``workers <= 1`` (and no scheduler) runs in-process, no dask;
 ``workers = N > 1`` starts a local ``dask.distributed`` cluster of N single-thread workers;
 ``scheduler = ADDRESS`` sends the tasks to an existing cluster (``workers`` is then ignored).
+``threads=True`` (tile's default) runs ``workers = N > 1`` local tasks on a plain thread pool instead
+of a dask cluster: no start-up, no pickling, tasks share the caller's objects; worth it for tasks
+that spend their time in GIL-releasing code (GDAL reads, numpy, OpenCV, compression, file writes).
 
 Results are yielded as they complete (``(key, result)`` pairs); callers that need determinism sort
 by key. Tasks must be module-level functions taking one picklable argument, so the same code
@@ -75,10 +78,13 @@ class Executor:
         processes: bool = True,
         what: str = "task",
         resumable: bool = False,
+        threads: bool = False,
     ) -> None:
         self.workers = max(1, int(workers))
         self.scheduler = scheduler
         self.processes = processes
+        self.threads = threads and scheduler is None and not processes and self.workers > 1
+        self._pool: Any = None
         self.what = what
         self.resumable = resumable
         self.client: Any = None
@@ -87,17 +93,28 @@ class Executor:
 
     @property
     def distributed(self) -> bool:
+        """Whether tasks go through dask (and so may run in other processes; a thread pool is not)."""
         return self.client is not None
+
+    @property
+    def parallel(self) -> bool:
+        """Whether tasks may run concurrently (dask or the thread pool)."""
+        return self.client is not None or self._pool is not None
 
     @property
     def n_workers(self) -> int:
         """Workers connected now (1 in-process)."""
         if self.client is None:
-            return 1
+            return self.workers if self._pool is not None else 1
         return len(self.client.scheduler_info()["workers"])
 
     def __enter__(self) -> Executor:
         if not is_distributed(self.workers, self.scheduler):
+            return self
+        if self.threads:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="geoseg-worker")
             return self
         from dask.distributed import Client, LocalCluster
 
@@ -134,6 +151,9 @@ class Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self.client is not None:
             self.client.close()
         if self._cluster is not None:
@@ -157,6 +177,9 @@ class Executor:
         are pending: :class:`ClusterError` (the pending tasks are cancelled).
         """
         pairs = list(items)
+        if self._pool is not None:
+            yield from self._map_pool(fn, pairs)
+            return
         if not self.distributed:
             for key, item in pairs:
                 yield key, fn(item)
@@ -194,6 +217,35 @@ class Executor:
             stop.set()
             for fut in futures:
                 fut.cancel()
+
+    def _map_pool(self, fn: Callable[[T], R], pairs: list[tuple[Any, T]]) -> Iterator[tuple[Any, R]]:
+        """:meth:`map` on the thread pool: at most ``2 x workers`` tasks in flight (bounded memory)."""
+        from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+        todo = iter(pairs)
+        running: dict[Future[R], Any] = {}
+        try:
+            while True:
+                while len(running) < 2 * self.workers:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    running[self._pool.submit(fn, nxt[1])] = nxt[0]
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key = running.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        if isinstance(exc, GeosegError):
+                            raise exc
+                        raise RuntimeError(f"{self.what} failed: {exc!r}") from exc
+                    yield key, fut.result()
+        finally:
+            for fut in running:
+                fut.cancel()
+            wait(running)
 
     def _watch(self, futures: list[Any], limit: float, stop: threading.Event, gone: list[float]) -> None:
         """Poll the worker count; after ``limit`` s with none, record it in ``gone`` and cancel ``futures``

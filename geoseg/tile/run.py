@@ -148,12 +148,13 @@ def _run(config: TileConfig) -> TileResult:
     with (
         _gc_frozen(),
         staged_output(config.out) as stage,
-        Executor(config.workers, config.scheduler, processes=config.processes) as ex,
+        Executor(config.workers, config.scheduler, processes=config.processes, threads=True) as ex,
     ):
-        if not ex.distributed:  # in-process tasks share the rasterization inputs built once per scene
+        if not ex.distributed:  # in-process (and thread pool) tasks share the rasterization inputs built once per scene
             for sl in inp.per_scene:
                 sl.prepare()
         timer.lap("start-up")
+        _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
         scan = _scan(ex, plan, inp, config.progress)
         timer.lap(f"scan ({plan.n_candidates} tiles)")
         chosen = _select(config, inp, scan)
@@ -591,6 +592,18 @@ def _gc_frozen() -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+def _preload(module: str) -> None:
+    """Import ``module`` in a background thread (imports are serial time otherwise); best effort."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"preload-{module}", daemon=True).start()
 
 
 class _Timer:
