@@ -4,9 +4,11 @@ The one executor of every stage that fans out (tile, predict), so ``--workers`` 
 mean the same everywhere: ``workers <= 1`` (and no scheduler) runs in-process, no dask;
 ``workers = N > 1`` starts a local ``dask.distributed`` cluster of N single-thread workers;
 ``scheduler = ADDRESS`` sends the tasks to an existing cluster (``workers`` is then ignored).
-``threads=True`` (tile's default) runs ``workers = N > 1`` local tasks on a plain thread pool instead
-of a dask cluster: no start-up, no pickling, tasks share the caller's objects; worth it for tasks
-that spend their time in GIL-releasing code (GDAL reads, numpy, OpenCV, compression, file writes).
+``local="threads"`` runs ``workers = N > 1`` local tasks on a plain thread pool instead of a dask
+cluster (no start-up, no pickling, tasks share the caller's objects: for tasks that spend their time
+in GIL-releasing code); ``local="fork"`` on a pool of N forked processes (POSIX; start-up in
+milliseconds, tasks and results pickled, no GIL shared; the fork happens when the executor is
+entered, so enter it before starting other threads that hold locks, e.g. zarr's I/O loop).
 
 Results are yielded as they complete (``(key, result)`` pairs); callers that need determinism sort
 by key. Tasks must be module-level functions taking one picklable argument, so the same code
@@ -50,6 +52,12 @@ def is_distributed(workers: int, scheduler: str | None) -> bool:
     return scheduler is not None or int(workers) > 1
 
 
+def _mp_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
+
+
 def no_workers_timeout() -> float:
     """:data:`NO_WORKERS_TIMEOUT_S`, or ``GEOSEG_NO_WORKERS_TIMEOUT`` (seconds) when set."""
     env = os.environ.get("GEOSEG_NO_WORKERS_TIMEOUT")
@@ -78,12 +86,15 @@ class Executor:
         processes: bool = True,
         what: str = "task",
         resumable: bool = False,
-        threads: bool = False,
+        local: str | None = None,
     ) -> None:
         self.workers = max(1, int(workers))
         self.scheduler = scheduler
         self.processes = processes
-        self.threads = threads and scheduler is None and not processes and self.workers > 1
+        use = local if scheduler is None and not processes and self.workers > 1 else None
+        if use == "fork" and "fork" not in _mp_methods():
+            use = "threads"  # (Windows) no fork: threads
+        self.local = use
         self._pool: Any = None
         self.what = what
         self.resumable = resumable
@@ -93,12 +104,12 @@ class Executor:
 
     @property
     def distributed(self) -> bool:
-        """Whether tasks go through dask (and so may run in other processes; a thread pool is not)."""
+        """Whether tasks go through dask (a local pool is not)."""
         return self.client is not None
 
     @property
     def parallel(self) -> bool:
-        """Whether tasks may run concurrently (dask or the thread pool)."""
+        """Whether tasks may run concurrently (dask or a local pool)."""
         return self.client is not None or self._pool is not None
 
     @property
@@ -111,10 +122,17 @@ class Executor:
     def __enter__(self) -> Executor:
         if not is_distributed(self.workers, self.scheduler):
             return self
-        if self.threads:
+        if self.local == "threads":
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="geoseg-worker")
+            return self
+        if self.local == "fork":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            self._pool.submit(int).result()  # fork the workers now, not at the first task
             return self
         from dask.distributed import Client, LocalCluster
 
@@ -219,7 +237,7 @@ class Executor:
                 fut.cancel()
 
     def _map_pool(self, fn: Callable[[T], R], pairs: list[tuple[Any, T]]) -> Iterator[tuple[Any, R]]:
-        """:meth:`map` on the thread pool: at most ``2 x workers`` tasks in flight (bounded memory)."""
+        """:meth:`map` on the local pool: at most ``2 x workers`` tasks in flight (bounded memory)."""
         from concurrent.futures import FIRST_COMPLETED, Future, wait
 
         todo = iter(pairs)

@@ -148,9 +148,9 @@ def _run(config: TileConfig) -> TileResult:
     with (
         _gc_frozen(),
         staged_output(config.out) as stage,
-        Executor(config.workers, config.scheduler, processes=config.processes, threads=True) as ex,
+        Executor(config.workers, config.scheduler, processes=config.processes, local=_local_pool()) as ex,
     ):
-        if not ex.distributed:  # in-process (and thread pool) tasks share the rasterization inputs built once per scene
+        if not ex.parallel or ex.local == "threads":  # tasks in this process share the inputs built once per scene
             for sl in inp.per_scene:
                 sl.prepare()
         timer.lap("start-up")
@@ -592,6 +592,16 @@ def _gc_frozen() -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+def _local_pool() -> str:
+    """How ``--workers N`` runs locally without ``--processes``: ``GEOSEG_TILE_POOL`` = threads (default) or fork."""
+    import os
+
+    v = os.environ.get("GEOSEG_TILE_POOL", "threads")
+    if v not in ("threads", "fork"):
+        raise ConfigError(f"GEOSEG_TILE_POOL={v!r}: give threads or fork")
+    return v
 
 
 def _preload(module: str) -> None:

@@ -90,13 +90,14 @@ def _fail(kind: str) -> None:
     raise InputError("bad.tif: unreadable") if kind == "geoseg" else ValueError("boom")
 
 
-def test_thread_pool_executor() -> None:
-    with Executor(2, processes=False, threads=True, what="square task") as ex:
+@pytest.mark.parametrize("local", ["threads", "fork"])
+def test_local_pool_executor(local: str) -> None:
+    with Executor(2, processes=False, local=local, what="square task") as ex:
         assert ex.parallel and not ex.distributed and ex.n_workers == 2
         assert sorted(ex.map(_square, [(i, i) for i in range(9)])) == [(i, i * i) for i in range(9)]
         with pytest.raises(InputError, match=r"bad\.tif: unreadable"):
             list(ex.map(_fail, [(0, "geoseg")]))
         with pytest.raises(RuntimeError, match="square task failed: ValueError"):
             list(ex.map(_fail, [(0, "other")]))
-    assert not Executor(2, processes=True, threads=True).threads  # processes win: a dask cluster
-    assert not Executor(2, "tcp://h:1", processes=False, threads=True).threads  # so does a scheduler
+    assert Executor(2, processes=True, local=local).local is None  # --processes: a dask cluster
+    assert Executor(2, "tcp://h:1", processes=False, local=local).local is None  # so does a scheduler
