@@ -142,9 +142,10 @@ def run(config: TileConfig) -> TileResult:
 
 def _run(config: TileConfig) -> TileResult:
     """Phases: inputs (all validation) -> plan -> scan -> select -> extract -> index (into a staging dir)."""
+    timer = _Timer()
     inp = _read_inputs(config)
     plan = _plan(config, inp)
-    timer = _Timer()
+    timer.lap("inputs + plan")
     with (
         _gc_frozen(),
         staged_output(config.out) as stage,
