@@ -424,14 +424,17 @@ def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
         a = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
         centre = a[r : r + y1 - y0, r : r + w]
         if fast:
-            hi, lo, lo_nz = _cv2_filters(a, r)
+            hi, lo, lo_nz1 = _cv2_filters(a, r)
+            rim[y0:y1] = (centre > 0) & (lo < hi)
+            hi -= np.uint16(1)  # ids - 1 (0 wraps to 65535, as in lo_nz1): two ids <=> lo_nz1 < hi - 1
+            gap[y0:y1] = (centre == 0) & (lo_nz1 < hi)
         else:
             big = np.iinfo(a.dtype).max
             hi = _square_filter(a, r, np.maximum)
             lo = _square_filter(a, r, np.minimum)
             lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
-        rim[y0:y1] = (centre > 0) & (lo < hi)
-        gap[y0:y1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
+            rim[y0:y1] = (centre > 0) & (lo < hi)
+            gap[y0:y1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
     return rim, gap
 
 
@@ -447,17 +450,15 @@ def _cv2() -> Any:
 
 
 def _cv2_filters(a: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Square max, min and min-of-nonzero (zeros as 65535) of uint16 ``a``, cropped by ``r`` on each side."""
+    """Square max, min, and min of ``ids - 1`` (0 wraps to 65535, so it never wins unless the square has
+    no id) of uint16 ``a``, cropped by ``r`` on each side (OpenCV dilate / erode)."""
     cv2 = _cv2()
     k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
     crop = (slice(r, a.shape[0] - r), slice(r, a.shape[1] - r))
     hi = cv2.dilate(a, k, borderType=cv2.BORDER_REPLICATE)[crop]
     lo = cv2.erode(a, k, borderType=cv2.BORDER_REPLICATE)[crop]
-    nz = a - np.uint16(1)  # 0 -> 65535, id -> id - 1 (order kept)
-    lo_nz = cv2.erode(nz, k, borderType=cv2.BORDER_REPLICATE)[crop]
-    lo_nz += np.uint16(1)  # back to ids; 65535 (no id in the square) wraps to 0, fixed below
-    lo_nz[lo_nz == 0] = np.uint16(65535)
-    return hi, lo, lo_nz
+    lo_nz1 = cv2.erode(a - np.uint16(1), k, borderType=cv2.BORDER_REPLICATE)[crop]
+    return hi, lo, lo_nz1
 
 
 def _square_filter(a: np.ndarray, r: int, op: Any) -> np.ndarray:
