@@ -356,35 +356,47 @@ def burn_mask(
 
 def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:
     """One rasterization of the polygons near the ``pad``-padded window in burn order (invalid labels
-    first, then valid ones, file order: later wins), numbered valid ``1..V`` then invalid ``V+1..``:
-    the class mask of ``grid`` (number -> class id / 255 by lookup, cropped) and the padded raster of
-    *valid* instance numbers (0 elsewhere; None when no valid polygon is near)."""
+    first, then valid ones, file order: later wins): the class mask of ``grid`` and the padded raster
+    of *valid* instance numbers (0 elsewhere; None when no valid polygon is near).
+
+    Burnt value = ``k << bits | code``: ``k`` = 1.. for the valid polygons (0 for invalid ones), ``code``
+    = 1..K for the K classes present, K+1 for ignore; so the class is a mask + 256-entry lookup and
+    the instance a shift, both a few cheap passes (no per-pixel gather over a large table).
+    """
     h, w = grid.height, grid.width
     padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)]
     near = _near(prep.bounds, padded.bounds)
     inv = np.flatnonzero(near & ~labels.valid).tolist()
     val = np.flatnonzero(near & labels.valid)
-    n_val, n = len(val), len(val) + len(inv)
-    if n == 0:
+    n_val = len(val)
+    if n_val + len(inv) == 0:
         return np.zeros((h, w), np.uint8), None
-    dtype = np.uint16 if n < np.iinfo(np.uint16).max else np.int32
+    cls_val = labels.class_ids[val]
+    present = np.unique(cls_val)
+    ignore_code = len(present) + 1
+    bits = ignore_code.bit_length()
+    codes = (np.searchsorted(present, cls_val) + 1).tolist()
+    dtype = np.uint16 if (n_val + 1) << bits <= np.iinfo(np.uint16).max else np.int32
     shapes = prep.shapes
-    numbered = [(shapes[i], n_val + k) for k, i in enumerate(inv, start=1)]
-    numbered += [(shapes[i], k) for k, i in enumerate(val.tolist(), start=1)]
+    numbered = [(shapes[i], ignore_code) for i in inv]
+    pairs = zip(val.tolist(), codes, strict=True)
+    numbered += [(shapes[i], k << bits | code) for k, (i, code) in enumerate(pairs, start=1)]
     burnt = rasterize(numbered, out_shape=padded.shape, transform=padded.transform, dtype=dtype)
-    cls = np.full(n + 1, IGNORE, np.uint8)
-    cls[0] = 0
-    cls[1 : n_val + 1] = labels.class_ids[val]
-    out = cls[burnt[pad : pad + h, pad : pad + w]]
+    code = (burnt[pad : pad + h, pad : pad + w] & dtype((1 << bits) - 1)).astype(np.uint8)
+    lut = np.zeros(256, np.uint8)
+    lut[1 : len(present) + 1] = present
+    lut[ignore_code] = IGNORE
+    cv2 = _cv2()
+    out = cv2.LUT(code, lut) if cv2 is not None else lut[code]
     if n_val == 0:
         return out, None
-    inst = burnt if not inv else np.where(burnt <= n_val, burnt, 0).astype(dtype, copy=False)
+    inst = burnt >> dtype(bits)
     ids = labels.instance[val]
     if len(np.unique(ids)) < n_val:  # several polygons of one instance: one number per instance id
         _, rank = np.unique(ids, return_inverse=True)
-        lut = np.zeros(n + 1, dtype)
-        lut[1 : n_val + 1] = rank.astype(dtype) + 1
-        inst = lut[inst]
+        remap = np.zeros(n_val + 1, dtype)
+        remap[1:] = rank.astype(dtype) + 1
+        inst = remap[inst]
     return out, inst
 
 
