@@ -223,6 +223,11 @@ def main() -> None:
         print(f"data: {args.size}x{args.size}x3 uint8 tiled ZSTD ({scene.stat().st_size / 1e6:.0f} MB), "
               f"{n_poly} polygons; made in {time.perf_counter() - t0:.1f}s; cpus={os.cpu_count()}; "
               f"{platform.processor() or platform.machine()}, {_cpu_name()}")  # fmt: skip
+        # outputs of an earlier run are removed before anything is timed, and nothing is deleted between
+        # runs: on ext4 with online discard, deleting ~1 GB of small files stalls the writes that follow
+        for old in [work / "naive", *work.glob("out_w*")]:
+            shutil.rmtree(old, ignore_errors=True)
+        _settle()
         raw = min(raw_block_read(scene) for _ in range(2))
         px = args.size**2
         print(f"raw decode (every block, rasterio): {raw:.2f}s = {px / raw / 1e6:.1f} Mpx/s")
@@ -230,10 +235,10 @@ def main() -> None:
         if not args.no_naive:
             out = work / "naive"
             shutil.rmtree(out, ignore_errors=True)
+            _settle()
             cmd = [sys.executable, __file__, "--naive-child", str(scene), str(labels), str(out), str(args.tile_size)]
             wall, peak, _, _ = run_child(cmd)
             n_files = sum(1 for _ in out.iterdir())
-            shutil.rmtree(out, ignore_errors=True)
             walls["naive"] = wall
             print(f"naive loop (read + rasterize + np.save, every tile, {n_files} files): {wall:.2f}s; "
                   f"ratio to raw decode {raw / wall:.2f}; peak RSS {peak:.0f} MB")  # fmt: skip
@@ -242,6 +247,7 @@ def main() -> None:
         for w in (int(v) for v in args.workers.split(",")):
             out = work / f"out_w{w}"
             shutil.rmtree(out, ignore_errors=True)
+            _settle()
             r = run_tile(scene, labels, out, w, args.tile_size, extra)
             outs[w] = out
             walls[f"w{w}"] = r["wall_s"]
@@ -261,6 +267,14 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            shutil.rmtree(work / "naive", ignore_errors=True)
+
+
+def _settle() -> None:
+    """Flush dirty pages so one run's writes are not paid for by the next."""
+    os.sync()
+    time.sleep(2)
 
 
 def _cpu_name() -> str:
