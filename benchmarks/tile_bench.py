@@ -1,17 +1,20 @@
-"""Benchmark ``geoseg tile`` against a raw rasterio block read of the same file.
+"""Benchmark ``geoseg tile`` against a raw rasterio block read and a naive per-tile loop, in one run.
 
 Makes a ``SIZE x SIZE`` 3-band uint8 GeoTIFF (tiled 512, ZSTD; smooth texture + noise) and
 ``~POLYGONS`` small dated polygons clustered in "settlements", then measures:
 
-* baseline: one process reading every internal block of the file with rasterio (best of 2);
+* raw decode: one process reading every internal block of the file with rasterio (best of 2);
+* naive loop: one process, for every ``TILE x TILE`` tile: read the window, rasterize the labels
+  that intersect it (STRtree query), ``np.save`` image and mask (every tile is written);
 * geoseg: ``geoseg tile SCENE --labels ... --workers N`` as a child process, end to end (Python
-  start-up, dask cluster start-up, scan, selection, extraction, zarr + gpkg writes);
-* peak memory: the RSS of the whole process tree (CLI + nanny + worker processes) summed, sampled
-  every 20 ms with psutil.
+  start-up, scan, selection, extraction, zarr + gpkg writes), for each N in ``--workers``;
+* peak memory: the RSS of the whole process tree summed, sampled every 20 ms with psutil.
 
-Prints ``ratio = geoseg throughput / raw block-read throughput`` (both in scene pixels per second;
-target >= 0.8 with 2 workers) and the peak RSS (target < 1.5 GB). The scene stays in the OS page
-cache for both runs (it was just written), so the ratio compares CPU work, not disk speed.
+Prints each wall time, its ratio to raw decode (``raw / wall``: the share of the decode-bound speed
+reached), the speedups ``workers 2 / workers 1`` (target >= 1.7) and ``workers 2 vs naive``
+(target >= 1.8), the peak RSS (target < 1.5 GB) and whether the ``--workers`` outputs are
+byte-identical (zarr chunk files, dataset.json without its config, tiles.gpkg rows). The scene stays
+in the OS page cache (it was just written), so the ratios compare CPU work, not disk speed.
 
     .venv/bin/python benchmarks/tile_bench.py                 # 20000 x 20000, 50,000 polygons
     .venv/bin/python benchmarks/tile_bench.py --size 8000     # quicker (polygons scale with area)
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -97,14 +101,42 @@ def raw_block_read(path: Path) -> float:
         return time.perf_counter() - t0
 
 
-def run_tile(scene: Path, labels: Path, out: Path, workers: int, tile: int, extra: list[str]) -> dict:
-    """Run the CLI as a child; return wall seconds and peak RSS (MB) of the process tree."""
+def naive_loop(scene: Path, labels: Path, out: Path, tile: int) -> None:
+    """Every tile: windowed read + rasterize its labels + ``np.save`` image and mask (one process)."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.windows import Window
+    from rasterio.windows import transform as win_transform
+
+    out.mkdir(parents=True, exist_ok=True)
+    gdf = gpd.read_file(labels)
+    classes = {c: i for i, c in enumerate(sorted(set(gdf["class"])), start=1)}
+    values = gdf["class"].map(classes).to_numpy()
+    geoms = gdf.geometry.values
+    tree = shapely.STRtree(geoms)
+    with rasterio.open(scene) as ds:
+        for r in range(0, ds.height, tile):
+            for c in range(0, ds.width, tile):
+                win = Window(c, r, min(tile, ds.width - c), min(tile, ds.height - r))
+                img = ds.read(window=win)
+                tr = win_transform(win, ds.transform)
+                hits = tree.query(shapely.box(*rasterio.windows.bounds(win, ds.transform)))
+                shape = (int(win.height), int(win.width))
+                mask = (
+                    rasterize(zip(geoms[hits], values[hits], strict=True), out_shape=shape, transform=tr, dtype="uint8")
+                    if len(hits)
+                    else np.zeros(shape, np.uint8)
+                )
+                np.save(out / f"{r}_{c}_img.npy", img)
+                np.save(out / f"{r}_{c}_mask.npy", mask)
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, str, str]:
+    """Run ``cmd``; return wall seconds, peak RSS (MB) of its process tree, stdout and stderr."""
     import psutil
 
-    exe = Path(sys.executable).with_name("geoseg")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "geoseg.cli"]
-    cmd += ["tile", str(scene), "--labels", str(labels), "--out", str(out), "--tile-size", str(tile),
-            "--workers", str(workers), "--no-progress", "--seed", "0", *extra]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -125,21 +157,59 @@ def run_tile(scene: Path, labels: Path, out: Path, workers: int, tile: int, extr
     wall = time.perf_counter() - t0
     so, se = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"geoseg tile failed ({proc.returncode}):\n{se[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{se[-3000:]}")
+    return wall, peak / 2**20, so, se
+
+
+def run_tile(scene: Path, labels: Path, out: Path, workers: int, tile: int, extra: list[str]) -> dict:
+    """Run the CLI as a child; return wall seconds and peak RSS (MB) of the process tree."""
+    exe = Path(sys.executable).with_name("geoseg")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "geoseg.cli"]
+    cmd += ["tile", str(scene), "--labels", str(labels), "--out", str(out), "--tile-size", str(tile),
+            "--workers", str(workers), "--no-progress", "--seed", "0", *extra]  # fmt: skip
+    wall, peak, so, se = run_child(cmd)
     meta = json.loads((out / "dataset.json").read_text())
     timings = next((ln.split("timings: ", 1)[1] for ln in se.splitlines() if "geoseg tile timings" in ln), "")
-    return {"wall_s": wall, "peak_mb": peak / 2**20, "stdout": so.strip(), "counts": meta["counts"], "timings": timings}
+    return {"wall_s": wall, "peak_mb": peak, "stdout": so.strip(), "counts": meta["counts"], "timings": timings}
+
+
+def same_outputs(a: Path, b: Path) -> str:
+    """'identical' when two tile outputs match byte for byte (zarr files, dataset.json minus config, index rows)."""
+    import geopandas as gpd
+
+    fa = {p.relative_to(a): p for p in sorted((a / "tiles.zarr").rglob("*")) if p.is_file()}
+    fb = {p.relative_to(b): p for p in sorted((b / "tiles.zarr").rglob("*")) if p.is_file()}
+    if fa.keys() != fb.keys():
+        return "DIFFERENT (zarr file names)"
+    if any(fa[k].read_bytes() != fb[k].read_bytes() for k in fa):
+        return "DIFFERENT (zarr chunk bytes)"
+    ma, mb = (json.loads((x / "dataset.json").read_text()) for x in (a, b))
+    for m in (ma, mb):
+        m.pop("created", None)
+        m["config"] = {k: v for k, v in m["config"].items() if k not in ("workers", "out", "processes")}
+    if ma != mb:
+        return "DIFFERENT (dataset.json)"
+    ga, gb = (gpd.read_file(x / "tiles.gpkg", layer="tiles") for x in (a, b))
+    if not (ga.drop(columns="geometry").equals(gb.drop(columns="geometry")) and ga.geometry.equals(gb.geometry)):
+        return "DIFFERENT (tiles.gpkg)"
+    return f"identical ({len(fa)} zarr files, {len(ga)} index rows, dataset.json)"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=20000, help="scene edge in pixels (default 20000)")
     ap.add_argument("--polygons", type=int, default=None, help="default: 50,000 x (size / 20000)^2")
-    ap.add_argument("--workers", default="2", help="comma-separated worker counts to time (default 2)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts to time (default 1,2)")
     ap.add_argument("--tile-size", type=int, default=256)
-    ap.add_argument("--processes", action="store_true", help="dask workers as processes (default: threads)")
+    ap.add_argument("--processes", action="store_true", help="workers as dask processes (default: threads)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temp dir, removed)")
+    ap.add_argument("--naive-child", nargs=4, metavar=("SCENE", "LABELS", "OUT", "TILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.naive_child:
+        sc, lb, out, tile = args.naive_child
+        naive_loop(Path(sc), Path(lb), Path(out), int(tile))
+        return
     n_poly = args.polygons or round(50_000 * (args.size / 20000) ** 2)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tile_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -151,25 +221,70 @@ def main() -> None:
         if not labels.exists():
             make_labels(labels, args.size, n_poly)
         print(f"data: {args.size}x{args.size}x3 uint8 tiled ZSTD ({scene.stat().st_size / 1e6:.0f} MB), "
-              f"{n_poly} polygons; made in {time.perf_counter() - t0:.1f}s; cpus={os.cpu_count()}")  # fmt: skip
+              f"{n_poly} polygons; made in {time.perf_counter() - t0:.1f}s; cpus={os.cpu_count()}; "
+              f"{platform.processor() or platform.machine()}, {_cpu_name()}")  # fmt: skip
+        # outputs of an earlier run are removed before anything is timed, and nothing is deleted between
+        # runs: on ext4 with online discard, deleting ~1 GB of small files stalls the writes that follow
+        for old in [work / "naive", *work.glob("out_w*")]:
+            shutil.rmtree(old, ignore_errors=True)
+        _settle()
         raw = min(raw_block_read(scene) for _ in range(2))
         px = args.size**2
-        print(f"baseline raw block read: {raw:.2f}s = {px / raw / 1e6:.1f} Mpx/s")
+        print(f"raw decode (every block, rasterio): {raw:.2f}s = {px / raw / 1e6:.1f} Mpx/s")
+        walls: dict[str, float] = {}
+        if not args.no_naive:
+            out = work / "naive"
+            shutil.rmtree(out, ignore_errors=True)
+            _settle()
+            cmd = [sys.executable, __file__, "--naive-child", str(scene), str(labels), str(out), str(args.tile_size)]
+            wall, peak, _, _ = run_child(cmd)
+            n_files = sum(1 for _ in out.iterdir())
+            walls["naive"] = wall
+            print(f"naive loop (read + rasterize + np.save, every tile, {n_files} files): {wall:.2f}s; "
+                  f"ratio to raw decode {raw / wall:.2f}; peak RSS {peak:.0f} MB")  # fmt: skip
         extra = ["--processes"] if args.processes else []
+        outs = {}
         for w in (int(v) for v in args.workers.split(",")):
             out = work / f"out_w{w}"
             shutil.rmtree(out, ignore_errors=True)
+            _settle()
             r = run_tile(scene, labels, out, w, args.tile_size, extra)
+            outs[w] = out
+            walls[f"w{w}"] = r["wall_s"]
             real = r["counts"]["realised"]
             n_tiles = sum(real.values())
             kept = n_tiles * args.tile_size**2 / px
-            print(f"geoseg tile --workers {w}{' --processes' if args.processes else ''}: {r['wall_s']:.2f}s = "
-                  f"{px / r['wall_s'] / 1e6:.1f} Mpx/s; ratio {raw / r['wall_s']:.2f} (target >= 0.8); "
-                  f"peak RSS {r['peak_mb']:.0f} MB (target < 1536); tiles {n_tiles} ({kept:.0%} of the scene) "
-                  f"{real}\n  phases: {r['timings']}")  # fmt: skip
+            print(f"geoseg tile --workers {w}{' --processes' if args.processes else ''}: {r['wall_s']:.2f}s; "
+                  f"ratio to raw decode {raw / r['wall_s']:.2f}; peak RSS {r['peak_mb']:.0f} MB (target < 1536); "
+                  f"tiles {n_tiles} ({kept:.0%} of the scene) {real}\n  phases: {r['timings']}")  # fmt: skip
+        if "w1" in walls and "w2" in walls:
+            print(f"speedup --workers 2 / --workers 1: {walls['w1'] / walls['w2']:.2f} (target >= 1.7)")
+            print(f"outputs --workers 1 vs 2: {same_outputs(outs[1], outs[2])}")
+        if "naive" in walls and "w2" in walls:
+            print(f"speedup --workers 2 vs naive loop: {walls['naive'] / walls['w2']:.2f} (target >= 1.8)")
+        if "naive" in walls and "w1" in walls:
+            print(f"speedup --workers 1 vs naive loop: {walls['naive'] / walls['w1']:.2f}")
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            shutil.rmtree(work / "naive", ignore_errors=True)
+
+
+def _settle() -> None:
+    """Flush dirty pages so one run's writes are not paid for by the next."""
+    os.sync()
+    time.sleep(2)
+
+
+def _cpu_name() -> str:
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu ?"
 
 
 if __name__ == "__main__":

@@ -235,7 +235,35 @@ def geodesic_areas_m2(geoms: Any, crs: Any) -> np.ndarray:
 
         ll = shapely.transform(arr, _fn)
     ll = shapely.orient_polygons(ll)  # exterior CCW, holes CW: pyproj sums signed ring areas
-    return np.array([abs(float(_GEOD.geometry_area_perimeter(g)[0])) for g in ll])
+    return _geodesic_ring_areas(ll)
+
+
+def _geodesic_ring_areas(ll: np.ndarray) -> np.ndarray:
+    """``abs(Geod.geometry_area_perimeter(g)[0])`` for oriented lon/lat geometries, bit for bit.
+
+    Polygons take the same per-ring sums pyproj does (exterior, then each hole in order) from one
+    bulk coordinate fetch, skipping its per-object shapely ``.xy`` round trips (~20x less Python);
+    other geometry types go through pyproj itself.
+    """
+    out = np.empty(len(ll))
+    is_poly = shapely.get_type_id(ll) == shapely.GeometryType.POLYGON
+    other = np.flatnonzero(~is_poly)
+    for i in other.tolist():
+        out[i] = abs(float(_GEOD.geometry_area_perimeter(ll[i])[0]))
+    polys = np.flatnonzero(is_poly)
+    if len(polys) == 0:
+        return out
+    rings, owner = shapely.get_rings(ll[polys], return_index=True)
+    xy = shapely.get_coordinates(rings)
+    lon, lat = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
+    stops = np.cumsum(shapely.get_num_coordinates(rings)).tolist()
+    starts = [0, *stops[:-1]]
+    ring_area = _GEOD._polygon_area_perimeter  # (lons, lats, radians) -> (area, perimeter); copies its inputs
+    totals = [0.0] * len(polys)
+    for o, a, b in zip(owner.tolist(), starts, stops, strict=True):
+        totals[o] += ring_area(lon[a:b].copy(), lat[a:b].copy(), False)[0]
+    out[polys] = np.abs(np.array(totals, dtype=np.float64))
+    return out
 
 
 LOCAL_AREA_MAX_SIZE_X_DIST_M2 = 1e8  # size (m) x distance from the origin (m) below which local_areas_m2 is planar

@@ -4,6 +4,11 @@ The one executor of every stage that fans out (tile, predict), so ``--workers`` 
 mean the same everywhere: ``workers <= 1`` (and no scheduler) runs in-process, no dask;
 ``workers = N > 1`` starts a local ``dask.distributed`` cluster of N single-thread workers;
 ``scheduler = ADDRESS`` sends the tasks to an existing cluster (``workers`` is then ignored).
+``local="threads"`` runs ``workers = N > 1`` local tasks on a plain thread pool instead of a dask
+cluster (no start-up, no pickling, tasks share the caller's objects: for tasks that spend their time
+in GIL-releasing code); ``local="fork"`` on a pool of N forked processes (POSIX; start-up in
+milliseconds, tasks and results pickled, no GIL shared; the fork happens when the executor is
+entered, so enter it before starting other threads that hold locks, e.g. zarr's I/O loop).
 
 Results are yielded as they complete (``(key, result)`` pairs); callers that need determinism sort
 by key. Tasks must be module-level functions taking one picklable argument, so the same code
@@ -47,6 +52,12 @@ def is_distributed(workers: int, scheduler: str | None) -> bool:
     return scheduler is not None or int(workers) > 1
 
 
+def _mp_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
+
+
 def no_workers_timeout() -> float:
     """:data:`NO_WORKERS_TIMEOUT_S`, or ``GEOSEG_NO_WORKERS_TIMEOUT`` (seconds) when set."""
     env = os.environ.get("GEOSEG_NO_WORKERS_TIMEOUT")
@@ -75,10 +86,16 @@ class Executor:
         processes: bool = True,
         what: str = "task",
         resumable: bool = False,
+        local: str | None = None,
     ) -> None:
         self.workers = max(1, int(workers))
         self.scheduler = scheduler
         self.processes = processes
+        use = local if scheduler is None and not processes and self.workers > 1 else None
+        if use == "fork" and "fork" not in _mp_methods():
+            use = "threads"  # (Windows) no fork: threads
+        self.local = use
+        self._pool: Any = None
         self.what = what
         self.resumable = resumable
         self.client: Any = None
@@ -87,17 +104,35 @@ class Executor:
 
     @property
     def distributed(self) -> bool:
+        """Whether tasks go through dask (a local pool is not)."""
         return self.client is not None
+
+    @property
+    def parallel(self) -> bool:
+        """Whether tasks may run concurrently (dask or a local pool)."""
+        return self.client is not None or self._pool is not None
 
     @property
     def n_workers(self) -> int:
         """Workers connected now (1 in-process)."""
         if self.client is None:
-            return 1
+            return self.workers if self._pool is not None else 1
         return len(self.client.scheduler_info()["workers"])
 
     def __enter__(self) -> Executor:
         if not is_distributed(self.workers, self.scheduler):
+            return self
+        if self.local == "threads":
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="geoseg-worker")
+            return self
+        if self.local == "fork":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            self._pool.submit(int).result()  # fork the workers now, not at the first task
             return self
         from dask.distributed import Client, LocalCluster
 
@@ -134,6 +169,9 @@ class Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self.client is not None:
             self.client.close()
         if self._cluster is not None:
@@ -157,6 +195,9 @@ class Executor:
         are pending: :class:`ClusterError` (the pending tasks are cancelled).
         """
         pairs = list(items)
+        if self._pool is not None:
+            yield from self._map_pool(fn, pairs)
+            return
         if not self.distributed:
             for key, item in pairs:
                 yield key, fn(item)
@@ -194,6 +235,35 @@ class Executor:
             stop.set()
             for fut in futures:
                 fut.cancel()
+
+    def _map_pool(self, fn: Callable[[T], R], pairs: list[tuple[Any, T]]) -> Iterator[tuple[Any, R]]:
+        """:meth:`map` on the local pool: at most ``2 x workers`` tasks in flight (bounded memory)."""
+        from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+        todo = iter(pairs)
+        running: dict[Future[R], Any] = {}
+        try:
+            while True:
+                while len(running) < 2 * self.workers:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    running[self._pool.submit(fn, nxt[1])] = nxt[0]
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    key = running.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        if isinstance(exc, GeosegError):
+                            raise exc
+                        raise RuntimeError(f"{self.what} failed: {exc!r}") from exc
+                    yield key, fut.result()
+        finally:
+            for fut in running:
+                fut.cancel()
+            wait(running)
 
     def _watch(self, futures: list[Any], limit: float, stop: threading.Event, gone: list[float]) -> None:
         """Poll the worker count; after ``limit`` s with none, record it in ``gone`` and cancel ``futures``

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import shapely
 from rasterio.crs import CRS
 
@@ -18,6 +19,7 @@ POLYGONAL = ("Polygon", "MultiPolygon")
 # GeoPackage 1.2 for every geoseg GPKG output: read without warnings by older GDALs (QGIS 3.22 ships
 # GDAL 3.6; GDAL 3.10 writes 1.4)
 GPKG_OPTIONS = {"VERSION": "1.2"}
+_POLYGONAL_IDS = [int(shapely.GeometryType.POLYGON), int(shapely.GeometryType.MULTIPOLYGON)]
 
 
 def read_vector(path: str | Path, *, what: str = "layer", layer: str | None = None) -> gpd.GeoDataFrame:
@@ -63,7 +65,10 @@ def clean_polygons(gdf: gpd.GeoDataFrame, *, source: str = "layer") -> tuple[gpd
     if n_repaired:
         gdf.loc[invalid, gdf.geometry.name] = shapely.make_valid(gdf.geometry[invalid].values)
     # keep polygonal parts only (make_valid may return GeometryCollections)
-    gdf[gdf.geometry.name] = [_polygonal_part(g) for g in gdf.geometry.values]
+    geoms = np.array(gdf.geometry.values, dtype=object)
+    for i in np.flatnonzero(~np.isin(shapely.get_type_id(geoms), _POLYGONAL_IDS)).tolist():
+        geoms[i] = _polygonal_part(geoms[i])  # (polygons, empty or not, stay as they are)
+    gdf[gdf.geometry.name] = geoms
     vals = gdf.geometry.values
     gdf = gdf[~shapely.is_empty(vals) & ~shapely.is_missing(vals)]  # (GeoSeries.notna() warns on empties)
     gdf = gdf[gdf.geometry.geom_type.isin(POLYGONAL)]

@@ -39,7 +39,6 @@ import shapely
 from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.windows import Window
-from scipy import ndimage
 
 from geoseg.classes import BOUNDARY_NAME, ClassTable
 from geoseg.errors import InputError, LabelsError
@@ -215,12 +214,27 @@ def _dates(gdf: gpd.GeoDataFrame, path: str | Path, *fields: str) -> gpd.pd.Data
     out = {}
     for key, field in zip(("date", "valid_from", "valid_to"), fields, strict=False):
         if field in gdf.columns:
-            vals = gdf[field].tolist()
-            parsed = [parse_date(v, source=f"{path}: field {field!r} row {i}") for i, v in enumerate(vals)]
+            parsed = _parse_dates(gdf[field].tolist(), f"{path}: field {field!r}")
         else:
             parsed = [None] * len(gdf)
         out[key] = gpd.pd.Series(parsed, index=gdf.index, dtype=object)
     return gpd.pd.DataFrame(out)
+
+
+def _parse_dates(vals: list[Any], source: str) -> list[Any]:
+    """:func:`parse_date` of each value, once per distinct value (label dates repeat a lot); an
+    unparsable value raises naming its first row."""
+    seen: dict[Any, Any] = {}
+    out = []
+    for i, v in enumerate(vals):
+        try:
+            d = seen[v]
+        except KeyError:
+            d = seen[v] = parse_date(v, source=f"{source} row {i}")
+        except TypeError:  # unhashable
+            d = parse_date(v, source=f"{source} row {i}")
+        out.append(d)
+    return out
 
 
 def label_validity(
@@ -352,8 +366,8 @@ def burn_mask(
     """The uint8 mask of ``grid`` (any window of a scene): 0 background, class ids, boundary, 255.
 
     Pure and window-local: equals the same rasterization done on the whole scene and cropped.
-    Memory: O(H * W) bytes (plus int32 instance ids on a ``boundary_width``-padded window when the
-    boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
+    Memory: O(H * W) bytes (plus uint16/int32 polygon ids on a ``boundary_width``-padded window when
+    the boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
     Only polygons whose bounding box reaches the window are rasterized.
     """
     h, w = grid.height, grid.width
@@ -361,30 +375,73 @@ def burn_mask(
     if h == 0 or w == 0:
         return out
     pad = boundary_width if boundary_class is not None and boundary_width > 0 else 0
-    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)] if pad else grid
     prep = _prepared(labels)
-    near = _near(prep.bounds, padded.bounds)
-    inside = near & _near(prep.bounds, grid.bounds)
-    inv = np.flatnonzero(inside & ~labels.valid)
-    if len(inv):
-        rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
-    val = np.flatnonzero(inside & labels.valid)
-    if len(val):
-        ids = labels.class_ids.tolist()
-        rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
     if pad and boundary_class is not None:  # pad > 0 implies a boundary class
-        val_pad = np.flatnonzero(near & labels.valid)
-        if len(val_pad):
-            inst = labels.instance.tolist()
-            pairs = [(prep.shapes[i], inst[i]) for i in val_pad]
-            rim, gap = boundary_pixels(grid, pairs, pad)
+        out, inst = _burn_padded(grid, labels, prep, pad)
+        if inst is not None:
+            rim, gap = rim_and_gap(inst, pad)
             out[rim | (gap & (out == 0))] = boundary_class
+    else:
+        inside = _near(prep.bounds, grid.bounds)
+        inv = np.flatnonzero(inside & ~labels.valid)
+        if len(inv):
+            rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
+        val = np.flatnonzero(inside & labels.valid)
+        if len(val):
+            ids = labels.class_ids.tolist()
+            rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
             rasterize(((g, 1) for g in labels.coverage), out=cov, transform=grid.transform)
         out[cov == 0] = IGNORE
     return out
+
+
+def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """One rasterization of the polygons near the ``pad``-padded window in burn order (invalid labels
+    first, then valid ones, file order: later wins): the class mask of ``grid`` and the padded raster
+    of *valid* instance numbers (0 elsewhere; None when no valid polygon is near).
+
+    Burnt value = ``k << bits | code``: ``k`` = 1.. for the valid polygons (0 for invalid ones), ``code``
+    = 1..K for the K classes present, K+1 for ignore; so the class is a mask + 256-entry lookup and
+    the instance a shift, both a few cheap passes (no per-pixel gather over a large table).
+    """
+    h, w = grid.height, grid.width
+    padded = grid[Window(-pad, -pad, w + 2 * pad, h + 2 * pad)]
+    near = _near(prep.bounds, padded.bounds)
+    inv = np.flatnonzero(near & ~labels.valid).tolist()
+    val = np.flatnonzero(near & labels.valid)
+    n_val = len(val)
+    if n_val + len(inv) == 0:
+        return np.zeros((h, w), np.uint8), None
+    cls_val = labels.class_ids[val]
+    present = np.unique(cls_val)
+    ignore_code = len(present) + 1
+    bits = ignore_code.bit_length()
+    codes = (np.searchsorted(present, cls_val) + 1).tolist()
+    dtype = np.uint16 if (n_val + 1) << bits <= np.iinfo(np.uint16).max else np.int32
+    shapes = prep.shapes
+    numbered = [(shapes[i], ignore_code) for i in inv]
+    pairs = zip(val.tolist(), codes, strict=True)
+    numbered += [(shapes[i], k << bits | code) for k, (i, code) in enumerate(pairs, start=1)]
+    burnt = rasterize(numbered, out_shape=padded.shape, transform=padded.transform, dtype=dtype)
+    code = (burnt[pad : pad + h, pad : pad + w] & dtype((1 << bits) - 1)).astype(np.uint8)
+    lut = np.zeros(256, np.uint8)
+    lut[1 : len(present) + 1] = present
+    lut[ignore_code] = IGNORE
+    cv2 = _cv2()
+    out = cv2.LUT(code, lut) if cv2 is not None else lut[code]
+    if n_val == 0:
+        return out, None
+    inst = burnt >> dtype(bits)
+    ids = labels.instance[val]
+    if len(np.unique(ids)) < n_val:  # several polygons of one instance: one number per instance id
+        _, rank = np.unique(ids, return_inverse=True)
+        remap = np.zeros(n_val + 1, dtype)
+        remap[1:] = rank.astype(dtype) + 1
+        inst = remap[inst]
+    return out, inst
 
 
 def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -396,15 +453,94 @@ def boundary_pixels(grid: Grid, shapes: list[tuple[Any, int]], width: int) -> tu
     pad = int(width)
     padded = grid[Window(-pad, -pad, grid.width + 2 * pad, grid.height + 2 * pad)]
     inst = rasterize(shapes, out_shape=padded.shape, transform=padded.transform, dtype="int32")
-    size = 2 * pad + 1
-    hi = ndimage.maximum_filter(inst, size=size, mode="nearest")
-    lo = ndimage.minimum_filter(inst, size=size, mode="nearest")
-    edge = (inst > 0) & ((hi != inst) | (lo != inst))
-    big = np.iinfo(np.int32).max
-    lo_nz = ndimage.minimum_filter(np.where(inst > 0, inst, big), size=size, mode="nearest")
-    gap = (inst == 0) & (hi > 0) & (lo_nz < big) & (hi != lo_nz)
-    crop = (slice(pad, pad + grid.height), slice(pad, pad + grid.width))
-    return edge[crop], gap[crop]
+    return rim_and_gap(inst, pad)
+
+
+def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`boundary_pixels` from a ``r``-padded raster of instance ids (0 = none), shape ``(H + 2r, W + 2r)``.
+
+    rim: ``inst > 0`` and the ``(2r+1)^2`` square around it is not constant (min < max); gap:
+    ``inst == 0`` and the square holds two different ids (min of the ids > 0 < max). The square
+    filters run in strips of :data:`_STRIP_ROWS` rows, skipping rows no label reaches: OpenCV
+    dilate/erode for uint16 ids, shifted-slice numpy maxima/minima otherwise (identical results;
+    every output window lies inside the padded raster, so no border rule enters). Both release
+    the GIL, so thread workers run them in parallel. Memory: O(strip x W) temporaries.
+    """
+    h, w = inst.shape[0] - 2 * r, inst.shape[1] - 2 * r
+    rim = np.zeros((h, w), bool)
+    gap = np.zeros((h, w), bool)
+    labelled_rows = np.flatnonzero(inst.any(axis=1))
+    if len(labelled_rows) == 0:
+        return rim, gap
+    y_lo = max(0, int(labelled_rows[0]) - 2 * r)  # output rows whose square reaches a labelled row
+    y_hi = min(h, int(labelled_rows[-1]) + 1)
+    fast = _cv2() is not None and inst.dtype == np.uint16
+    for y0 in range(y_lo, y_hi, _STRIP_ROWS):
+        y1 = min(y_hi, y0 + _STRIP_ROWS)
+        a = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
+        centre = a[r : r + y1 - y0, r : r + w]
+        if fast:
+            hi, lo, lo_nz1 = _cv2_filters(a, r)
+            rim[y0:y1] = (centre > 0) & (lo < hi)
+            hi -= np.uint16(1)  # ids - 1 (0 wraps to 65535, as in lo_nz1): two ids <=> lo_nz1 < hi - 1
+            gap[y0:y1] = (centre == 0) & (lo_nz1 < hi)
+        else:
+            big = np.iinfo(a.dtype).max
+            hi = _square_filter(a, r, np.maximum)
+            lo = _square_filter(a, r, np.minimum)
+            lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
+            rim[y0:y1] = (centre > 0) & (lo < hi)
+            gap[y0:y1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
+    return rim, gap
+
+
+_STRIP_ROWS = 512  # output rows per boundary filter strip
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv comes with albumentations
+        return None
+    return cv2
+
+
+def _cv2_filters(a: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Square max, min, and min of ``ids - 1`` (0 wraps to 65535, so it never wins unless the square has
+    no id) of uint16 ``a``, cropped by ``r`` on each side (OpenCV dilate / erode)."""
+    cv2 = _cv2()
+    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    crop = (slice(r, a.shape[0] - r), slice(r, a.shape[1] - r))
+    hi = cv2.dilate(a, k, borderType=cv2.BORDER_REPLICATE)[crop]
+    lo = cv2.erode(a, k, borderType=cv2.BORDER_REPLICATE)[crop]
+    lo_nz1 = cv2.erode(a - np.uint16(1), k, borderType=cv2.BORDER_REPLICATE)[crop]
+    return hi, lo, lo_nz1
+
+
+def _square_filter(a: np.ndarray, r: int, op: Any) -> np.ndarray:
+    """``op`` (np.maximum / np.minimum) over ``(2r+1)^2`` squares of ``a``: shape ``(H - 2r, W - 2r)``,
+    output ``[i, j]`` = the square centred at ``a[i + r, j + r]`` (equals scipy.ndimage's filter, cropped)."""
+    return _line_filter(_line_filter(a, r, op, 0), r, op, 1)
+
+
+def _line_filter(a: np.ndarray, r: int, op: Any, axis: int) -> np.ndarray:
+    """``op`` over windows of ``2r+1`` along ``axis`` (valid part only) by doubling: O(log r) passes."""
+    length = 2 * r + 1
+    if length == 1:
+        return a
+
+    def cut(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return x[start:stop] if axis == 0 else x[:, start:stop]
+
+    cur, span = a, 1  # cur[i] = op over a[i : i + span]
+    while span * 2 <= length:
+        n = cur.shape[axis]
+        cur = op(cut(cur, 0, n - span), cut(cur, span, n))
+        span *= 2
+    if span < length:
+        n, k = cur.shape[axis], length - span
+        cur = op(cut(cur, 0, n - k), cut(cur, k, n))
+    return cur
 
 
 @dataclass(frozen=True)

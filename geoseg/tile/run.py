@@ -142,18 +142,20 @@ def run(config: TileConfig) -> TileResult:
 
 def _run(config: TileConfig) -> TileResult:
     """Phases: inputs (all validation) -> plan -> scan -> select -> extract -> index (into a staging dir)."""
+    timer = _Timer()
     inp = _read_inputs(config)
     plan = _plan(config, inp)
-    timer = _Timer()
+    timer.lap("inputs + plan")
     with (
         _gc_frozen(),
         staged_output(config.out) as stage,
-        Executor(config.workers, config.scheduler, processes=config.processes) as ex,
+        Executor(config.workers, config.scheduler, processes=config.processes, local=_local_pool()) as ex,
     ):
-        if not ex.distributed:  # in-process tasks share the rasterization inputs built once per scene
+        if not ex.parallel or ex.local == "threads":  # tasks in this process share the inputs built once per scene
             for sl in inp.per_scene:
                 sl.prepare()
         timer.lap("start-up")
+        _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
         scan = _scan(ex, plan, inp, config.progress)
         timer.lap(f"scan ({plan.n_candidates} tiles)")
         chosen = _select(config, inp, scan)
@@ -576,6 +578,28 @@ def _gc_frozen() -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+def _local_pool() -> str:
+    """How ``--workers N`` runs locally without ``--processes``: ``GEOSEG_TILE_POOL`` = threads (default) or fork."""
+    import os
+
+    v = os.environ.get("GEOSEG_TILE_POOL", "threads")
+    if v not in ("threads", "fork"):
+        raise ConfigError(f"GEOSEG_TILE_POOL={v!r}: give threads or fork")
+    return v
+
+
+def _preload(module: str) -> None:
+    """Import ``module`` in a background thread (imports are serial time otherwise); best effort."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"preload-{module}", daemon=True).start()
 
 
 class _Timer:

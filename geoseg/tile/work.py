@@ -264,49 +264,55 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
             mask_b = burn_mask(task.grid[bound], task.labels, **burn)
             if valid_b is not None:
                 mask_b[~valid_b] = IGNORE
-        same_dtype = np.dtype(task.dtype) == np.dtype(ds.dtypes[0])
         for start, stop in _runs([i for i, _, _ in task.tiles]):
-            imgs = np.empty((stop - start, cnt, t, t), task.dtype)
-            msks = np.empty((stop - start, t, t), np.uint8)
+            m = stop - start
+            imgs = np.empty((m, cnt, t, t), task.dtype)
+            msks = np.empty((m, t, t), np.uint8)
+            valids: list[np.ndarray | None] = []
             for j, k in enumerate(range(start, stop)):
                 _, r, c = task.tiles[k]
                 if dense:
                     sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
-                    data = data_b[(slice(None), *sl)]
-                    valid = None if valid_b is None else valid_b[sl]
+                    imgs[j] = data_b[(slice(None), *sl)]
+                    valids.append(None if valid_b is None else valid_b[sl])
                     msks[j] = mask_b[sl]
                 else:
                     win = Window(c, r, t, t)
-                    data, valid = read_chunk(ds, win)
+                    imgs[j], valid = read_chunk(ds, win)
                     msks[j] = burn_mask(task.grid[win], task.labels, **burn)
                     if valid is not None:
                         msks[j][~valid] = IGNORE
-                imgs[j] = data
-                mask = msks[j]
-                per_class = np.bincount(mask.ravel(), minlength=256)
-                res.class_pixels += per_class
-                res.label_fraction[k] = int(per_class[1:IGNORE].sum()) / npx
-                res.unusable_fraction[k] = int(per_class[IGNORE]) / npx
-                if valid is None or valid.all():
-                    res.nodata_fraction[k] = 0.0
-                    px = (imgs[j] if same_dtype else data).reshape(cnt, -1)  # (C, n valid)
-                else:
-                    res.nodata_fraction[k] = 1.0 - np.count_nonzero(valid) / npx
-                    px = data[:, valid]
-                res.valid_pixels += px.shape[1]
-                if hist_spec:
-                    assert res.hist is not None  # allocated above for histogram dtypes
-                    off, nb = hist_spec
-                    for b in range(cnt):
-                        v = px[b] if off == 0 else px[b].astype(np.int32) - off
-                        res.hist[b] += np.bincount(v, minlength=nb)
-                elif px.shape[1]:
-                    assert res.sums is not None  # allocated above for the other dtypes
-                    pf = px.astype(np.float64)
-                    res.sums[:, 0] += pf.sum(axis=1)
-                    res.sums[:, 1] += (pf * pf).sum(axis=1)
-                    step = max(1, pf.shape[1] // SAMPLE_PER_TILE)
-                    samples.append(pf[:, ::step])
+                    valids.append(valid)
+            # whole-run statistics (vectorised; histograms by OpenCV, which releases the GIL)
+            flat = msks.reshape(m, t * t)
+            res.class_pixels += hist_u8(flat)
+            res.label_fraction[start:stop] = np.count_nonzero((flat - np.uint8(1)) < np.uint8(IGNORE - 1), axis=1) / npx
+            res.unusable_fraction[start:stop] = np.count_nonzero(flat == IGNORE, axis=1) / npx
+            if all(v is None for v in valids):
+                vstack = None
+                res.nodata_fraction[start:stop] = 0.0
+                res.valid_pixels += m * t * t
+            else:
+                vstack = np.stack([np.ones((t, t), bool) if v is None else v for v in valids]).reshape(m, t * t)
+                n_ok = np.count_nonzero(vstack, axis=1)
+                res.nodata_fraction[start:stop] = np.where(n_ok == t * t, 0.0, 1.0 - n_ok / npx)
+                res.valid_pixels += int(n_ok.sum())
+            if hist_spec:
+                assert res.hist is not None  # allocated above for histogram dtypes
+                px_all = imgs.reshape(m, cnt, t * t)
+                for b in range(cnt):
+                    res.hist[b] += band_hist(px_all[:, b], vstack, hist_spec)
+            else:
+                assert res.sums is not None  # allocated above for the other dtypes
+                for j in range(m):  # per tile, in order: float sums and the sample stay bit-identical
+                    v = None if vstack is None else vstack[j].reshape(t, t)
+                    px = imgs[j].reshape(cnt, -1) if v is None or v.all() else imgs[j][:, v]
+                    if px.shape[1]:
+                        pf = px.astype(np.float64)
+                        res.sums[:, 0] += pf.sum(axis=1)
+                        res.sums[:, 1] += (pf * pf).sum(axis=1)
+                        step = max(1, pf.shape[1] // SAMPLE_PER_TILE)
+                        samples.append(pf[:, ::step])
             first = task.tiles[start][0]
             images.write(first, imgs)
             masks.write(first, msks)
@@ -324,6 +330,43 @@ def _runs(index: list[int], longest: int = 32) -> list[tuple[int, int]]:
             out.append((start, k))
             start = k
     return out
+
+
+_CV_EXACT_PX = 2**24  # OpenCV histograms count in float32: exact up to 2^24 pixels a call
+
+
+def hist_u8(rows: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Exact ``(256,)`` int64 histogram of a uint8 ``(n, k)`` array (rows contiguous, any row stride),
+    of the pixels where the bool ``mask`` (same shape) is True. OpenCV's ``calcHist`` (~5x faster than
+    ``np.bincount``, GIL released) in calls of at most 2^24 pixels, so its float32 counts are exact."""
+    n, k = rows.shape
+    per_call = _CV_EXACT_PX // max(1, k)
+    cv2 = _cv2()
+    if cv2 is None or per_call == 0 or rows.strides[1] != 1:
+        sel = rows if mask is None else rows[mask]
+        return np.bincount(sel.ravel(), minlength=256).astype(np.int64)
+    out = np.zeros(256, np.int64)
+    for a in range(0, n, per_call):
+        part = rows[a : a + per_call]
+        mk = None if mask is None else np.ascontiguousarray(mask[a : a + per_call]).view(np.uint8)
+        out += cv2.calcHist([part], [0], mk, [256], [0, 256]).ravel().astype(np.int64)
+    return out
+
+
+def band_hist(px: np.ndarray, valid: np.ndarray | None, spec: tuple[int, int]) -> np.ndarray:
+    """Histogram (``spec`` = (offset, bins), see :data:`HIST_DTYPES`) of ``(n, k)`` band values where ``valid``."""
+    off, nb = spec
+    if px.dtype == np.uint8:
+        return hist_u8(px, valid)
+    sel = px if valid is None else px[valid]
+    v = sel.ravel() if off == 0 else sel.ravel().astype(np.int32) - off
+    return np.bincount(v, minlength=nb)
+
+
+def _cv2() -> Any:
+    from geoseg.tile.labels import _cv2 as cv
+
+    return cv()
 
 
 class ChunkWriter:

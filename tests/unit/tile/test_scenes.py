@@ -217,6 +217,23 @@ def test_one_and_two_workers_and_scheduler_identical(small_case: dict) -> None:
     _same(one, sch)
 
 
+def test_two_thread_workers_write_the_same_bytes(small_case: dict) -> None:
+    """--workers 2 (thread pool, tasks finishing in any order) writes byte-identical files to --workers 1."""
+    kw = {"tile_size": 16, "val_fraction": 0.3, "val_block_tiles": 4, "negative_ratio": 1.0, "boundary_width": 1}
+    tmp = small_case["tmp"]
+    outs = [_tile(tmp, [small_case["scene"]], small_case["labels"], out=f"b{w}", workers=w, **kw) for w in (1, 2)]
+    files = [{p.relative_to(o): p.read_bytes() for p in (o / "tiles.zarr").rglob("*") if p.is_file()} for o in outs]
+    assert len(files[0]) > 40 and files[0] == files[1]
+    metas = [json.loads((o / "dataset.json").read_text()) for o in outs]
+    assert metas[0].pop("config")["workers"] == 1 and metas[1].pop("config")["workers"] == 2
+    for m in metas:
+        m.pop("created")
+    assert metas[0] == metas[1]
+    idx = [gpd.read_file(o / "tiles.gpkg", layer="tiles") for o in outs]
+    pd.testing.assert_frame_equal(idx[0], idx[1])
+    assert (load_dataset(outs[0])[2] == 3).any()  # the boundary class is in the masks
+
+
 def test_boundary_class_recorded(small_case: dict) -> None:
     out = _tile(small_case["tmp"], [small_case["scene"]], small_case["labels"], boundary_width=1)
     meta = json.loads((out / "dataset.json").read_text())
