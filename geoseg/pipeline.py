@@ -509,8 +509,11 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     for name, st in summary["stages"].items():
         t.add_row(name, "skipped (unchanged)" if st.get("skipped") else "ran", str(st.get("seconds", "")))
     console.print(t)
-    labels = {"evaluate": "model", "baseline": "baseline (pixel colour)"}
-    rows = {labels.get(name, name): e["metrics"] for name, e in (summary.get("evaluations") or {}).items()}
+    evals = summary.get("evaluations") or {}
+    labels = {"baseline": "baseline (pixel colour)"}
+    if sum(e.get("kind") == "evaluate" for e in evals.values()) == 1:
+        labels["evaluate"] = "model"  # one model: "model" vs "baseline"; several: their stage names
+    rows = {labels.get(name, name): e["metrics"] for name, e in evals.items()}
     if rows:
         keys = list(dict.fromkeys(k for r in rows.values() for k in r))
         m = Table(title="held-out evaluation (eval.json)")
