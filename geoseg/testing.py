@@ -243,3 +243,41 @@ def pixel_box_rc(r: int, c: int, h: int, w: int, res: float, crs: Any, origin: t
     """Box of pixels ``[r, r + h) x [c, c + w)`` of a north-up grid at ``origin`` with pixel size ``res``."""
     x0, y0 = origin
     return box(x0 + c * res, y0 - (r + h) * res, x0 + (c + w) * res, y0 - r * res)
+
+
+def write_random_model(
+    path: str | Path,
+    *,
+    in_channels: int = 3,
+    tile_size: int = 64,
+    seed: int = 0,
+    head_gain: float | None = None,
+    mean: float = 100.0,
+    std: float = 50.0,
+    postprocess: dict[str, Any] | None = None,
+) -> Path:
+    """A real, untrained 2-class model directory (Unet + EfficientNet-Lite0, weights seeded by ``seed``)
+    for tests that need a model but no training: classes background / building, 0.5 m, normalisation
+    ``mean``/``std`` on every band. ``head_gain`` scales the segmentation head's weights (e.g. 20: class 1
+    wins in patches, so predictions hold instances); ``postprocess`` is stored as calibrated values."""
+    import torch
+
+    from geoseg.modeldir import build_model, save_model
+
+    torch.manual_seed(seed)
+    net = build_model("unet", "tu-tf_efficientnet_lite0", in_channels, 2)
+    if head_gain is not None:
+        with torch.no_grad():
+            head: Any = net.segmentation_head  # smp's head: a Sequential whose first layer is the conv
+            head[0].weight.mul_(head_gain)
+    cfg: dict[str, Any] = {
+        "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "in_channels": in_channels, "num_classes": 2,
+        "classes": [{"id": 0, "name": "background", "color": "#000000"},
+                    {"id": 1, "name": "building", "color": "#e31a1c"}],
+        "boundary_class": None, "ignore_index": 255, "bands": ["r", "g", "b"][:in_channels],
+        "normalisation": {"mean": [mean] * in_channels, "std": [std] * in_channels}, "tile_size": tile_size,
+        "resolution_m": 0.5, "dataset": "synthetic", "date_range": None,
+    }  # fmt: skip
+    if postprocess is not None:
+        cfg["postprocess"] = postprocess
+    return save_model(Path(path), net, cfg)

@@ -12,37 +12,16 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from geoseg.cli import main
 from geoseg.grid import Grid
-from geoseg.testing import pixel_box, write_labels, write_scene, xy_image
-from geoseg.train.model import build_model, save_model
-
-CLASSES = [
-    {"id": 0, "name": "background", "color": "#000000"},
-    {"id": 1, "name": "building", "color": "#e31a1c"},
-]
-
-
-def _model(path: Path, in_ch: int = 3) -> Path:
-    torch.manual_seed(0)
-    net = build_model("unet", "tu-tf_efficientnet_lite0", in_ch, 2)
-    with torch.no_grad():  # a strong random head: class 1 wins in patches, so there are instances
-        net.segmentation_head[0].weight.mul_(20.0)
-    cfg = {
-        "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "in_channels": in_ch, "num_classes": 2,
-        "classes": CLASSES, "boundary_class": None, "ignore_index": 255, "bands": ["r", "g", "b"][:in_ch],
-        "normalisation": {"mean": [100.0] * in_ch, "std": [50.0] * in_ch}, "tile_size": 64,
-        "resolution_m": 0.5, "dataset": "synthetic", "date_range": None,
-    }  # fmt: skip
-    return save_model(path, net, cfg)
+from geoseg.testing import pixel_box, write_labels, write_random_model, write_scene, xy_image
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("predict_cli")
-    model = _model(tmp / "run" / "model")
+    model = write_random_model(tmp / "run" / "model", head_gain=20.0)
     data = (xy_image(150, 130, 3, "uint16") % 200).astype("uint16")
     scene = tmp / "scene.tif"
     grid = write_scene(scene, data, date=dt.date(2024, 5, 6))

@@ -11,32 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 import geoseg.predict.run
 from geoseg.cli import main
 from geoseg.io.lock import LOCK_NAME
-from geoseg.testing import write_scene, xy_image
-from geoseg.train.model import build_model, save_model
+from geoseg.testing import write_random_model, write_scene, xy_image
 
 pytestmark = pytest.mark.slow
 _WARM = geoseg.predict.run  # imported here: the refusal is timed, not the imports of the in-process run
 
-CLASSES = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "building", "color": "#e31a1c"}]
 
 
-def _model(path: Path) -> Path:
-    torch.manual_seed(0)
-    net = build_model("unet", "tu-tf_efficientnet_lite0", 3, 2)
-    with torch.no_grad():  # a strong random head: class 1 wins in patches, so there are instances
-        net.segmentation_head[0].weight.mul_(20.0)
-    cfg = {
-        "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "in_channels": 3, "num_classes": 2,
-        "classes": CLASSES, "boundary_class": None, "ignore_index": 255, "bands": ["r", "g", "b"],
-        "normalisation": {"mean": [100.0] * 3, "std": [50.0] * 3}, "tile_size": 64,
-        "resolution_m": 0.5, "dataset": "synthetic", "date_range": None,
-    }  # fmt: skip
-    return save_model(path, net, cfg)
 
 
 def _arrays(out: Path) -> dict[str, np.ndarray]:
@@ -48,7 +33,7 @@ def _arrays(out: Path) -> dict[str, np.ndarray]:
 
 
 def test_concurrent_predicts_into_one_out(tmp_path: Path, geoseg_exe: str, capsys: pytest.CaptureFixture[str]) -> None:
-    model = _model(tmp_path / "run" / "model")
+    model = write_random_model(tmp_path / "run" / "model", head_gain=20.0)
     scene = tmp_path / "scene.tif"
     grid = write_scene(scene, (xy_image(384, 384, 3, "uint16") % 200).astype("uint16"), date=dt.date(2024, 5, 6))
     b = grid.bounds

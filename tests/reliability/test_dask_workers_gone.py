@@ -21,27 +21,12 @@ import pytest
 
 from geoseg.errors import ClusterError
 from geoseg.parallel import Executor
-from geoseg.testing import write_scene, xy_image
+from geoseg.testing import write_random_model, write_scene, xy_image
 
 pytestmark = pytest.mark.slow
 DASK = str(Path(sys.executable).parent / "dask")
-CLASSES = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "building", "color": "#e31a1c"}]
 
 
-def _model(path: Path) -> Path:
-    import torch
-
-    from geoseg.modeldir import build_model, save_model
-
-    torch.manual_seed(0)
-    net = build_model("unet", "tu-tf_efficientnet_lite0", 3, 2)
-    cfg = {
-        "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "in_channels": 3, "num_classes": 2,
-        "classes": CLASSES, "boundary_class": None, "ignore_index": 255, "bands": ["r", "g", "b"],
-        "normalisation": {"mean": [100.0] * 3, "std": [50.0] * 3}, "tile_size": 64,
-        "resolution_m": 0.5, "dataset": "synthetic", "date_range": None,
-    }  # fmt: skip
-    return save_model(path, net, cfg)
 
 
 def _free_port() -> int:
@@ -111,7 +96,7 @@ def test_executor_raises_one_line_when_every_worker_is_gone(cluster: _Cluster, m
 def test_predict_cli_exits_with_one_line_when_workers_die_then_resume_works(
     cluster: _Cluster, tmp_path: Path, geoseg_exe: str
 ) -> None:
-    model = _model(tmp_path / "run" / "model")
+    model = write_random_model(tmp_path / "run" / "model")
     scene = tmp_path / "scene.tif"
     grid = write_scene(scene, (xy_image(384, 384, 3, "uint16") % 200).astype("uint16"), date=dt.date(2024, 5, 6))
     b = grid.bounds

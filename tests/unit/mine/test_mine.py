@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-import torch
 from affine import Affine
 from shapely.geometry import box
 
 from geoseg.errors import ConfigError
 from geoseg.mine import MineConfig, compare_objects, inside, rank_cells, review_grid
 from geoseg.qgis import read_gpkg_style
-from geoseg.testing import write_buildings_scene, write_labels
+from geoseg.testing import write_buildings_scene, write_labels, write_random_model
 from geoseg.tile.hardneg import MINED_FIELD, read_hard_negatives
 
 
@@ -98,19 +97,8 @@ def test_config_validation() -> None:
 
 
 def _model(path: Path, tile: int = 64) -> Path:
-    from geoseg.train.model import build_model, save_model
-
-    torch.manual_seed(3)
-    net = build_model("unet", "tu-tf_efficientnet_lite0", 3, 2)
-    cfg = {
-        "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "in_channels": 3, "num_classes": 2,
-        "classes": [{"id": 0, "name": "background", "color": "#000000"},
-                    {"id": 1, "name": "building", "color": "#e31a1c"}],
-        "boundary_class": None, "ignore_index": 255, "bands": ["r", "g", "b"],
-        "normalisation": {"mean": [128.0] * 3, "std": [8.0] * 3}, "tile_size": tile, "resolution_m": 0.5,
-        "dataset": "synthetic", "date_range": None, "postprocess": {"threshold": 0.5, "min_area_m2": 0.5},
-    }  # fmt: skip
-    return save_model(path, net, cfg)
+    return write_random_model(path, tile_size=tile, seed=3, mean=128.0, std=8.0,
+                              postprocess={"threshold": 0.5, "min_area_m2": 0.5})  # fmt: skip
 
 
 def test_mine_run_layers_are_consistent(tmp_path: Path) -> None:
