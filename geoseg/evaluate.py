@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,20 +255,35 @@ def _scores_at(
     res.update(_prf(n_p, n_t, int(p_hit.sum()), int(t_hit.sum())))
     res["tp"] = len(mp)
     res["mean_matched_iou"] = float(mi.mean()) if len(mi) else None
-    if bins is not None and pa_m2 is not None and ta_m2 is not None:
-        by_size = {}
-        for name, lo, hi in _size_bins(bins):
-            ps, ts = (pa_m2 >= lo) & (pa_m2 < hi), (ta_m2 >= lo) & (ta_m2 < hi)
-            d = _prf(int(ps.sum()), int(ts.sum()), int((p_hit & ps).sum()), int((t_hit & ts).sum()))
-            by_size[name] = {"range_m2": [lo, None if math.isinf(hi) else hi], **d}
-        res["by_size"] = by_size
-    if pcls is not None and tcls is not None:
-        res["by_class"] = {
-            str(c): _prf(int((pcls == c).sum()), int((tcls == c).sum()), int((p_hit & (pcls == c)).sum()),
-                         int((t_hit & (tcls == c)).sum()))
-            for c in sorted(set(pcls.tolist()) | set(tcls.tolist()), key=str)
-        }  # fmt: skip
+    res.update(_breakdown(
+        lambda ps, ts: _prf(int(ps.sum()), int(ts.sum()), int((p_hit & ps).sum()), int((t_hit & ts).sum())),
+        pcls, tcls, pa_m2, ta_m2, bins,
+    ))  # fmt: skip
     return res
+
+
+def _breakdown(
+    counts: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
+    pcls: np.ndarray | None,
+    tcls: np.ndarray | None,
+    pa_m2: np.ndarray | None,
+    ta_m2: np.ndarray | None,
+    bins: Sequence[float] | None,
+) -> dict[str, Any]:
+    """``by_size`` (when areas and bins are given) and ``by_class`` (when classes are given): ``counts``
+    applied to the (prediction mask, truth mask) of each size bin and each class."""
+    out: dict[str, Any] = {}
+    if bins is not None and pa_m2 is not None and ta_m2 is not None:
+        out["by_size"] = {
+            name: {"range_m2": [lo, None if math.isinf(hi) else hi],
+                   **counts((pa_m2 >= lo) & (pa_m2 < hi), (ta_m2 >= lo) & (ta_m2 < hi))}
+            for name, lo, hi in _size_bins(bins)
+        }  # fmt: skip
+    if pcls is not None and tcls is not None:
+        out["by_class"] = {
+            str(c): counts(pcls == c, tcls == c) for c in sorted(set(pcls.tolist()) | set(tcls.tolist()), key=str)
+        }
+    return out
 
 
 def object_scores(
@@ -341,17 +356,7 @@ def _merges_splits_from(
     m = merge_split_masks(ov, min_cover)
     n_p, n_t = len(ov.pred_area), len(ov.truth_area)
     res: dict[str, Any] = {"min_cover": float(min_cover), **_ms_counts(m, np.ones(n_p, bool), np.ones(n_t, bool))}
-    if bins is not None and pa_m2 is not None and ta_m2 is not None:
-        res["by_size"] = {
-            name: {"range_m2": [lo, None if math.isinf(hi) else hi],
-                   **_ms_counts(m, (pa_m2 >= lo) & (pa_m2 < hi), (ta_m2 >= lo) & (ta_m2 < hi))}
-            for name, lo, hi in _size_bins(bins)
-        }  # fmt: skip
-    if pcls is not None and tcls is not None:
-        res["by_class"] = {
-            str(c): _ms_counts(m, pcls == c, tcls == c)
-            for c in sorted(set(pcls.tolist()) | set(tcls.tolist()), key=str)
-        }
+    res.update(_breakdown(lambda ps, ts: _ms_counts(m, ps, ts), pcls, tcls, pa_m2, ta_m2, bins))
     return res
 
 
