@@ -53,11 +53,11 @@ from geoseg.errors import (
     InputError,
     InputNotFoundError,
     LabelsError,
-    RasterReadError,
     first_line,
 )
 from geoseg.grid import Grid
 from geoseg.io.output import atomic_path
+from geoseg.io.rasters import open_raster, probability_scale, read_probabilities
 from geoseg.metrics import confusion_matrix, f1, foreground_scores, metrics_from_confusion, ratio
 from geoseg.progress import tqdm
 
@@ -493,7 +493,6 @@ def _eval_windows(
     shapely.prepare(region)
     acc = _Acc(np.zeros((num_classes, num_classes), np.int64))
     if probs is not None and len(sweep):
-        from geoseg.io.rasters import probability_scale
 
         acc.sweep_cm = np.zeros((len(sweep), num_classes, num_classes), np.int64)
         scale = probability_scale(probs)
@@ -525,7 +524,6 @@ def _eval_windows(
         tru = np.where(valid, tru, IGNORE).astype(np.uint8)
         acc.cm += confusion_matrix(pred, tru, num_classes, IGNORE)
         if acc.sweep_cm is not None:
-            from geoseg.io.rasters import read_probabilities
 
             pdata, pvalid = read_probabilities(probs, w)
             keep = valid & pvalid
@@ -716,10 +714,7 @@ def _open_probabilities(classes_tif: Path, ds: rasterio.DatasetReader) -> raster
     path = classes_tif.parent / "probabilities.tif"
     if not path.exists():
         raise InputNotFoundError(f"{path}: --sweep needs the prediction's probabilities.tif next to {classes_tif.name}")
-    try:
-        pds = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{path}: not a readable raster ({first_line(e)})") from None
+    pds = open_raster(path)
     if (pds.width, pds.height) != (ds.width, ds.height) or not pds.transform.almost_equals(ds.transform):
         pds.close()
         raise InputError(f"{path}: not on the grid of {classes_tif} (size or transform differ)")
@@ -912,11 +907,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     err_path = Path(config.error_map) if config.error_map else out.with_name(f"{out.stem}_errors.gpkg")
     sweep_thr = tuple(config.sweep_thresholds or default_sweep_thresholds()) if config.sweep else ()
 
-    try:
-        ds = rasterio.open(classes_tif)
-    except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{classes_tif}: not a readable raster ({first_line(e)})") from None
-    with ds:
+    with open_raster(classes_tif, what="prediction") as ds:  # its existence was checked up front
         pds = _open_probabilities(classes_tif, ds) if sweep_thr else None
         try:
             crs = ds.crs

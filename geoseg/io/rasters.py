@@ -148,11 +148,12 @@ def _default_asset(assets: dict[str, Any]) -> Any:
     return None
 
 
-def open_raster(path: str | Path) -> rasterio.DatasetReader:
-    """Open a raster with one-line errors for missing or unreadable files (HTTP failures included)."""
+def open_raster(path: str | Path, what: str = "scene") -> rasterio.DatasetReader:
+    """Open a raster with one-line errors for missing (``PATH: <what> not found``) or unreadable files
+    (HTTP failures included)."""
     p = Path(path)
     if not is_remote(path) and not p.exists():
-        raise InputNotFoundError(f"{path}: scene not found")
+        raise InputNotFoundError(f"{path}: {what} not found")
     try:
         return rasterio.open(path)
     except RasterioIOError as e:

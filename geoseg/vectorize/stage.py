@@ -19,7 +19,7 @@ from geoseg.classes import ClassesLike, ClassTable, as_class_dicts
 from geoseg.config import StageConfig
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
 from geoseg.io.output import atomic_path
-from geoseg.io.rasters import probability_scale
+from geoseg.io.rasters import open_raster, probability_scale
 from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.progress import tqdm
 from geoseg.vectorize.blocks import BlockPlan, vectorize_block
@@ -80,13 +80,7 @@ def vectorize_prediction(
     if not fg:
         raise ConfigError(f"{probabilities}: no foreground class among {sorted(names.values())}")
     reg_ids = regularize_class_ids(regularize, classes, boundary_class, what=str(probabilities))
-    if not probabilities.exists():
-        raise InputNotFoundError(f"{probabilities}: probabilities raster not found")
-    try:
-        ds = rasterio.open(probabilities)
-    except rasterio.errors.RasterioIOError as e:
-        raise RasterReadError(f"{probabilities}: not a readable raster ({first_line(e)})") from None
-    with ds:
+    with open_raster(probabilities, what="probabilities raster") as ds:
         if ds.count < max(ids) + 1:
             raise ConfigError(f"{probabilities}: {ds.count} bands but class ids go up to {max(ids)}")
         scale = probability_scale(ds)
