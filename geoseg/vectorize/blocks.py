@@ -4,24 +4,21 @@ overlaps later neighbours need (see :mod:`geoseg.vectorize`)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
-import rasterio.features
-import shapely
-from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.instances import BlockLabels, label_instances
 from geoseg.io.rasters import read_probabilities
+from geoseg.polygonize import label_polygons
 from geoseg.vectorize.objects import FLOAT_UNIT
 from geoseg.vectorize.stream import Pending, Stream
 
-__all__ = ["BlockPlan", "polygons_px", "vectorize_block"]
+__all__ = ["BlockPlan", "LabelledBlock", "label_block", "merge_block", "read_block"]
 
 
 @dataclass(frozen=True)
@@ -79,29 +76,6 @@ def _sub(arr: np.ndarray, outer: Window, inner: Window) -> np.ndarray:
     return arr[r : r + int(inner.height), c : c + int(inner.width)]
 
 
-def polygons_px(lid: np.ndarray, mask: np.ndarray, col_off: int, row_off: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, polygons)`` of the 4-connected regions of ``lid`` under ``mask`` (GDAL polygonize),
-    in global pixel coordinates (integers), built into shapely in one vectorised call."""
-    vals: list[int] = []
-    coords: list[tuple[float, float]] = []
-    ring_off, poly_off = [0], [0]
-    shift = Affine.translation(col_off, row_off)
-    for geom, val in rasterio.features.shapes(lid, mask=mask, connectivity=4, transform=shift):
-        vals.append(int(val))
-        for ring in geom["coordinates"]:
-            coords.extend(ring)
-            ring_off.append(len(coords))
-        poly_off.append(len(ring_off) - 1)
-    if not vals:
-        return np.zeros(0, np.int64), np.zeros(0, dtype=object)
-    xy = np.fromiter(itertools.chain.from_iterable(coords), np.float64, count=2 * len(coords)).reshape(-1, 2)
-    geoms = shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, xy,
-        (np.asarray(ring_off, np.int64), np.asarray(poly_off, np.int64)),
-    )  # fmt: skip
-    return np.asarray(vals, np.int64), geoms
-
-
 def _scores(lab: BlockLabels, inner: np.ndarray, m: np.ndarray, pin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(sums, counts)`` per local id ``0..n`` of the instance's class probability over ``inner``
     (``pin``: the (C, h, w) probabilities of the block interior, ``m``: ``inner > 0``).
@@ -138,26 +112,57 @@ def _unions(stream: Stream, region: np.ndarray, marker: np.ndarray, ext: Window,
             stream.edges.append(np.stack([key >> 32, key & 0xFFFFFFFF]))
 
 
-def vectorize_block(
-    ds: rasterio.DatasetReader, plan: BlockPlan, r: int, c: int, win: Window, pending: dict[tuple[int, int], Pending],
-    stream: Stream,
-) -> None:  # fmt: skip
-    """Label one haloed block, record its unions with earlier neighbours and its overlaps with later
-    ones (in ``pending``), and add its interior polygons and scores to ``stream``."""
-    ext = plan.haloed(win)
-    data, valid = read_probabilities(ds, ext)
+@dataclass
+class LabelledBlock:
+    """One block labelled and polygonized (ids local to the block, ``1..lab.n``): the part of the
+    block step that needs no other block, so blocks can be labelled in parallel."""
+
+    r: int
+    c: int
+    win: Window
+    ext: Window
+    lab: BlockLabels
+    sums: np.ndarray  # (lab.n,) exact score sums of the interior (see _scores)
+    cnts: np.ndarray  # (lab.n,) interior pixel counts
+    vals: np.ndarray  # local id of each interior polygon
+    geoms: np.ndarray  # interior polygons, global pixel coordinates
+
+
+def label_block(
+    plan: BlockPlan, r: int, c: int, win: Window, ext: Window, data: np.ndarray, valid: np.ndarray
+) -> LabelledBlock:
+    """Label the haloed block ``ext`` (``data``: its (C, h, w) probabilities, ``valid``: its mask),
+    score its interior ``win`` and polygonize it. Pure: numpy, scipy and shapely only, most of it
+    outside the GIL, so several blocks can run on threads."""
     lab = label_instances(data, valid, fg_classes=plan.fg, boundary_class=plan.boundary_class,
                           threshold=plan.thr_raw, core_boundary_max=plan.core_raw)  # fmt: skip
-    region, marker = lab.region, lab.marker
-    inner = _sub(region, ext, win)
+    inner = _sub(lab.region, ext, win)
     m = inner > 0
     r0, c0 = int(win.row_off - ext.row_off), int(win.col_off - ext.col_off)
     sums, cnts = _scores(lab, inner, m, data[:, r0 : r0 + int(win.height), c0 : c0 + int(win.width)])
-    off = stream.add_block(lab.classes, lab.fallback, sums[1:], cnts[1:])
     if lab.n:  # polygons of the interior, in global pixel coordinates
-        vals, geoms = polygons_px(inner, m, int(win.col_off), int(win.row_off))
-        stream.part_node.append(vals + off)
-        stream.part_geom.append(geoms)
+        vals, geoms = label_polygons(inner, int(win.col_off), int(win.row_off))
+    else:
+        vals, geoms = np.zeros(0, np.int64), np.zeros(0, dtype=object)
+    return LabelledBlock(r, c, win, ext, lab, sums[1:], cnts[1:], vals, geoms)
+
+
+def read_block(ds: rasterio.DatasetReader, plan: BlockPlan, win: Window) -> tuple[Window, np.ndarray, np.ndarray]:
+    """``(haloed window, probabilities, valid mask)`` of block ``win`` (one windowed read)."""
+    ext = plan.haloed(win)
+    data, valid = read_probabilities(ds, ext)
+    return ext, data, valid
+
+
+def merge_block(plan: BlockPlan, lb: LabelledBlock, pending: dict[tuple[int, int], Pending], stream: Stream) -> None:
+    """Add a labelled block to ``stream`` (blocks in row order): its nodes, polygons and scores, its
+    unions with earlier neighbours, and its overlaps with later ones (kept in ``pending``)."""
+    lab, ext, r, c = lb.lab, lb.ext, lb.r, lb.c
+    off = stream.add_block(lab.classes, lab.fallback, lb.sums, lb.cnts)
+    if len(lb.vals):
+        stream.part_node.append(lb.vals + off)
+        stream.part_geom.append(lb.geoms)
+    region, marker = lab.region, lab.marker
     region[region > 0] += off
     marker[marker > 0] += off
     _unions(stream, region, marker, ext, pending.pop((r, c), []))

@@ -15,7 +15,7 @@ from pyproj import CRS as ProjCRS
 from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 
-from geoseg.grid import geodesic_areas_m2, local_areas_m2
+from geoseg.grid import geodesic_areas_m2, pixel_areas_m2
 
 __all__ = ["Objects", "Post", "fill_small_holes", "finish_objects", "merge_parts", "pixel_area_m2"]
 
@@ -80,6 +80,7 @@ class Post:
     scene: str
     scene_date: str | None
     score_unit: float  # probability per unit of the (integer) score sums
+    area_step_px: float = 0.5  # finite-difference step of the true areas (geoseg.grid.area_step_px)
 
 
 @dataclass
@@ -121,14 +122,18 @@ class Objects:
         return self.take(np.lexsort(self.key.T[::-1]))
 
 
-def drop_collinear(geoms: np.ndarray) -> np.ndarray:
-    """Pixel-space polygons (axis-parallel edges, integer vertices) without their collinear vertices,
-    in one vectorised pass over the coordinates: ``shapely.simplify(g, 0.0, preserve_topology=True)``
-    of such polygons, whose every kept vertex is a corner. Ring starts are kept (after
-    :func:`shapely.normalize` they are the minimum corner)."""
+def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(polygons, centroids)``: pixel-space polygons (axis-parallel edges, integer vertices) in one
+    canonical form, whatever seams they were merged across, and their (n, 2) centroids.
+
+    Canonical: :func:`shapely.normalize` (rings start at their minimum corner, fixed orientation)
+    without collinear vertices (``shapely.simplify(g, 0.0, preserve_topology=True)`` of such
+    polygons, whose every kept vertex is a corner), in one vectorised pass over the coordinates.
+    Centroids from the exact shoelace sums of the canonical rings (holes included), so identical
+    polygons get bit-identical centroids."""
     if not len(geoms):
-        return geoms
-    _, xy, (ring_off, poly_off) = shapely.to_ragged_array(geoms)
+        return geoms, np.zeros((0, 2))
+    _, xy, (ring_off, poly_off) = shapely.to_ragged_array(shapely.normalize(geoms))
     x, y = xy[:, 0], xy[:, 1]
     keep = np.ones(len(xy), bool)
     keep[1:-1] = ~(((x[:-2] == x[1:-1]) & (x[1:-1] == x[2:])) | ((y[:-2] == y[1:-1]) & (y[1:-1] == y[2:])))
@@ -137,7 +142,23 @@ def drop_collinear(geoms: np.ndarray) -> np.ndarray:
     keep[ring_off[1:] - 1] = True  # closing vertices
     ring_len = np.add.reduceat(keep.astype(np.int64), starts)
     new_off = np.concatenate([[0], np.cumsum(ring_len)])
-    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy[keep], (new_off, poly_off))
+    out = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy[keep], (new_off, poly_off))
+    # moments per ring over its edges (i, i+1) (the closing vertex repeats the first: no wrap needed)
+    x, y = xy[keep, 0], xy[keep, 1]
+    cross = x[:-1] * y[1:] - x[1:] * y[:-1]
+    last = np.zeros(len(x) - 1, bool)
+    last[new_off[1:-1] - 1] = True  # edges from one ring's closing vertex to the next ring's start
+    cross[last] = 0.0
+    edge_ring = np.searchsorted(new_off, np.arange(len(x) - 1), side="right") - 1
+    ring_poly = np.searchsorted(poly_off, np.arange(len(new_off) - 1), side="right") - 1
+    owner = ring_poly[edge_ring]
+    n = len(geoms)
+    a2 = np.bincount(owner, weights=cross, minlength=n)
+    mx = np.bincount(owner, weights=(x[:-1] + x[1:]) * cross, minlength=n)
+    my = np.bincount(owner, weights=(y[:-1] + y[1:]) * cross, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cen = np.column_stack([mx / (3 * a2), my / (3 * a2)])
+    return out, cen
 
 
 def union_parts(parts: np.ndarray) -> Any:
@@ -198,7 +219,7 @@ def finish_objects(post: Post, objs: Objects, *, regular: bool) -> Objects:
     if not len(objs):
         return objs
     # canonical rings (start at the min corner, no collinear seam vertices): independent of the seams
-    g = drop_collinear(shapely.normalize(objs.geoms))
+    g, centre = canonical_pixel_polygons(objs.geoms)
     if regular:
         g = regularize_pixels(g, post.transform, post.crs, post.centre)
     elif post.simplify_px > 0:
@@ -208,8 +229,8 @@ def finish_objects(post: Post, objs: Objects, *, regular: bool) -> Objects:
     def _geo(xy: np.ndarray) -> np.ndarray:
         return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
 
+    areas = pixel_areas_m2(g, centre, t, post.crs, post.origin, post.area_step_px)
     g = shapely.orient_polygons(shapely.transform(g, _geo))
-    areas = local_areas_m2(g, post.crs, post.origin)
     out = Objects(g, objs.cls, objs.score, objs.key, areas)
     return out.take(areas >= post.min_area_m2)
 

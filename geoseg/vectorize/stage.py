@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import defaultdict
+import os
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,12 @@ from rasterio.crs import CRS
 from geoseg.classes import ClassesLike, ClassTable, as_class_dicts
 from geoseg.config import StageConfig
 from geoseg.errors import ConfigError, GeosegError, InputNotFoundError, RasterReadError, first_line
+from geoseg.grid import area_step_px
 from geoseg.io.output import atomic_path
 from geoseg.io.rasters import open_raster, probability_scale
 from geoseg.postprocess import PostProcess, resolve_postprocess
 from geoseg.progress import tqdm
-from geoseg.vectorize.blocks import BlockPlan, vectorize_block
+from geoseg.vectorize.blocks import BlockPlan, LabelledBlock, label_block, merge_block, read_block
 from geoseg.vectorize.metadata import read_prediction_classes
 from geoseg.vectorize.objects import FLOAT_UNIT, REGULARIZE_SHIFT_PX, Post, lonlat, pixel_area_m2
 from geoseg.vectorize.stream import Pending, Stream
@@ -50,6 +53,7 @@ def vectorize_prediction(
     fill_holes_m2: float = 0.0,
     style: bool = True,
     regularize: tuple[str, ...] = (),
+    workers: int | None = None,
 ) -> int:
     """Instances of ``probabilities.tif`` (band i+1 = class id i) -> ``out_gpkg`` layer ``instances``.
 
@@ -65,6 +69,8 @@ def vectorize_prediction(
     unless ``style=False``. Rows are ordered by their bottom pixel row (top of the scene first), then
     class id, left edge, ...: the same for every ``block_size`` (see the module docstring). Returns
     the number of polygons. Memory: independent of the number of polygons, see module docstring.
+    ``workers``: threads labelling blocks (default :func:`default_workers`); the output does not
+    depend on it.
     """
     probabilities, out_gpkg = Path(probabilities), Path(out_gpkg)
     if block_size < 8:
@@ -92,7 +98,7 @@ def vectorize_prediction(
         with atomic_path(out_gpkg, suffix=GPKG_TMP_SUFFIX) as tmp:
             writer = GpkgWriter(tmp, post, classes=classes, style=style)
             stream = Stream(post, writer)
-            _drive(ds, plan, stream)
+            _drive(ds, plan, stream, default_workers() if workers is None else max(1, int(workers)))
             n = writer.commit()
     log.info("%s: %d instance polygons (at most %d objects pending at a block-row end)", out_gpkg, n, stream.peak_state)
     return n
@@ -116,25 +122,59 @@ def _post_for(
         origin=lonlat(crs, transform * (ds.width / 2, ds.height / 2)),
         scene=scene, scene_date=scene_date,
         score_unit=scale if np.issubdtype(np.dtype(ds.dtypes[0]), np.integer) else FLOAT_UNIT,
+        area_step_px=area_step_px(px_m2),
     )  # fmt: skip
 
 
-def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream) -> None:
-    """Every block in row order; the stream finishes objects at the end of each block row."""
+def default_workers() -> int:
+    """Threads for labelling blocks: the CPUs this process may use, at most 4 (each holds one
+    haloed block, ~100 bytes per pixel; more rarely helps, since merging blocks is serial)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on every platform)
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers: int) -> None:
+    """Every block in row order; the stream finishes objects at the end of each block row.
+
+    Blocks are read here (rasterio datasets are not shared between threads) and labelled on
+    ``workers`` threads, at most ``2 * workers`` ahead of the merge, which takes them in row order
+    on this thread: the result does not depend on ``workers``; memory grows by one haloed block
+    per block in flight, never with the scene."""
     pending: dict[tuple[int, int], Pending] = defaultdict(list)
     nbr, nbc, bs = plan.rows, plan.cols, plan.block_size
     # GDAL's block cache need only hold one haloed block row of the raster (it grows to its limit otherwise)
     row_bytes = plan.width * (bs + 2 * plan.halo) * ds.count * np.dtype(ds.dtypes[0]).itemsize
     cache = max(64 * 2**20, 2 * row_bytes)
+    blocks = plan.blocks()
+    ahead = 2 * workers if workers > 1 else 0
     with (
         rasterio.Env(GDAL_CACHEMAX=cache),
+        ThreadPoolExecutor(max(1, workers), thread_name_prefix="vectorize") as pool,
         tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar,
     ):
-        for r, c, win in plan.blocks():
-            vectorize_block(ds, plan, r, c, win, pending, stream)
+        queue: deque[Future[LabelledBlock]] = deque()
+
+        def submit() -> bool:
+            nxt = next(blocks, None)
+            if nxt is None:
+                return False
+            r, c, win = nxt
+            ext, data, valid = read_block(ds, plan, win)
+            queue.append(pool.submit(label_block, plan, r, c, win, ext, data, valid))
+            return True
+
+        while len(queue) <= ahead and submit():
+            pass
+        while queue:
+            lb = queue.popleft().result()
+            submit()
+            merge_block(plan, lb, pending, stream)
             bar.update()
-            if c == nbc - 1:
-                stream.end_row(pending, min((r + 1) * bs, plan.height), last=r == nbr - 1)
+            if lb.c == nbc - 1:
+                stream.end_row(pending, min((lb.r + 1) * bs, plan.height), last=lb.r == nbr - 1)
 
 
 def regularize_class_ids(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
+import pyogrio.raw
+import shapely
 
 from geoseg.classes import ClassesLike
 from geoseg.io.output import atomic_path
@@ -53,30 +54,27 @@ class GpkgWriter:
         self.buf, self.n_buf = [], 0
         if self.created and not len(objs):
             return
-        gdf = self._frame(objs)
-        # through Arrow (pyarrow is a dependency): the same rows, about 25% faster than row by row
-        gdf.to_file(self.path, driver="GPKG", layer=LAYER, engine="pyogrio", geometry_type="Polygon",
-                    dataset_options=GPKG_OPTIONS, append=self.created, use_arrow=True)  # fmt: skip
-        self.created = True
-        self.written += len(gdf)
-
-    def _frame(self, objs: Objects) -> gpd.GeoDataFrame:
+        # numpy columns straight to pyogrio (no GeoDataFrame): WKB from shapely, one append per call
         post, n = self.post, len(objs)
+        name_of = {c: post.names[c] for c in np.unique(objs.cls).tolist()}
         areas = objs.area_m2 if objs.area_m2 is not None else np.zeros(n)
-        gdf = gpd.GeoDataFrame(
-            {
-                "class": pd.Series([post.names[int(c)] for c in objs.cls], dtype=str),
-                "class_id": pd.Series(objs.cls.astype(np.int32), dtype=np.int32),
-                "score": pd.Series(objs.score, dtype=np.float64),
-                "area_m2": pd.Series(areas, dtype=np.float64),
-                "scene": pd.Series([post.scene] * n, dtype=str),
-                "scene_date": pd.Series([post.scene_date or ""] * n, dtype=str),
-            },
-            geometry=gpd.GeoSeries(list(objs.geoms), crs=post.crs.to_wkt() if post.crs else None),
-        )
-        if post.scene_date is None:
-            gdf["scene_date"] = pd.Series([None] * n, dtype=object)
-        return gdf
+        date = post.scene_date or None  # null when the scene has no date
+        fields = ["class", "class_id", "score", "area_m2", "scene", "scene_date"]
+        data = [
+            np.array([name_of[c] for c in objs.cls.tolist()], dtype=object),
+            objs.cls.astype(np.int32),
+            np.asarray(objs.score, np.float64),
+            np.asarray(areas, np.float64),
+            np.full(n, post.scene, dtype=object),
+            np.full(n, date, dtype=object),
+        ]
+        pyogrio.raw.write(
+            self.path, shapely.to_wkb(objs.geoms), data, fields, layer=LAYER, driver="GPKG", geometry_type="Polygon",
+            crs=post.crs.to_wkt() if post.crs else None, dataset_options=None if self.created else GPKG_OPTIONS,
+            append=self.created, nan_as_null=False,
+        )  # fmt: skip
+        self.created = True
+        self.written += n
 
     def commit(self) -> int:
         """Write what is buffered and store the style; returns the number of polygons written."""
