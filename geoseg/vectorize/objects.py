@@ -55,11 +55,11 @@ def pixel_area_m2(crs: Any, transform: Affine, width: int, height: int) -> float
     return float(geodesic_areas_m2([shapely.Polygon(corners)], crs)[0]) / (width * height)
 
 
-def order_keys(geoms_px: np.ndarray, cls: np.ndarray) -> np.ndarray:
-    """(n, 8) sort keys of raw pixel-space objects: bottom edge first (see :func:`vectorize_prediction`)."""
+def order_keys(geoms_px: np.ndarray, cls: np.ndarray, area: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(n, 8) sort keys of canonical pixel-space objects (:func:`canonical_pixel_polygons`, which gives
+    ``area`` and ``centre``): bottom edge first (see :func:`vectorize_prediction`)."""
     b = shapely.bounds(geoms_px)
-    c = shapely.get_coordinates(shapely.centroid(geoms_px))
-    return np.column_stack([b[:, 3], cls, b[:, 0], b[:, 1], b[:, 2], shapely.area(geoms_px), c[:, 0], c[:, 1]])
+    return np.column_stack([b[:, 3], cls, b[:, 0], b[:, 1], b[:, 2], area, centre[:, 0], centre[:, 1]])
 
 
 @dataclass
@@ -122,17 +122,17 @@ class Objects:
         return self.take(np.lexsort(self.key.T[::-1]))
 
 
-def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(polygons, centroids)``: pixel-space polygons (axis-parallel edges, integer vertices) in one
-    canonical form, whatever seams they were merged across, and their (n, 2) centroids.
+def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(polygons, areas, centroids)``: pixel-space polygons (axis-parallel edges, integer vertices)
+    in one canonical form, whatever seams they were merged across, their areas and (n, 2) centroids.
 
     Canonical: :func:`shapely.normalize` (rings start at their minimum corner, fixed orientation)
     without collinear vertices (``shapely.simplify(g, 0.0, preserve_topology=True)`` of such
     polygons, whose every kept vertex is a corner), in one vectorised pass over the coordinates.
-    Centroids from the exact shoelace sums of the canonical rings (holes included), so identical
-    polygons get bit-identical centroids."""
+    Areas and centroids from the shoelace sums of the canonical rings (holes included; exact for
+    areas), so identical polygons get bit-identical values."""
     if not len(geoms):
-        return geoms, np.zeros((0, 2))
+        return geoms, np.zeros(0), np.zeros((0, 2))
     _, xy, (ring_off, poly_off) = shapely.to_ragged_array(shapely.normalize(geoms))
     x, y = xy[:, 0], xy[:, 1]
     keep = np.ones(len(xy), bool)
@@ -158,7 +158,7 @@ def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     my = np.bincount(owner, weights=(y[:-1] + y[1:]) * cross, minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
         cen = np.column_stack([mx / (3 * a2), my / (3 * a2)])
-    return out, cen
+    return out, np.abs(a2) / 2, cen
 
 
 def union_parts(parts: np.ndarray) -> Any:
@@ -187,7 +187,8 @@ def union_parts(parts: np.ndarray) -> Any:
 def merge_parts(
     post: Post, geoms: np.ndarray, comp: np.ndarray, csum: np.ndarray, ccnt: np.ndarray, ccls: np.ndarray
 ) -> Objects:
-    """Union the parts of each finished object; split multi-part results; drop tiny ones; fill holes.
+    """Union the parts of each finished object; split multi-part results; drop tiny ones; fill holes;
+    canonical rings (:func:`canonical_pixel_polygons`) and sort keys (:func:`order_keys`).
 
     ``geoms``: pixel-space parts, ``comp[i]``: the object of part ``i``; ``csum``/``ccnt``/``ccls``:
     score sum, pixel count and class per object id."""
@@ -210,16 +211,17 @@ def merge_parts(
         objs = objs.take(shapely.area(objs.geoms) >= post.min_area_px)
     if len(objs) and post.fill_holes_px > 0:
         objs.geoms = fill_small_holes(objs.geoms, post.fill_holes_px)
-    objs.key = order_keys(objs.geoms, objs.cls) if len(objs) else np.zeros((0, KEY_COLS))
+    objs.geoms, area, centre = canonical_pixel_polygons(objs.geoms)
+    objs.key = order_keys(objs.geoms, objs.cls, area, centre) if len(objs) else np.zeros((0, KEY_COLS))
     return objs
 
 
 def finish_objects(post: Post, objs: Objects, *, regular: bool) -> Objects:
-    """Canonical rings, simplification or regularisation, georeferencing, true areas, the m² filter."""
+    """Simplification or regularisation, georeferencing, true areas, the m² filter (``objs`` from
+    :func:`merge_parts`)."""
     if not len(objs):
         return objs
-    # canonical rings (start at the min corner, no collinear seam vertices): independent of the seams
-    g, centre = canonical_pixel_polygons(objs.geoms)
+    g = objs.geoms  # canonical (merge_parts): independent of the seams
     if regular:
         g = regularize_pixels(g, post.transform, post.crs, post.centre)
     elif post.simplify_px > 0:
@@ -229,7 +231,7 @@ def finish_objects(post: Post, objs: Objects, *, regular: bool) -> Objects:
     def _geo(xy: np.ndarray) -> np.ndarray:
         return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
 
-    areas = pixel_areas_m2(g, centre, t, post.crs, post.origin, post.area_step_px)
+    areas = pixel_areas_m2(g, objs.key[:, 6:8], t, post.crs, post.origin, post.area_step_px)
     g = shapely.orient_polygons(shapely.transform(g, _geo))
     out = Objects(g, objs.cls, objs.score, objs.key, areas)
     return out.take(areas >= post.min_area_m2)
