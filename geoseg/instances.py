@@ -133,30 +133,34 @@ def grow_markers(markers: np.ndarray, domain: np.ndarray, max_iter: int = 100_00
     cost is O(pixels flooded), not O(layers x unlabelled pixels) (thin boundary ribbons far from
     any core used to make that quadratic); the result is the same as checking every pixel.
     """
-    lab = markers.astype(np.int32, copy=True)
-    h, w = lab.shape
-    flat = lab.reshape(-1)  # a view: writes go to lab
-    todo = (domain & (lab == 0)).reshape(-1)
+    h, w = markers.shape
+    ww = w + 2  # a zero border: every pixel has four neighbours, none outside the domain
+    pad = np.zeros((h + 2, ww), np.int32)
+    pad[1:-1, 1:-1] = markers
+    flat = pad.reshape(-1)  # a view: writes go to pad
+    todo = np.zeros((h + 2, ww), bool)
+    np.logical_and(domain, markers == 0, out=todo[1:-1, 1:-1])
+    todo = todo.reshape(-1)
     cand = np.flatnonzero(todo)  # the first layer: every unlabelled domain pixel is a candidate
-    slot = np.zeros(h * w, np.int64)  # scratch for removing duplicate candidates in O(candidates)
+    slot = np.zeros(flat.size, np.int64)  # scratch for removing duplicate candidates in O(candidates)
     for _ in range(max_iter):
         if cand.size == 0:
             break
-        r, c = np.divmod(cand, w)
-        new = np.zeros(cand.size, np.int32)
-        for inside, off in ((r > 0, -w), (c > 0, -1), (c < w - 1, 1), (r < h - 1, w)):  # priority order
-            ok = inside & (new == 0)
-            new[ok] = flat[cand[ok] + off]
+        new = flat[cand - ww]  # priority order: up, left, right, down
+        for off in (-1, 1, ww):
+            nb = flat[cand + off]
+            np.copyto(new, nb, where=new == 0)
         got = new > 0
-        if not got.any():
-            break
         done = cand[got]
+        if done.size == 0:
+            break
         flat[done] = new[got]  # all at once: one geodesic layer per iteration
         todo[done] = False
-        r, c = r[got], c[got]  # next candidates: the unlabelled domain neighbours of this layer
-        nb = np.concatenate([done[r > 0] - w, done[c > 0] - 1, done[c < w - 1] + 1, done[r < h - 1] + w])
+        # next candidates: the unlabelled domain neighbours of this layer
+        nb = np.concatenate([done - ww, done - 1, done + 1, done + ww])
         nb = nb[todo[nb]]
         pos = np.arange(nb.size)
         slot[nb] = pos
         cand = nb[slot[nb] == pos]  # each pixel once (order is irrelevant: a layer is assigned at once)
-    return lab
+    return pad[1:-1, 1:-1].copy()
+
