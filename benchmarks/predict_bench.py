@@ -13,8 +13,10 @@ Prints three ratios, each against a baseline measured in the same run:
     before, between and after the runs, best one) on a 2048² scene (target >= 0.85 on GPU). Best vs
     best because a shared machine's load changes several-fold within seconds.
 (c) ``geoseg.vectorize.vectorize_prediction`` time / ``gdal_polygonize.py -f FlatGeobuf`` on the same
-    mask (target <= 1.5). gdal_polygonize runs in a subprocess; its interpreter+GDAL start-up is
-    measured and subtracted (both figures printed).
+    mask (target <= 1.0), on three 2048² rasters: a smooth random field without and with a boundary
+    class, and the (w) raster (small objects, boundary class); vectorize with its default threads and
+    with one, best of 3 alternating runs each. gdal_polygonize runs in a subprocess; its
+    interpreter+GDAL start-up is measured (the ratio without it is printed too).
 (d) predict throughput per engine (``--engines torch,onnx``: PyTorch eager vs ONNX Runtime, same scene,
     device, batch; the model is exported once with ``geoseg.export.export_onnx`` before the runs;
     best of runs 2-3 per engine, each engine in its own process), printed as windows/s and onnx / torch.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -198,57 +201,78 @@ def run_child(extra: list[str], flag: str = "--child") -> dict:
 
 
 # ------------------------------------------------------------------------------------------ (c)
-def bench_vectorize(tmp: Path, size: int = 2048, *, boundary: bool = False) -> dict | None:
-    """vectorize_prediction vs gdal_polygonize.py on the same objects (a smooth random field; gdal gets the
-    object-pixel mask). With ``boundary``, a third band is a boundary class on the object outlines (as a
-    model trained with ``--boundary-px`` predicts), so vectorize also separates touching instances."""
+def bench_vectorize(tmp: Path, size: int = 2048, *, boundary: bool = False, scene: str = "field",
+                    repeat: int = 3) -> dict | None:  # fmt: skip
+    """vectorize_prediction vs gdal_polygonize.py on the same objects; gdal gets the object-pixel mask.
+
+    ``scene="field"``: a smooth random field; with ``boundary``, a third band is a boundary class on the
+    object outlines (as a model trained with ``--boundary-px`` predicts), so vectorize also separates
+    touching instances. ``scene="worst"``: the (w) raster (one small object every 20 px, boundary class).
+    vectorize runs with 1 thread and with its default thread count, gdal in between, ``repeat`` times
+    alternating; the best time of each is kept (a shared machine's load changes within seconds)."""
     try:
         from geoseg.vectorize import vectorize_prediction
+        from geoseg.vectorize.stage import default_workers
     except ImportError:
         return None
     import rasterio
     from affine import Affine
     from scipy import ndimage
 
-    rng = np.random.default_rng(1)
-    field = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 6)
-    p1 = 1 / (1 + np.exp(-field * 40))
-    probs = np.stack([1 - p1, p1])
-    if boundary:
-        pb = 0.6 * np.exp(-((field * 40 / 2) ** 2))  # high on the outlines (field ~ 0)
-        probs = np.stack([(1 - pb) * (1 - p1), (1 - pb) * p1, pb])
-    q = np.round(probs * 254).astype("uint8")
     prof = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32636", "tiled": True,
             "transform": Affine(0.5, 0, 500_000.0, 0, -0.5, 40_000.0), "compress": "zstd"}  # fmt: skip
-    tag = "b" if boundary else ""
-    prob_tif, mask_tif = tmp / f"vprob{tag}.tif", tmp / f"vmask{tag}.tif"
-    with rasterio.open(prob_tif, "w", count=len(q), dtype="uint8", nodata=255, **prof) as ds:
-        ds.write(q)
-        ds.scales = (1 / 254,) * len(q)
+    tag = "w" if scene == "worst" else ("b" if boundary else "")
+    prob_tif, mask_tif = tmp / f"vprob{tag}_{size}.tif", tmp / f"vmask{tag}_{size}.tif"
+    if scene == "worst":
+        boundary = True
+        write_worst_case(prob_tif, size)
+        with rasterio.open(prob_tif) as ds:
+            q = ds.read()
+    else:
+        rng = np.random.default_rng(1)
+        field = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 6)
+        p1 = 1 / (1 + np.exp(-field * 40))
+        probs = np.stack([1 - p1, p1])
+        if boundary:
+            pb = 0.6 * np.exp(-((field * 40 / 2) ** 2))  # high on the outlines (field ~ 0)
+            probs = np.stack([(1 - pb) * (1 - p1), (1 - pb) * p1, pb])
+        q = np.round(probs * 254).astype("uint8")
+        with rasterio.open(prob_tif, "w", count=len(q), dtype="uint8", nodata=255, **prof) as ds:
+            ds.write(q)
+            ds.scales = (1 / 254,) * len(q)
     mask = ((np.argmax(q, axis=0) == 1) & (q[1] >= 127)).astype("uint8")
     with rasterio.open(mask_tif, "w", count=1, dtype="uint8", nodata=0, **prof) as ds:
         ds.write(mask, 1)
     classes = [{"id": 0, "name": "background", "color": "#000000"}, {"id": 1, "name": "object", "color": "#e31a1c"}]
     if boundary:
         classes.append({"id": 2, "name": "boundary", "color": "#ffff00"})
-    t = time.perf_counter()
-    n_poly = vectorize_prediction(prob_tif, tmp / f"v{tag}.gpkg", classes=classes, threshold=0.5, simplify_px=0.0,
-                                  boundary_class=2 if boundary else None)  # fmt: skip
-    t_vec = time.perf_counter() - t
     gp = shutil.which("gdal_polygonize.py") or "/usr/bin/gdal_polygonize.py"
     py = "/usr/bin/python3"
     t = time.perf_counter()
     subprocess.run([py, "-c", "from osgeo import gdal, ogr"], check=True)
     t_start = time.perf_counter() - t
     fgb = tmp / f"v{tag}.fgb"
-    fgb.unlink(missing_ok=True)  # (GDAL would append to an existing file)
-    t = time.perf_counter()
-    subprocess.run([py, gp, "-q", str(mask_tif), "-mask", str(mask_tif), "-f", "FlatGeobuf", str(fgb)], check=True)
-    t_gdal = time.perf_counter() - t
+    nw = default_workers()
+    best: dict[str, float] = {}
+    n_poly = 0
+    for _ in range(repeat):
+        for w in sorted({1, nw}):
+            t = time.perf_counter()
+            n_poly = vectorize_prediction(prob_tif, tmp / f"v{tag}.gpkg", classes=classes, threshold=0.5,
+                                          simplify_px=0.0, boundary_class=2 if boundary else None,
+                                          workers=w)  # fmt: skip
+            best[f"w{w}"] = min(best.get(f"w{w}", math.inf), time.perf_counter() - t)
+        fgb.unlink(missing_ok=True)  # (GDAL would append to an existing file)
+        t = time.perf_counter()
+        subprocess.run([py, gp, "-q", str(mask_tif), "-mask", str(mask_tif), "-f", "FlatGeobuf", str(fgb)], check=True)
+        best["gdal"] = min(best.get("gdal", math.inf), time.perf_counter() - t)
     import pyogrio
 
     n_gdal = pyogrio.read_info(fgb)["features"]
-    return {"size": size, "vectorize_s": t_vec, "polygons": n_poly, "gdal_s": t_gdal, "gdal_startup_s": t_start,
+    for f in (prob_tif, mask_tif):
+        os.unlink(f)
+    return {"size": size, "scene": scene, "vectorize_s": best[f"w{nw}"], "vectorize_1thread_s": best["w1"],
+            "workers": nw, "polygons": n_poly, "gdal_s": best["gdal"], "gdal_startup_s": t_start,
             "gdal_polygons": n_gdal, "boundary": boundary}  # fmt: skip
 
 
@@ -443,18 +467,21 @@ def main() -> None:
         print(f"(b) predict / bare forward = {pred_tp / fwd:.3f}  (end to end {e2e_tp / fwd:.3f}; "
               f"target >= 0.85 on GPU)", flush=True)  # fmt: skip
 
-    for boundary in (False, True) if "c" not in args.skip else ():
-        v = bench_vectorize(tmp, boundary=boundary)
+    cases = [("field", False), ("field", True), ("worst", True)]
+    for scene, boundary in cases if "c" not in args.skip else ():
+        v = bench_vectorize(tmp, boundary=boundary, scene=scene)
         if v is None:
             print("(c) skipped: geoseg.vectorize is not available in this build")
             break
         net = max(v["gdal_s"] - v["gdal_startup_s"], 1e-6)
         what = "with a boundary class (instance separation)" if boundary else "no boundary class"
-        print(f"(c) {v['size']}² mask, {what}: vectorize_prediction {v['vectorize_s']:.2f}s ({v['polygons']} "
-              f"polygons), gdal_polygonize.py {v['gdal_s']:.2f}s ({v['gdal_polygons']} polygons; start-up "
-              f"{v['gdal_startup_s']:.2f}s)")  # fmt: skip
-        print(f"(c) vectorize / gdal_polygonize = {v['vectorize_s'] / v['gdal_s']:.3f} "
-              f"(start-up excluded {v['vectorize_s'] / net:.3f}; target <= 1.0)")  # fmt: skip
+        print(f"(c) {v['size']}² {scene} raster, {what}: vectorize_prediction {v['vectorize_s']:.2f}s with "
+              f"{v['workers']} threads, {v['vectorize_1thread_s']:.2f}s with 1 ({v['polygons']} polygons), "
+              f"gdal_polygonize.py {v['gdal_s']:.2f}s ({v['gdal_polygons']} polygons; start-up "
+              f"{v['gdal_startup_s']:.2f}s); best of 3 each")  # fmt: skip
+        print(f"(c) vectorize / gdal_polygonize = {v['vectorize_s'] / v['gdal_s']:.3f} (1 thread "
+              f"{v['vectorize_1thread_s'] / v['gdal_s']:.3f}; start-up excluded {v['vectorize_s'] / net:.3f}; "
+              f"target <= 1.0)")  # fmt: skip
     if "d" not in args.skip:
         bench_engines(args, tmp, model, scenes[args.sizes[0]], common)
     if not args.workdir:
