@@ -18,15 +18,22 @@ global with a union-find over the overlaps of neighbouring haloed windows: two m
 a pixel in an overlap are the same connected core (cores are a per-pixel criterion, so this gives
 exactly the global connected components of the cores), and a core-less (fallback) region is
 joined with whatever region its pixels belong to in the neighbour. Each block polygonizes only
-its own interior (``rasterio.features.shapes``, 4-connected, pixel-exact, holes kept) in *global
-pixel coordinates* (integers, exact), and the parts of one global instance are unioned, so an
-object crossing a seam comes out as one polygon whatever the block size.
+its own interior (:func:`geoseg.polygonize.label_polygons`: GDAL's 4-connected, pixel-exact
+polygons, holes kept, computed in numpy) in *global pixel coordinates* (integers, exact), and the
+parts of one global instance are unioned, so an object crossing a seam comes out as one polygon
+whatever the block size.
+
+Threads: labelling and polygonizing a block needs no other block, so blocks are read on the
+calling thread and labelled on ``workers`` threads (numpy/scipy/shapely release the GIL for most
+of it), at most ``workers + 1`` ahead; merging them into the stream stays serial, in row order, so
+the output does not depend on ``workers``.
 
 Streaming: unions are graph edges; at the end of each block row the connected components of the
 nodes so far are the objects. An object none of whose nodes occurs in the overlaps kept for the
 next block row can no longer change: it is merged, post-processed (hole filling, the pixel-space
-min-area pre-filter, canonical rings, simplification or regularisation, georeferencing, true area,
-the m² filter, all per object) and appended to a temporary GeoPackage (one append per block row,
+min-area pre-filter, canonical rings, simplification or regularisation, georeferencing, true area
+(pixel area x the true area of a pixel at the centroid, :func:`geoseg.grid.pixel_areas_m2`), the
+m² filter, all per object) and appended to a temporary GeoPackage (one append per block row,
 then the style and an atomic rename). Only the nodes in those overlaps are kept, renumbered, with
 the score totals and polygon parts of their unfinished objects. Objects of ``regularize`` classes
 wait until every object within reach of the regulariser (``2 x 2 px`` of movement + 1 px) is
@@ -37,11 +44,11 @@ pixel outline (the pixel row its last pixel is on; top of the scene first), then
 top and right edge, pixel area and centroid. An object is written once no unfinished or later
 object can sort before it.
 
-Memory: O(C * (block_size + 2 * halo)^2) for one block, plus O(width * (block_size + halo)) for
-the objects and overlap bands of one block row, plus the objects crossing the next seam, plus
-(only with ``regularize``) clusters of regularised objects closer than ~5 px to each other.
-Independent of the number of objects and of the scene height. GDAL's block cache is limited to
-two haloed block rows of the raster while vectorizing.
+Memory: O(C * (block_size + 2 * halo)^2) per block in flight (``workers + 2`` blocks), plus
+O(width * (block_size + halo)) for the objects and overlap bands of one block row, plus the
+objects crossing the next seam, plus (only with ``regularize``) clusters of regularised objects
+closer than ~5 px to each other. Independent of the number of objects and of the scene height.
+GDAL's block cache is limited to two haloed block rows of the raster while vectorizing.
 
 Modules: :mod:`geoseg.instances` (the pure labelling rule, shared with train/calibrate),
 :mod:`.blocks` (block layout, the per-block step), :mod:`.stream` (the union-find state between

@@ -140,7 +140,7 @@ def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers:
     """Every block in row order; the stream finishes objects at the end of each block row.
 
     Blocks are read here (rasterio datasets are not shared between threads) and labelled on
-    ``workers`` threads, at most ``2 * workers`` ahead of the merge, which takes them in row order
+    ``workers`` threads, at most ``workers + 1`` ahead of the merge, which takes them in row order
     on this thread: the result does not depend on ``workers``; memory grows by one haloed block
     per block in flight, never with the scene."""
     pending: dict[tuple[int, int], Pending] = defaultdict(list)
@@ -149,7 +149,7 @@ def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers:
     row_bytes = plan.width * (bs + 2 * plan.halo) * ds.count * np.dtype(ds.dtypes[0]).itemsize
     cache = max(64 * 2**20, 2 * row_bytes)
     blocks = plan.blocks()
-    ahead = 2 * workers if workers > 1 else 0
+    ahead = workers if workers > 1 else 0
     with (
         rasterio.Env(GDAL_CACHEMAX=cache),
         ThreadPoolExecutor(max(1, workers), thread_name_prefix="vectorize") as pool,

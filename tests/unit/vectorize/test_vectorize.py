@@ -306,3 +306,55 @@ def test_local_areas_match_geodesic_areas():
     assert got[-1] == pytest.approx(
         got[2] - geodesic_areas_m2([shapely.box(590_100, 4_000_100, 590_200, 4_000_300)], crs)[0], rel=1e-6
     )
+
+
+def test_threads_do_not_change_the_output(synth, tmp_path):
+    rng = np.random.default_rng(11)
+    lab = np.zeros((140, 150), np.uint8)
+    for _ in range(60):
+        r, c = rng.integers(0, 130), rng.integers(0, 140)
+        h, w = rng.integers(3, 25), rng.integers(3, 25)
+        lab[r : r + h, c : c + w] = 1
+        lab[r : r + h, c] = 2
+    synth.write_probabilities(tmp_path / "probabilities.tif", synth.probs_from_labels(lab))
+    rows = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}.gpkg"
+        vectorize_prediction(tmp_path / "probabilities.tif", out, classes=synth.CLASSES, boundary_class=2,
+                             block_size=32, workers=workers)  # fmt: skip
+        rows.append(_rows(out))
+    assert len(rows[0]) > 10
+    assert rows[0] == rows[1]
+
+
+@pytest.mark.parametrize("epsg", [32636, 4326, 3857])
+def test_pixel_areas_match_geodesic_areas(epsg):
+    from affine import Affine
+
+    from geoseg.grid import area_step_px, local_areas_m2, pixel_areas_m2
+
+    crs = CRS.from_epsg(epsg)
+    if epsg == 4326:
+        t, origin = Affine(1e-5, 0, 33.0, 0, -1e-5, 60.0), (33.01, 59.99)
+    elif epsg == 3857:
+        t, origin = Affine(0.6, 0, 3_670_000, 0, -0.6, 8_390_000), (33.0, 60.0)
+    else:
+        t, origin = Affine(0.5, 0, 500_000, 0, -0.5, 4_000_000), (33.0, 36.1)
+    # pixel-space polygons: small and mid-sized boxes, one with a hole, one L shape, one too large
+    px = [shapely.box(10, 20, 13, 26), shapely.box(400, 900, 460, 930), shapely.box(5, 5, 3005, 2005)]
+    hole = shapely.box(10, 10, 20, 30).exterior.coords
+    px.append(shapely.Polygon(shapely.box(0, 0, 50, 50).exterior.coords, [hole]))
+    px.append(shapely.Polygon([(100, 100), (140, 100), (140, 110), (110, 110), (110, 150), (100, 150)]))
+    cen = shapely.get_coordinates(shapely.centroid(px))
+    step = area_step_px(float(abs(t.a * t.e)) if epsg != 4326 else 0.6)
+    got = pixel_areas_m2(px, cen, t, crs, origin, step)
+    geo = shapely.transform(np.asarray(px, dtype=object), lambda xy: np.column_stack(t * (xy[:, 0], xy[:, 1])))
+    # truth: the area of the pixels, i.e. of the polygon with edges straight in the raster CRS:
+    # densified edges, every vertex projected to an equal-area plane
+    dense = shapely.segmentize(geo, max_segment_length=abs(t.a) / 4)
+    truth = local_areas_m2(dense, crs, origin)
+    small = np.arange(len(px)) != 2  # (the 3000 x 2000 px box goes through local_areas_m2: ~1e-7)
+    assert got[small] == pytest.approx(truth[small], rel=1e-8)
+    assert got == pytest.approx(truth, rel=1e-7)
+    big = shapely.area(np.asarray(px, dtype=object)) >= 1000  # (geodesic sums of m²: only good to ~1e-6)
+    assert got[big] == pytest.approx(geodesic_areas_m2(dense[big], crs), rel=1e-7)
