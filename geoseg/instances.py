@@ -142,7 +142,8 @@ def grow_markers(markers: np.ndarray, domain: np.ndarray, max_iter: int = 100_00
     np.logical_and(domain, markers == 0, out=todo[1:-1, 1:-1])
     todo = todo.reshape(-1)
     cand = np.flatnonzero(todo)  # the first layer: every unlabelled domain pixel is a candidate
-    slot = np.zeros(flat.size, np.int64)  # scratch for removing duplicate candidates in O(candidates)
+    # scratch for removing duplicate candidates in O(candidates)
+    slot = np.zeros(flat.size, np.int32 if flat.size < 2**31 else np.int64)
     for _ in range(max_iter):
         if cand.size == 0:
             break
@@ -159,7 +160,7 @@ def grow_markers(markers: np.ndarray, domain: np.ndarray, max_iter: int = 100_00
         # next candidates: the unlabelled domain neighbours of this layer
         nb = np.concatenate([done - ww, done - 1, done + 1, done + ww])
         nb = nb[todo[nb]]
-        pos = np.arange(nb.size)
+        pos = np.arange(nb.size, dtype=slot.dtype)
         slot[nb] = pos
         cand = nb[slot[nb] == pos]  # each pixel once (order is irrelevant: a layer is assigned at once)
     return pad[1:-1, 1:-1].copy()

@@ -64,16 +64,19 @@ def label_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> tuple
     np.logical_and(hz, fg[:-1, 1:-1], out=m[W, :-1, 1:-1])  # bottom sides
     np.logical_and(vt, fg[1:-1, 1:], out=m[N, 1:-1, 1:])  # left sides
     dense = np.flatnonzero(m)  # edge ids d * n_px + p, ascending
+    del m, hz, vt, fg
     n = len(dense)
     if n == 0:
         return empty
+    it = np.int32 if 4 * n_px < 2**31 else np.int64  # index dtype: halves the scratch of a block
     e_dir = (dense // n_px).astype(np.int8)
-    e_px = dense - e_dir.astype(np.int64) * n_px
+    e_px = (dense - e_dir.astype(np.int64) * n_px).astype(it)
     start = np.searchsorted(e_dir, np.arange(5))
     ep = [e_px[start[d] : start[d + 1]] for d in range(4)]
     e_val = flat[e_px]
-    lookup = np.empty(4 * n_px, np.int64 if n >= 2**31 else np.int32)
-    lookup[dense] = np.arange(n)
+    lookup = np.empty(4 * n_px, it)
+    lookup[dense] = np.arange(n, dtype=it)
+    del dense
 
     def index(d: int, p: np.ndarray) -> np.ndarray:
         """Compact index of the (existing) edge (d, p)."""
@@ -122,25 +125,27 @@ def label_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> tuple
             a1, a2 = pe[same], partner[same]
             succ[a1], succ[a2] = succ[a2], succ[a1].copy()
             ring = _cycles(succ)
-        pinch[pe[same]] = False
-        pinch[partner[same]] = False
     n_ring = int(ring.max()) + 1
     _, first = np.unique(ring, return_index=True)  # an edge of each ring
     length = np.bincount(ring, minlength=n_ring)
-    root = first[ring]
-    dist = (np.arange(n) != root).astype(np.int64)  # steps to the ring's root along succ
+    del pinch
+    root = first.astype(it)[ring]
+    dist = (np.arange(n, dtype=it) != root).astype(it)  # steps to the ring's root along succ
+    del root
     nxt = succ.copy()
     nxt[first] = first
     for _ in range(int(np.ceil(np.log2(max(int(length.max()), 2))))):
         dist += dist[nxt]
         nxt = nxt[nxt]
+    del nxt
     pos = (length[ring] - dist) % length[ring]
+    del dist
     ring_start = np.concatenate([[0], np.cumsum(length)])
-    order = np.empty(n, np.int64)
-    order[ring_start[ring] + pos] = np.arange(n)
-
-    pred = np.empty(n, np.int64)
-    pred[succ] = np.arange(n)
+    order = np.empty(n, it)
+    order[ring_start[ring] + pos] = np.arange(n, dtype=it)
+    del pos
+    pred = np.empty(n, it)
+    pred[succ] = np.arange(n, dtype=it)
     corner = e_dir[pred] != e_dir  # the edge starts at a corner of its ring
     o = order[corner[order]]  # corner edges, ring by ring, in ring order
     o_ring = ring[o]

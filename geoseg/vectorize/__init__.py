@@ -25,7 +25,7 @@ whatever the block size.
 
 Threads: labelling and polygonizing a block needs no other block, so blocks are read on the
 calling thread and labelled on ``workers`` threads (numpy/scipy/shapely release the GIL for most
-of it), at most ``workers + 1`` ahead; merging them into the stream stays serial, in row order, so
+of it), at most ``workers`` ahead; merging them into the stream stays serial, in row order, so
 the output does not depend on ``workers``.
 
 Streaming: unions are graph edges; at the end of each block row the connected components of the
@@ -44,11 +44,13 @@ pixel outline (the pixel row its last pixel is on; top of the scene first), then
 top and right edge, pixel area and centroid. An object is written once no unfinished or later
 object can sort before it.
 
-Memory: O(C * (block_size + 2 * halo)^2) per block in flight (``workers + 2`` blocks), plus
+Memory: O(C * (block_size + 2 * halo)^2) per block in flight (``workers + 1`` blocks), plus
 O(width * (block_size + halo)) for the objects and overlap bands of one block row, plus the
 objects crossing the next seam, plus (only with ``regularize``) clusters of regularised objects
 closer than ~5 px to each other. Independent of the number of objects and of the scene height.
-GDAL's block cache is limited to two haloed block rows of the raster while vectorizing.
+GDAL's block cache is limited to ``workers + 2`` haloed blocks while vectorizing (the halo rows
+shared with the next block row are decoded again instead of caching a block row). Finished objects
+are merged and post-processed 4096 at a time.
 
 Modules: :mod:`geoseg.instances` (the pure labelling rule, shared with train/calibrate),
 :mod:`.blocks` (block layout, the per-block step), :mod:`.stream` (the union-find state between

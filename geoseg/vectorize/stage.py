@@ -140,16 +140,17 @@ def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers:
     """Every block in row order; the stream finishes objects at the end of each block row.
 
     Blocks are read here (rasterio datasets are not shared between threads) and labelled on
-    ``workers`` threads, at most ``workers + 1`` ahead of the merge, which takes them in row order
+    ``workers`` threads, at most ``workers`` ahead of the merge, which takes them in row order
     on this thread: the result does not depend on ``workers``; memory grows by one haloed block
     per block in flight, never with the scene."""
     pending: dict[tuple[int, int], Pending] = defaultdict(list)
     nbr, nbc, bs = plan.rows, plan.cols, plan.block_size
-    # GDAL's block cache need only hold one haloed block row of the raster (it grows to its limit otherwise)
-    row_bytes = plan.width * (bs + 2 * plan.halo) * ds.count * np.dtype(ds.dtypes[0]).itemsize
-    cache = max(64 * 2**20, 2 * row_bytes)
+    # GDAL's block cache holds the blocks in flight and the halo columns the next block re-reads, never
+    # a block row (width-proportional; the halo rows shared with the next block row are decoded again)
+    block_bytes = (bs + 2 * plan.halo) ** 2 * ds.count * np.dtype(ds.dtypes[0]).itemsize
+    cache = max(32 * 2**20, (workers + 2) * block_bytes)
     blocks = plan.blocks()
-    ahead = workers if workers > 1 else 0
+    ahead = max(0, workers - 1)
     with (
         rasterio.Env(GDAL_CACHEMAX=cache),
         ThreadPoolExecutor(max(1, workers), thread_name_prefix="vectorize") as pool,

@@ -3,6 +3,7 @@ graph edges) and the hand-over of finished objects, in output order, to the writ
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Protocol
 
@@ -74,6 +75,8 @@ class Stream:
     the state never grows with the number of finished objects or the scene height.
     """
 
+    CHUNK = 4096  # finished objects merged and post-processed at a time
+
     def __init__(self, post: Post, writer: Sink) -> None:
         self.post, self.writer = post, writer
         self.cls = Buffer(np.int16, np.zeros(1, np.int16))
@@ -121,13 +124,25 @@ class Stream:
         pgeom = np.concatenate(self.part_geom) if self.part_geom else np.zeros(0, dtype=object)
         pc = lab[pnode]
         fin = ~live[pc]
-        objs = merge_parts(post, pgeom[fin], pc[fin], csum, ccnt, ccls)
         kept_geom, kept_comp = pgeom[~fin], pc[~fin]
+        fgeom, fcomp = pgeom[fin], pc[fin]
+        del pgeom, pc
+        o = np.argsort(fcomp, kind="stable")
+        fgeom, fcomp = fgeom[o], fcomp[o]
+        # finished objects in chunks of CHUNK objects: the transient memory of merging and
+        # post-processing stays bounded however many objects a block row finishes
+        firsts = np.flatnonzero(np.r_[True, fcomp[1:] != fcomp[:-1]]) if len(fcomp) else np.zeros(0, np.int64)
+        cuts = [*firsts[:: self.CHUNK].tolist(), len(fcomp)]
+        done = []
+        for a, b in itertools.pairwise(cuts):
+            objs = merge_parts(post, fgeom[a:b], fcomp[a:b], csum, ccnt, ccls)
+            # regularised classes wait until no unfinished or later object is within reach
+            is_reg = np.isin(objs.cls, sorted(post.regularize)) if post.regularize else np.zeros(len(objs), bool)
+            done.append(finish_objects(post, objs.take(~is_reg), regular=False))
+            self.held = Objects.concat([self.held, objs.take(is_reg)])
+        del fgeom, fcomp
         self._compact(lab, live_nodes, csum, ccnt, kept_geom, kept_comp, arrays)
-        # regularised classes wait until no unfinished or later object is within reach
-        is_reg = np.isin(objs.cls, sorted(post.regularize)) if post.regularize else np.zeros(len(objs), bool)
-        self.ready = Objects.concat([self.ready, finish_objects(post, objs.take(~is_reg), regular=False)])
-        self.held = Objects.concat([self.held, objs.take(is_reg)])
+        self.ready = Objects.concat([self.ready, *done])
         if len(self.held):
             go = self._reg_clusters_done(kept_geom[np.isin(ccls[kept_comp], sorted(post.regularize))], row_stop, last)
             self.ready = Objects.concat([self.ready, finish_objects(post, self.held.take(go).sorted(), regular=True)])
