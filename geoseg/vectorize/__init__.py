@@ -23,9 +23,9 @@ polygons, holes kept, computed in numpy) in *global pixel coordinates* (integers
 parts of one global instance are unioned, so an object crossing a seam comes out as one polygon
 whatever the block size.
 
-Threads: labelling and polygonizing a block needs no other block, so blocks are read on the
-calling thread and labelled on ``workers`` threads (numpy/scipy/shapely release the GIL for most
-of it), at most ``workers`` ahead; merging them into the stream stays serial, in row order, so
+Threads: reading, labelling and polygonizing a block needs no other block, so blocks are read
+and labelled on ``workers`` threads (one dataset handle each; GDAL, numpy, scipy and shapely
+release the GIL for most of it), at most ``workers`` ahead; merging them into the stream stays serial, in row order, so
 the output does not depend on ``workers``.
 
 Streaming: unions are graph edges; at the end of each block row the connected components of the

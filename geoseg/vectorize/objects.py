@@ -149,9 +149,8 @@ def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     last = np.zeros(len(x) - 1, bool)
     last[new_off[1:-1] - 1] = True  # edges from one ring's closing vertex to the next ring's start
     cross[last] = 0.0
-    edge_ring = np.searchsorted(new_off, np.arange(len(x) - 1), side="right") - 1
-    ring_poly = np.searchsorted(poly_off, np.arange(len(new_off) - 1), side="right") - 1
-    owner = ring_poly[edge_ring]
+    ring_poly = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
+    owner = np.repeat(ring_poly, ring_len)[:-1]  # edge i starts at vertex i (the last vertex starts none)
     n = len(geoms)
     a2 = np.bincount(owner, weights=cross, minlength=n)
     mx = np.bincount(owner, weights=(x[:-1] + x[1:]) * cross, minlength=n)

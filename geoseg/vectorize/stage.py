@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from geoseg.classes import ClassesLike, ClassTable, as_class_dicts
 from geoseg.config import StageConfig
@@ -139,10 +141,10 @@ def default_workers() -> int:
 def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers: int) -> None:
     """Every block in row order; the stream finishes objects at the end of each block row.
 
-    Blocks are read here (rasterio datasets are not shared between threads) and labelled on
-    ``workers`` threads, at most ``workers`` ahead of the merge, which takes them in row order
-    on this thread: the result does not depend on ``workers``; memory grows by one haloed block
-    per block in flight, never with the scene."""
+    Blocks are read and labelled on ``workers`` threads (each with its own dataset handle), at
+    most ``workers`` ahead of the merge, which takes them in row order on this thread: the result
+    does not depend on ``workers``; memory grows by one haloed block per block in flight, never
+    with the scene."""
     pending: dict[tuple[int, int], Pending] = defaultdict(list)
     nbr, nbc, bs = plan.rows, plan.cols, plan.block_size
     # GDAL's block cache holds the blocks in flight and the halo columns the next block re-reads, never
@@ -151,31 +153,44 @@ def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers:
     cache = max(32 * 2**20, (workers + 2) * block_bytes)
     blocks = plan.blocks()
     ahead = max(0, workers - 1)
-    with (
-        rasterio.Env(GDAL_CACHEMAX=cache),
-        ThreadPoolExecutor(max(1, workers), thread_name_prefix="vectorize") as pool,
-        tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar,
-    ):
-        queue: deque[Future[LabelledBlock]] = deque()
+    local = threading.local()
+    opened: list[rasterio.DatasetReader] = []
 
-        def submit() -> bool:
-            nxt = next(blocks, None)
-            if nxt is None:
-                return False
-            r, c, win = nxt
-            ext, data, valid = read_block(ds, plan, win)
-            queue.append(pool.submit(label_block, plan, r, c, win, ext, data, valid))
-            return True
+    def task(r: int, c: int, win: Window) -> LabelledBlock:
+        """Read (with this thread's own handle: datasets are not shared between threads) and label."""
+        src = getattr(local, "ds", None)
+        if src is None:
+            src = local.ds = rasterio.open(ds.name)
+            opened.append(src)
+        ext, data, valid = read_block(src, plan, win)
+        return label_block(plan, r, c, win, ext, data, valid)
 
-        while len(queue) <= ahead and submit():
-            pass
-        while queue:
-            lb = queue.popleft().result()
-            submit()
-            merge_block(plan, lb, pending, stream)
-            bar.update()
-            if lb.c == nbc - 1:
-                stream.end_row(pending, min((lb.r + 1) * bs, plan.height), last=lb.r == nbr - 1)
+    try:
+        with (
+            rasterio.Env(GDAL_CACHEMAX=cache),
+            ThreadPoolExecutor(max(1, workers), thread_name_prefix="vectorize") as pool,
+            tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar,
+        ):
+            queue: deque[Future[LabelledBlock]] = deque()
+
+            def submit() -> bool:
+                nxt = next(blocks, None)
+                if nxt is not None:
+                    queue.append(pool.submit(task, *nxt))
+                return nxt is not None
+
+            while len(queue) <= ahead and submit():
+                pass
+            while queue:
+                lb = queue.popleft().result()
+                submit()
+                merge_block(plan, lb, pending, stream)
+                bar.update()
+                if lb.c == nbc - 1:
+                    stream.end_row(pending, min((lb.r + 1) * bs, plan.height), last=lb.r == nbr - 1)
+    finally:
+        for src in opened:
+            src.close()
 
 
 def regularize_class_ids(
