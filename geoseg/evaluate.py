@@ -41,7 +41,6 @@ import numpy as np
 import rasterio
 import rasterio.features
 import shapely
-from affine import Affine
 from rasterio.windows import Window
 from scipy import ndimage as ndi
 
@@ -59,6 +58,7 @@ from geoseg.grid import Grid
 from geoseg.io.output import atomic_path
 from geoseg.io.rasters import open_raster, probability_scale, read_probabilities
 from geoseg.metrics import confusion_matrix, f1, foreground_scores, metrics_from_confusion, ratio
+from geoseg.polygonize import label_polygons
 from geoseg.progress import tqdm
 
 log = logging.getLogger(__name__)
@@ -566,9 +566,7 @@ def valid_area(ds: rasterio.DatasetReader, block: int = 1024) -> Any:
             if m.all():
                 parts.append(shapely.box(c0, r0, c0 + w.width, r0 + w.height))
                 continue
-            shift = Affine.translation(c0, r0)
-            for g, _ in rasterio.features.shapes(m, mask=m.astype(bool), connectivity=4, transform=shift):
-                parts.append(shapely.geometry.shape(g))
+            parts.extend(label_polygons(m, c0, r0)[1].tolist())
     if not parts:
         return shapely.Polygon()
     u = shapely.union_all(parts)
