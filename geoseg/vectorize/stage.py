@@ -158,11 +158,12 @@ def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers:
 
     def task(r: int, c: int, win: Window) -> LabelledBlock:
         """Read (with this thread's own handle: datasets are not shared between threads) and label."""
-        src = getattr(local, "ds", None)
-        if src is None:
-            src = local.ds = rasterio.open(ds.name)
-            opened.append(src)
-        ext, data, valid = read_block(src, plan, win)
+        with rasterio.Env(GDAL_CACHEMAX=cache):  # (rasterio's environment is per thread)
+            src = getattr(local, "ds", None)
+            if src is None:
+                src = local.ds = rasterio.open(ds.name)
+                opened.append(src)
+            ext, data, valid = read_block(src, plan, win)
         return label_block(plan, r, c, win, ext, data, valid)
 
     try:
