@@ -126,7 +126,8 @@ def label_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> tuple
             succ[a1], succ[a2] = succ[a2], succ[a1].copy()
             ring = _cycles(succ)
     n_ring = int(ring.max()) + 1
-    _, first = np.unique(ring, return_index=True)  # an edge of each ring
+    first = np.empty(n_ring, it)  # an edge of each ring (its start: any edge will do)
+    first[ring] = np.arange(n, dtype=it)
     length = np.bincount(ring, minlength=n_ring)
     del pinch
     root = first.astype(it)[ring]
