@@ -19,6 +19,8 @@ pinch, where two pixels of the value meet only at a corner) are rare; they are p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import rasterio.features
 import shapely
@@ -26,26 +28,56 @@ from affine import Affine
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["label_polygons"]
+__all__ = ["PixelPolygons", "canonical_pixel_polygons", "label_polygons", "pixel_polygons", "ring_moments"]
 
 # directions of travel; an edge (d, p) is a side of the (padded, flat) pixel p:
 # E: top side (left to right), S: right side, W: bottom side, N: left side
 E, S, W, N = 0, 1, 2, 3
 
 
+@dataclass
+class PixelPolygons:
+    """Polygons in pixel coordinates with their value, area (px) and (n, 2) centroid (col, row)."""
+
+    values: np.ndarray
+    geoms: np.ndarray
+    area: np.ndarray
+    centre: np.ndarray
+
+    @classmethod
+    def empty(cls) -> PixelPolygons:
+        return cls(np.zeros(0, np.int64), np.zeros(0, dtype=object), np.zeros(0), np.zeros((0, 2)))
+
+    def take(self, sel: np.ndarray | slice) -> PixelPolygons:
+        return PixelPolygons(self.values[sel], self.geoms[sel], self.area[sel], self.centre[sel])
+
+    @staticmethod
+    def concat(parts: list[PixelPolygons]) -> PixelPolygons:
+        parts = [p for p in parts if len(p.values)] or [PixelPolygons.empty()]
+        fields = ("values", "geoms", "area", "centre")
+        return PixelPolygons(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
+
+
 def label_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, polygons)`` of the 4-connected regions of equal non-zero value of the integer image
+    """``(values, polygons)`` of :func:`pixel_polygons`."""
+    p = pixel_polygons(lab, col_off, row_off)
+    return p.values, p.geoms
+
+
+def pixel_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> PixelPolygons:
+    """The 4-connected regions of equal non-zero value of the integer image
     ``lab`` (0 = nothing), in pixel coordinates shifted by ``(col_off, row_off)`` (x = column,
     y = row, integer vertices at pixel corners). One polygon per region, holes kept; the same point
-    sets as GDAL's polygonize (``rasterio.features.shapes``, 4-connected); vertex order and ring
-    start may differ (normalize before comparing). Order of the regions: unspecified.
+    sets as GDAL's polygonize (``rasterio.features.shapes``, 4-connected), corners only, in
+    :func:`shapely.normalize`'s canonical form; with their areas and centroids
+    (:func:`ring_moments`). Order of the regions: unspecified.
 
-    Memory: O(pixels) int64 scratch (about 40 bytes per pixel of ``lab``)."""
+    Memory: O(pixels) scratch (about 30 bytes per pixel of ``lab``)."""
     lab = np.asarray(lab)
     if lab.ndim != 2:
         raise ValueError(f"label image must be 2-D, got shape {lab.shape}")
     h, w = lab.shape
-    empty = (np.zeros(0, np.int64), np.zeros(0, dtype=object))
+    empty = PixelPolygons.empty()
     if h == 0 or w == 0:
         return empty
     L = np.zeros((h + 2, w + 2), lab.dtype if np.issubdtype(lab.dtype, np.integer) else np.int64)
@@ -169,41 +201,89 @@ def label_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> tuple
     bad_val = np.zeros(len(vals_u), bool)
     bad_val[n_outer != 1] = True
     simple = ~bad_val[inv]
-    # ragged arrays: rings of simple values grouped by value, outer ring first, each closed
+    # canonical rings (shapely.normalize's form, so nothing downstream depends on the block layout):
+    # each ring reversed (outer rings clockwise, holes counter-clockwise with y up) and started at
+    # its lowest (x, y) corner; per polygon the outer ring first, then the holes by decreasing
+    # (vertex count, coordinates): GEOS's order. Closed, as ragged arrays of all simple values.
     rsel = np.flatnonzero(simple)
-    rsel = rsel[np.lexsort((~outer[rsel], inv[rsel]))]
-    vals_out: list[np.ndarray] = []
-    geoms_out: list[np.ndarray] = []
+    key = (x - x.min()) * (int(y.max() - y.min()) + 1) + (y - y.min()) if len(x) else x
+    first_c = np.flatnonzero(key == np.repeat(np.minimum.reduceat(key, c_start[:-1]), n_corner))
+    s0 = first_c - c_start[:-1]  # position of each ring's lowest corner (one per ring: rings are simple)
+    k_all = n_corner
+    nxt_c = c_start[:-1] + (s0 - 1) % k_all  # the corner after it, once reversed
+    rsel = rsel[np.lexsort((-y[nxt_c[rsel]], -x[nxt_c[rsel]], -y[first_c[rsel]], -x[first_c[rsel]],
+                            np.where(outer[rsel], 0, -k_all[rsel]), ~outer[rsel], inv[rsel]))]  # fmt: skip
+    res = PixelPolygons.empty()
+    parts = [res]
     if len(rsel):
-        k = n_corner[rsel]
-        cs = c_start[rsel]
-        idx = np.repeat(cs - np.cumsum(np.r_[0, k[:-1]]), k) + np.arange(int(k.sum()))
-        # append each ring's first corner to close it
+        k = k_all[rsel]
         closed_len = k + 1
         off = np.concatenate([[0], np.cumsum(closed_len)])
-        cidx = np.empty(int(off[-1]), np.int64)
-        body = np.ones(int(off[-1]), bool)
-        body[off[1:] - 1] = False
-        cidx[body] = idx
-        cidx[off[1:] - 1] = cs
+        j = np.arange(int(off[-1])) - np.repeat(off[:-1], closed_len)  # 0..k within each ring
+        cidx = np.repeat(c_start[rsel], closed_len) + (np.repeat(s0[rsel], closed_len) - j) % np.repeat(k, closed_len)
         xy = np.column_stack([x[cidx] + col_off, y[cidx] + row_off]).astype(np.float64)
         is_outer = outer[rsel]
         poly_off = np.concatenate([np.flatnonzero(is_outer), [len(rsel)]])
-        vals_out.append(ring_val[rsel][is_outer])
-        geoms_out.append(shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (off, poly_off)))
+        area, centre = ring_moments(xy, off, poly_off)
+        geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (off, poly_off))
+        parts.append(PixelPolygons(ring_val[rsel][is_outer].astype(np.int64), geoms, area, centre))
     if bad_val.any():  # bounding boxes (pixel corners) of the other values, from their rings' corners
         b = [np.minimum.reduceat(x, c_start[:-1]), np.minimum.reduceat(y, c_start[:-1]),
              np.maximum.reduceat(x, c_start[:-1]), np.maximum.reduceat(y, c_start[:-1])]  # fmt: skip
-        for j in np.flatnonzero(bad_val).tolist():
-            rs = inv == j
+        for jv in np.flatnonzero(bad_val).tolist():
+            rs = inv == jv
             x0, y0 = int(b[0][rs].min()), int(b[1][rs].min())
             x1, y1 = int(b[2][rs].max()), int(b[3][rs].max())
-            vals, geoms = _gdal_polygons(lab[y0:y1, x0:x1], int(vals_u[j]), col_off + x0, row_off + y0)
-            vals_out.append(vals)
-            geoms_out.append(geoms)
-    if not vals_out:
-        return empty
-    return np.concatenate(vals_out).astype(np.int64), np.concatenate(geoms_out)
+            parts.append(_gdal_polygons(lab[y0:y1, x0:x1], int(vals_u[jv]), col_off + x0, row_off + y0))
+    return PixelPolygons.concat(parts)
+
+
+def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(polygons, areas, centroids)``: pixel-space polygons (axis-parallel edges, integer vertices)
+    in the canonical form of :func:`pixel_polygons`, whatever seams they were merged across, their
+    areas and (n, 2) centroids (:func:`ring_moments`: identical polygons, identical values).
+
+    Canonical: :func:`shapely.normalize` (rings start at their minimum corner, fixed orientation)
+    without collinear vertices (``shapely.simplify(g, 0.0, preserve_topology=True)`` of such
+    polygons, whose every kept vertex is a corner), in one vectorised pass over the coordinates."""
+    if not len(geoms):
+        return geoms, np.zeros(0), np.zeros((0, 2))
+    _, xy, (ring_off, poly_off) = shapely.to_ragged_array(shapely.normalize(geoms))
+    x, y = xy[:, 0], xy[:, 1]
+    keep = np.ones(len(xy), bool)
+    keep[1:-1] = ~(((x[:-2] == x[1:-1]) & (x[1:-1] == x[2:])) | ((y[:-2] == y[1:-1]) & (y[1:-1] == y[2:])))
+    starts = ring_off[:-1]
+    keep[starts] = True
+    keep[ring_off[1:] - 1] = True  # closing vertices
+    ring_len = np.add.reduceat(keep.astype(np.int64), starts)
+    new_off = np.concatenate([[0], np.cumsum(ring_len)])
+    xy = xy[keep]
+    area, centre = ring_moments(xy, new_off, poly_off)
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (new_off, poly_off)), area, centre
+
+
+def ring_moments(xy: np.ndarray, ring_off: np.ndarray, poly_off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(areas, centroids)`` of polygons given as closed ragged rings (shapely's ragged layout):
+    shoelace sums over every ring, holes included. Computed relative to each polygon's first vertex,
+    so for integer pixel coordinates the sums are exact integers (for objects up to ~10^4 px across)
+    and the same polygon always gets bit-identical values."""
+    n = len(poly_off) - 1
+    if n == 0 or len(xy) < 2:
+        return np.zeros(n), np.zeros((n, 2))
+    ring_len = np.diff(ring_off)
+    ring_poly = np.repeat(np.arange(n), np.diff(poly_off))
+    owner_v = np.repeat(ring_poly, ring_len)
+    o = xy[ring_off[poly_off[:-1]]]  # first vertex of each polygon
+    x, y = xy[:, 0] - o[owner_v, 0], xy[:, 1] - o[owner_v, 1]
+    cross = x[:-1] * y[1:] - x[1:] * y[:-1]
+    cross[ring_off[1:-1] - 1] = 0.0  # (from one ring's closing vertex to the next ring's start)
+    owner = owner_v[:-1]
+    a2 = np.bincount(owner, weights=cross, minlength=n)
+    mx = np.bincount(owner, weights=(x[:-1] + x[1:]) * cross, minlength=n)
+    my = np.bincount(owner, weights=(y[:-1] + y[1:]) * cross, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = np.column_stack([mx / (3 * a2) + o[:, 0], my / (3 * a2) + o[:, 1]])
+    return np.abs(a2) / 2, centre
 
 
 def _cycles(succ: np.ndarray) -> np.ndarray:
@@ -213,10 +293,10 @@ def _cycles(succ: np.ndarray) -> np.ndarray:
     return connected_components(g, directed=True, connection="weak")[1]
 
 
-def _gdal_polygons(lab: np.ndarray, v: int, col_off: int, row_off: int) -> tuple[np.ndarray, np.ndarray]:
+def _gdal_polygons(lab: np.ndarray, v: int, col_off: int, row_off: int) -> PixelPolygons:
     """The regions of value ``v`` in ``lab`` (its bounding box) by ``rasterio.features.shapes``."""
     m = lab == v
     shift = Affine.translation(col_off, row_off)
     found = rasterio.features.shapes(m.astype(np.uint8), mask=m, connectivity=4, transform=shift)
-    geoms = [shapely.geometry.shape(g) for g, _ in found]
-    return np.full(len(geoms), v, np.int64), np.asarray(geoms, dtype=object)
+    geoms, area, centre = canonical_pixel_polygons(np.asarray([shapely.geometry.shape(g) for g, _ in found], object))
+    return PixelPolygons(np.full(len(geoms), v, np.int64), geoms, area, centre)

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from geoseg.instances import BlockLabels, label_instances
 from geoseg.io.rasters import read_probabilities
-from geoseg.polygonize import label_polygons
+from geoseg.polygonize import PixelPolygons, pixel_polygons
 from geoseg.vectorize.objects import FLOAT_UNIT
 from geoseg.vectorize.stream import Pending, Stream
 
@@ -124,8 +124,7 @@ class LabelledBlock:
     lab: BlockLabels
     sums: np.ndarray  # (lab.n,) exact score sums of the interior (see _scores)
     cnts: np.ndarray  # (lab.n,) interior pixel counts
-    vals: np.ndarray  # local id of each interior polygon
-    geoms: np.ndarray  # interior polygons, global pixel coordinates
+    parts: PixelPolygons  # interior polygons (global pixel coordinates), values = local ids
 
 
 def label_block(
@@ -140,11 +139,9 @@ def label_block(
     m = inner > 0
     r0, c0 = int(win.row_off - ext.row_off), int(win.col_off - ext.col_off)
     sums, cnts = _scores(lab, inner, m, data[:, r0 : r0 + int(win.height), c0 : c0 + int(win.width)])
-    if lab.n:  # polygons of the interior, in global pixel coordinates
-        vals, geoms = label_polygons(inner, int(win.col_off), int(win.row_off))
-    else:
-        vals, geoms = np.zeros(0, np.int64), np.zeros(0, dtype=object)
-    return LabelledBlock(r, c, win, ext, lab, sums[1:], cnts[1:], vals, geoms)
+    # polygons of the interior, in global pixel coordinates
+    parts = pixel_polygons(inner, int(win.col_off), int(win.row_off)) if lab.n else PixelPolygons.empty()
+    return LabelledBlock(r, c, win, ext, lab, sums[1:], cnts[1:], parts)
 
 
 def read_block(ds: rasterio.DatasetReader, plan: BlockPlan, win: Window) -> tuple[Window, np.ndarray, np.ndarray]:
@@ -159,9 +156,9 @@ def merge_block(plan: BlockPlan, lb: LabelledBlock, pending: dict[tuple[int, int
     unions with earlier neighbours, and its overlaps with later ones (kept in ``pending``)."""
     lab, ext, r, c = lb.lab, lb.ext, lb.r, lb.c
     off = stream.add_block(lab.classes, lab.fallback, lb.sums, lb.cnts)
-    if len(lb.vals):
-        stream.part_node.append(lb.vals + off)
-        stream.part_geom.append(lb.geoms)
+    if len(lb.parts.values):
+        stream.part_node.append(lb.parts.values + off)
+        stream.parts.append(lb.parts)
     region, marker = lab.region, lab.marker
     region[region > 0] += off
     marker[marker > 0] += off

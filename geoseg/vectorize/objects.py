@@ -16,6 +16,7 @@ from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 
 from geoseg.grid import geodesic_areas_m2, pixel_areas_m2
+from geoseg.polygonize import PixelPolygons, canonical_pixel_polygons
 
 __all__ = ["Objects", "Post", "fill_small_holes", "finish_objects", "merge_parts", "pixel_area_m2"]
 
@@ -122,44 +123,6 @@ class Objects:
         return self.take(np.lexsort(self.key.T[::-1]))
 
 
-def canonical_pixel_polygons(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(polygons, areas, centroids)``: pixel-space polygons (axis-parallel edges, integer vertices)
-    in one canonical form, whatever seams they were merged across, their areas and (n, 2) centroids.
-
-    Canonical: :func:`shapely.normalize` (rings start at their minimum corner, fixed orientation)
-    without collinear vertices (``shapely.simplify(g, 0.0, preserve_topology=True)`` of such
-    polygons, whose every kept vertex is a corner), in one vectorised pass over the coordinates.
-    Areas and centroids from the shoelace sums of the canonical rings (holes included; exact for
-    areas), so identical polygons get bit-identical values."""
-    if not len(geoms):
-        return geoms, np.zeros(0), np.zeros((0, 2))
-    _, xy, (ring_off, poly_off) = shapely.to_ragged_array(shapely.normalize(geoms))
-    x, y = xy[:, 0], xy[:, 1]
-    keep = np.ones(len(xy), bool)
-    keep[1:-1] = ~(((x[:-2] == x[1:-1]) & (x[1:-1] == x[2:])) | ((y[:-2] == y[1:-1]) & (y[1:-1] == y[2:])))
-    starts = ring_off[:-1]
-    keep[starts] = True
-    keep[ring_off[1:] - 1] = True  # closing vertices
-    ring_len = np.add.reduceat(keep.astype(np.int64), starts)
-    new_off = np.concatenate([[0], np.cumsum(ring_len)])
-    out = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy[keep], (new_off, poly_off))
-    # moments per ring over its edges (i, i+1) (the closing vertex repeats the first: no wrap needed)
-    x, y = xy[keep, 0], xy[keep, 1]
-    cross = x[:-1] * y[1:] - x[1:] * y[:-1]
-    last = np.zeros(len(x) - 1, bool)
-    last[new_off[1:-1] - 1] = True  # edges from one ring's closing vertex to the next ring's start
-    cross[last] = 0.0
-    ring_poly = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
-    owner = np.repeat(ring_poly, ring_len)[:-1]  # edge i starts at vertex i (the last vertex starts none)
-    n = len(geoms)
-    a2 = np.bincount(owner, weights=cross, minlength=n)
-    mx = np.bincount(owner, weights=(x[:-1] + x[1:]) * cross, minlength=n)
-    my = np.bincount(owner, weights=(y[:-1] + y[1:]) * cross, minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cen = np.column_stack([mx / (3 * a2), my / (3 * a2)])
-    return out, np.abs(a2) / 2, cen
-
-
 def union_parts(parts: np.ndarray) -> Any:
     """The union of the pixel-space parts of one object, each from the interior of a different block
     or disjoint within one block (so interior-disjoint).
@@ -183,34 +146,45 @@ def union_parts(parts: np.ndarray) -> Any:
     return out
 
 
-def merge_parts(
-    post: Post, geoms: np.ndarray, comp: np.ndarray, csum: np.ndarray, ccnt: np.ndarray, ccls: np.ndarray
-) -> Objects:
+def merge_parts(post: Post, parts: PixelPolygons, comp: np.ndarray, csum: np.ndarray, ccnt: np.ndarray,
+                ccls: np.ndarray) -> Objects:  # fmt: skip
     """Union the parts of each finished object; split multi-part results; drop tiny ones; fill holes;
     canonical rings (:func:`canonical_pixel_polygons`) and sort keys (:func:`order_keys`).
 
-    ``geoms``: pixel-space parts, ``comp[i]``: the object of part ``i``; ``csum``/``ccnt``/``ccls``:
-    score sum, pixel count and class per object id."""
-    if not len(geoms):
+    ``parts``: canonical pixel-space parts with their areas and centroids
+    (:func:`geoseg.polygonize.pixel_polygons`), ``comp[i]``: the object of part ``i``;
+    ``csum``/``ccnt``/``ccls``: score sum, pixel count and class per object id. Objects of one part
+    keep its geometry and moments; only unions and hole-filled polygons are made canonical again."""
+    if not len(comp):
         return Objects.empty()
     o = np.argsort(comp, kind="stable")
-    geoms, comp = geoms[o], comp[o]
+    geoms, comp, area, centre = parts.geoms[o], comp[o], parts.area[o], parts.centre[o]
     starts = np.flatnonzero(np.r_[True, comp[1:] != comp[:-1]])
     ends = np.r_[starts[1:], len(comp)]
     merged = geoms[starts].copy()
-    for i in np.flatnonzero(ends - starts > 1).tolist():
+    multi = np.flatnonzero(ends - starts > 1)
+    for i in multi.tolist():
         merged[i] = union_parts(geoms[starts[i] : ends[i]])
+    redo = np.zeros(len(starts), bool)
+    redo[multi] = True
     oc = comp[starts]
-    parts, idx = shapely.get_parts(merged, return_index=True)  # multi-part only if the halo was too small
-    oc = oc[idx]
+    pg, idx = shapely.get_parts(merged, return_index=True)  # multi-part only if the halo was too small
+    pg = np.asarray(pg, dtype=object)
+    oc, redo, area, centre = oc[idx], redo[idx], area[starts][idx], centre[starts][idx]
+    if redo.any():
+        pg[redo], area[redo], centre[redo] = canonical_pixel_polygons(pg[redo])
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(ccnt[oc] > 0, csum[oc] * post.score_unit / np.maximum(ccnt[oc], 1), np.nan)
-    objs = Objects(np.asarray(parts, dtype=object), ccls[oc].astype(np.int16), score, np.zeros((len(parts), 0)))
+    objs = Objects(pg, ccls[oc].astype(np.int16), score, np.zeros((len(pg), 0)))
     if post.min_area_px > 0:  # cheap pre-filter in pixel space (the exact one, in m², comes later)
-        objs = objs.take(shapely.area(objs.geoms) >= post.min_area_px)
+        keep = area >= post.min_area_px
+        objs, area, centre = objs.take(keep), area[keep], centre[keep]
     if len(objs) and post.fill_holes_px > 0:
-        objs.geoms = fill_small_holes(objs.geoms, post.fill_holes_px)
-    objs.geoms, area, centre = canonical_pixel_polygons(objs.geoms)
+        filled = fill_small_holes(objs.geoms, post.fill_holes_px)
+        changed = np.fromiter((a is not b for a, b in zip(filled, objs.geoms, strict=True)), bool, len(filled))
+        if changed.any():
+            filled[changed], area[changed], centre[changed] = canonical_pixel_polygons(filled[changed])
+        objs.geoms = filled
     objs.key = order_keys(objs.geoms, objs.cls, area, centre) if len(objs) else np.zeros((0, KEY_COLS))
     return objs
 

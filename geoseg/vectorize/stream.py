@@ -13,6 +13,7 @@ from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from geoseg.polygonize import PixelPolygons
 from geoseg.vectorize.objects import Objects, Post, finish_objects, merge_parts
 
 __all__ = ["Buffer", "Pending", "Stream", "components"]
@@ -85,7 +86,7 @@ class Stream:
         self.cnt = Buffer(np.int64, np.zeros(1, np.int64))
         self.edges: list[np.ndarray] = []
         self.part_node: list[np.ndarray] = []
-        self.part_geom: list[np.ndarray] = []
+        self.parts: list[PixelPolygons] = []  # polygon parts (global pixel coordinates) of part_node
         self.held = Objects.empty()  # finished regularised-class objects waiting for their neighbours
         self.ready = Objects.empty()  # post-processed, waiting for their place in the output order
         self.peak_state = 0  # most nodes + parts + held + ready at any row end (for tests / logging)
@@ -121,27 +122,28 @@ class Stream:
         live = np.zeros(ncomp, bool)
         live[lab[live_nodes]] = True
         pnode = np.concatenate(self.part_node) if self.part_node else np.zeros(0, np.int64)
-        pgeom = np.concatenate(self.part_geom) if self.part_geom else np.zeros(0, dtype=object)
+        pparts = PixelPolygons.concat(self.parts)
         pc = lab[pnode]
         fin = ~live[pc]
-        kept_geom, kept_comp = pgeom[~fin], pc[~fin]
-        fgeom, fcomp = pgeom[fin], pc[fin]
-        del pgeom, pc
+        kept, kept_comp = pparts.take(~fin), pc[~fin]
+        kept_geom = kept.geoms
+        fparts, fcomp = pparts.take(fin), pc[fin]
+        del pparts, pc
         o = np.argsort(fcomp, kind="stable")
-        fgeom, fcomp = fgeom[o], fcomp[o]
+        fparts, fcomp = fparts.take(o), fcomp[o]
         # finished objects in chunks of CHUNK objects: the transient memory of merging and
         # post-processing stays bounded however many objects a block row finishes
         firsts = np.flatnonzero(np.r_[True, fcomp[1:] != fcomp[:-1]]) if len(fcomp) else np.zeros(0, np.int64)
         cuts = [*firsts[:: self.CHUNK].tolist(), len(fcomp)]
         done = []
         for a, b in itertools.pairwise(cuts):
-            objs = merge_parts(post, fgeom[a:b], fcomp[a:b], csum, ccnt, ccls)
+            objs = merge_parts(post, fparts.take(slice(a, b)), fcomp[a:b], csum, ccnt, ccls)
             # regularised classes wait until no unfinished or later object is within reach
             is_reg = np.isin(objs.cls, sorted(post.regularize)) if post.regularize else np.zeros(len(objs), bool)
             done.append(finish_objects(post, objs.take(~is_reg), regular=False))
             self.held = Objects.concat([self.held, objs.take(is_reg)])
-        del fgeom, fcomp
-        self._compact(lab, live_nodes, csum, ccnt, kept_geom, kept_comp, arrays)
+        del fparts, fcomp
+        self._compact(lab, live_nodes, csum, ccnt, kept, kept_comp, arrays)
         self.ready = Objects.concat([self.ready, *done])
         if len(self.held):
             go = self._reg_clusters_done(kept_geom[np.isin(ccls[kept_comp], sorted(post.regularize))], row_stop, last)
@@ -151,7 +153,7 @@ class Stream:
         self.peak_state = max(self.peak_state, self.n + len(kept_geom) + len(self.held) + len(self.ready))
 
     def _compact(
-        self, lab: np.ndarray, live_nodes: np.ndarray, csum: np.ndarray, ccnt: np.ndarray, kept_geom: np.ndarray,
+        self, lab: np.ndarray, live_nodes: np.ndarray, csum: np.ndarray, ccnt: np.ndarray, kept: PixelPolygons,
         kept_comp: np.ndarray, arrays: list[np.ndarray],
     ) -> None:  # fmt: skip
         """Keep only the nodes of the overlaps (``live_nodes``, renumbered ``1..m`` in ``arrays`` too);
@@ -169,7 +171,7 @@ class Stream:
         nid = np.arange(1, len(live_nodes) + 1)
         to = rep[lc]
         self.edges = [np.stack([nid[nid != to], to[nid != to]]).astype(np.int64)]
-        self.part_node, self.part_geom = [rep[kept_comp]], [kept_geom]
+        self.part_node, self.parts = [rep[kept_comp]], [kept]
         for a in arrays:
             nz = a > 0
             a[nz] = np.searchsorted(live_nodes, a[nz]) + 1
