@@ -94,12 +94,12 @@ def _scores(lab: BlockLabels, inner: np.ndarray, m: np.ndarray, pin: np.ndarray)
     return np.bincount(lid, weights=fixed, minlength=lab.n + 1), np.bincount(lid, minlength=lab.n + 1)
 
 
-def _unions(stream: Stream, region: np.ndarray, marker: np.ndarray, ext: Window, earlier: Pending) -> None:
-    """Record as graph edges the unions of this block's ids with an earlier neighbour's over the
-    shared part of both haloed windows: shared markers, and core-less regions of the same class."""
+def _unions(stream: Stream, current: Pending, earlier: Pending) -> None:
+    """Record as graph edges the unions of this block's (global) ids with an earlier neighbour's over
+    the shared part of both haloed windows (``current[i]`` and ``earlier[i]``: the same window):
+    shared markers, and core-less regions of the same class."""
     fb_all, cls_all = stream.fb.view(), stream.cls.view()
-    for owin, oreg, omark in earlier:
-        creg, cmark = _sub(region, ext, owin), _sub(marker, ext, owin)
+    for (_, creg, cmark), (_, oreg, omark) in zip(current, earlier, strict=True):
         both_m = (omark > 0) & (cmark > 0)
         pairs = [np.stack([omark[both_m], cmark[both_m]])]
         both = (oreg > 0) & (creg > 0)
@@ -160,13 +160,19 @@ def merge_block(plan: BlockPlan, lb: LabelledBlock, pending: dict[tuple[int, int
         stream.part_node.append(lb.parts.values + off)
         stream.parts.append(lb.parts)
     region, marker = lab.region, lab.marker
-    region[region > 0] += off
-    marker[marker > 0] += off
-    _unions(stream, region, marker, ext, pending.pop((r, c), []))
+
+    def glob(a: np.ndarray, win: Window) -> np.ndarray:
+        """The ids of ``a`` in the overlap ``win``, made global (only overlaps are ever compared)."""
+        out = _sub(a, ext, win).copy()
+        out[out > 0] += off
+        return out
+
+    earlier = pending.pop((r, c), [])
+    _unions(stream, [(w, glob(region, w), glob(marker, w)) for w, _, _ in earlier], earlier)
     for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):  # keep the overlaps with later neighbours
         nr, nc = r + dr, c + dc
         if not (0 <= nr < plan.rows and 0 <= nc < plan.cols):
             continue
         ov = _intersect(ext, plan.haloed(plan.window(nr, nc)))
         if ov is not None:
-            pending[(nr, nc)].append((ov, _sub(region, ext, ov).copy(), _sub(marker, ext, ov).copy()))
+            pending[(nr, nc)].append((ov, glob(region, ov), glob(marker, ov)))
