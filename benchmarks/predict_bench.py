@@ -13,10 +13,11 @@ Prints three ratios, each against a baseline measured in the same run:
     before, between and after the runs, best one) on a 2048² scene (target >= 0.85 on GPU). Best vs
     best because a shared machine's load changes several-fold within seconds.
 (c) ``geoseg.vectorize.vectorize_prediction`` time / ``gdal_polygonize.py -f FlatGeobuf`` on the same
-    mask (target <= 1.0), on three 2048² rasters: a smooth random field without and with a boundary
-    class, and the (w) raster (small objects, boundary class); vectorize with its default threads and
-    with one, best of 3 alternating runs each. gdal_polygonize runs in a subprocess; its
-    interpreter+GDAL start-up is measured (the ratio without it is printed too).
+    mask (target <= 1.0), on three rasters of each ``--vectorize-sizes`` size (default 2048²): a
+    smooth random field without and with a boundary class, and the (w) raster (small objects,
+    boundary class); vectorize with its default threads and with one, best of 3 alternating runs
+    each. gdal_polygonize runs in a subprocess; its interpreter+GDAL start-up is measured (the
+    ratio without it is printed too).
 (d) predict throughput per engine (``--engines torch,onnx``: PyTorch eager vs ONNX Runtime, same scene,
     device, batch; the model is exported once with ``geoseg.export.export_onnx`` before the runs;
     best of runs 2-3 per engine, each engine in its own process), printed as windows/s and onnx / torch.
@@ -398,6 +399,7 @@ def main() -> None:
     ap.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
     ap.add_argument("--engines", default="torch,onnx", help="(d): engines compared, comma-separated")
     ap.add_argument("--workdir", help="keep data here (default: a temporary folder)")
+    ap.add_argument("--vectorize-sizes", type=int, nargs="+", default=[2048], help="(c): raster sizes")
     ap.add_argument("--worst-case", action="store_true", help="only (w): vectorize memory with many small objects")
     ap.add_argument("--worst-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--worst-child", action="store_true", help=argparse.SUPPRESS)
@@ -467,9 +469,10 @@ def main() -> None:
         print(f"(b) predict / bare forward = {pred_tp / fwd:.3f}  (end to end {e2e_tp / fwd:.3f}; "
               f"target >= 0.85 on GPU)", flush=True)  # fmt: skip
 
-    cases = [("field", False), ("field", True), ("worst", True)]
-    for scene, boundary in cases if "c" not in args.skip else ():
-        v = bench_vectorize(tmp, boundary=boundary, scene=scene)
+    cases = [(size, scene, b) for size in args.vectorize_sizes
+             for scene, b in (("field", False), ("field", True), ("worst", True))]  # fmt: skip
+    for size, scene, boundary in cases if "c" not in args.skip else ():
+        v = bench_vectorize(tmp, size, boundary=boundary, scene=scene)
         if v is None:
             print("(c) skipped: geoseg.vectorize is not available in this build")
             break
