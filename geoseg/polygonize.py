@@ -12,9 +12,10 @@ next pixel of the same value, turn left onto the pixel diagonally ahead; that ch
 (outer rings clockwise, holes counter-clockwise) and built into shapely in one
 :func:`shapely.from_ragged_array` call.
 
-Values whose region is not a single component with simple rings (several components, or a diagonal
-pinch, where two pixels of the value meet only at a corner) are rare; they are polygonized by
-``rasterio.features.shapes`` on their bounding box, so the result is always GDAL's.
+Where a region meets itself only at a corner (a pinch) its ring would touch itself: the two edges
+meeting there turn left instead, which splits it into the two rings GDAL gives (outer ring and a
+hole touching it). A value with several regions (an object clipped by a block edge) has several outer rings; each of
+its holes goes to the smallest one containing a pixel of the hole (an STRtree query).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import rasterio.features
 import shapely
-from affine import Affine
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -195,26 +194,30 @@ def pixel_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> Pixel
     outer = area2 > 0
     ring_val = e_val[first]
 
-    # values with one outer ring and no corner contact: their rings are one polygon
+    # polygons: one per outer ring; a hole belongs to the outer ring of its value that contains it
+    # (the only one, for a value with one region; else the smallest containing the pixel across the hole)
+    poly = np.cumsum(outer) - 1
     vals_u, inv = np.unique(ring_val, return_inverse=True)
     n_outer = np.bincount(inv, weights=outer, minlength=len(vals_u))
-    bad_val = np.zeros(len(vals_u), bool)
-    bad_val[n_outer != 1] = True
-    simple = ~bad_val[inv]
+    outer_of = np.full(len(vals_u), -1)
+    one = n_outer[inv[outer]] == 1
+    outer_of[inv[outer][one]] = poly[outer][one]
+    holes = np.flatnonzero(~outer)
+    poly[holes] = outer_of[inv[holes]]
+    multi = holes[poly[holes] < 0]
+    if len(multi):
+        poly[multi] = _containing_outer(multi, outer, inv, poly, first, e_px, e_dir, ww, x, y, c_start, area2)
     # canonical rings (shapely.normalize's form, so nothing downstream depends on the block layout):
     # each ring reversed (outer rings clockwise, holes counter-clockwise with y up) and started at
     # its lowest (x, y) corner; per polygon the outer ring first, then the holes by decreasing
-    # (vertex count, coordinates): GEOS's order. Closed, as ragged arrays of all simple values.
-    rsel = np.flatnonzero(simple)
+    # (vertex count, coordinates): GEOS's order. Closed, as ragged arrays.
     key = (x - x.min()) * (int(y.max() - y.min()) + 1) + (y - y.min()) if len(x) else x
     first_c = np.flatnonzero(key == np.repeat(np.minimum.reduceat(key, c_start[:-1]), n_corner))
     s0 = first_c - c_start[:-1]  # position of each ring's lowest corner (one per ring: rings are simple)
     k_all = n_corner
     nxt_c = c_start[:-1] + (s0 - 1) % k_all  # the corner after it, once reversed
-    rsel = rsel[np.lexsort((-y[nxt_c[rsel]], -x[nxt_c[rsel]], -y[first_c[rsel]], -x[first_c[rsel]],
-                            np.where(outer[rsel], 0, -k_all[rsel]), ~outer[rsel], inv[rsel]))]  # fmt: skip
-    res = PixelPolygons.empty()
-    parts = [res]
+    rsel = np.lexsort((-y[nxt_c], -x[nxt_c], -y[first_c], -x[first_c], np.where(outer, 0, -k_all), ~outer, poly))
+    parts = [PixelPolygons.empty()]
     if len(rsel):
         k = k_all[rsel]
         closed_len = k + 1
@@ -227,14 +230,6 @@ def pixel_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> Pixel
         area, centre = ring_moments(xy, off, poly_off)
         geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, (off, poly_off))
         parts.append(PixelPolygons(ring_val[rsel][is_outer].astype(np.int64), geoms, area, centre))
-    if bad_val.any():  # bounding boxes (pixel corners) of the other values, from their rings' corners
-        b = [np.minimum.reduceat(x, c_start[:-1]), np.minimum.reduceat(y, c_start[:-1]),
-             np.maximum.reduceat(x, c_start[:-1]), np.maximum.reduceat(y, c_start[:-1])]  # fmt: skip
-        for jv in np.flatnonzero(bad_val).tolist():
-            rs = inv == jv
-            x0, y0 = int(b[0][rs].min()), int(b[1][rs].min())
-            x1, y1 = int(b[2][rs].max()), int(b[3][rs].max())
-            parts.append(_gdal_polygons(lab[y0:y1, x0:x1], int(vals_u[jv]), col_off + x0, row_off + y0))
     return PixelPolygons.concat(parts)
 
 
@@ -293,10 +288,34 @@ def _cycles(succ: np.ndarray) -> np.ndarray:
     return connected_components(g, directed=True, connection="weak")[1]
 
 
-def _gdal_polygons(lab: np.ndarray, v: int, col_off: int, row_off: int) -> PixelPolygons:
-    """The regions of value ``v`` in ``lab`` (its bounding box) by ``rasterio.features.shapes``."""
-    m = lab == v
-    shift = Affine.translation(col_off, row_off)
-    found = rasterio.features.shapes(m.astype(np.uint8), mask=m, connectivity=4, transform=shift)
-    geoms, area, centre = canonical_pixel_polygons(np.asarray([shapely.geometry.shape(g) for g, _ in found], object))
-    return PixelPolygons(np.full(len(geoms), v, np.int64), geoms, area, centre)
+def _containing_outer(
+    holes: np.ndarray, outer: np.ndarray, inv: np.ndarray, poly: np.ndarray, first: np.ndarray, e_px: np.ndarray,
+    e_dir: np.ndarray, ww: int, x: np.ndarray, y: np.ndarray, c_start: np.ndarray, area2: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Polygon id of each hole ring in ``holes`` (rings of values with several regions): the smallest
+    outer ring of the same value containing the centre of the pixel across one of its edges (a pixel
+    of the hole, so strictly inside the region's outer ring and outside every other region's)."""
+    e = first[holes]
+    across = np.array([-ww, 1, ww, -1])[e_dir[e]]  # the pixel on the other side of an E/S/W/N side
+    r, c = np.divmod(e_px[e] + across, ww)
+    pts = shapely.points(c - 0.5, r - 0.5)  # its centre, unpadded pixel coordinates
+    cand = np.flatnonzero(outer & np.isin(inv, np.unique(inv[holes])))
+    k = c_start[cand + 1] - c_start[cand]
+    ring_off = np.concatenate([[0], np.cumsum(k + 1)])
+    j = np.arange(int(ring_off[-1])) - np.repeat(ring_off[:-1], k + 1)
+    idx = np.repeat(c_start[cand], k + 1) + j % np.repeat(k, k + 1)  # each ring, closed
+    shells = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.column_stack([x[idx], y[idx]]).astype(np.float64),
+        (ring_off, np.arange(len(cand) + 1)),
+    )  # fmt: skip
+    pi, si = shapely.STRtree(shells).query(pts, predicate="within")
+    same = inv[holes[pi]] == inv[cand[si]]
+    pi, si = pi[same], si[same]
+    best = np.full(len(holes), -1)
+    o = np.lexsort((area2[cand[si]], pi))  # per hole, the smallest containing shell first
+    pi, si = pi[o], si[o]
+    firsts = np.r_[True, pi[1:] != pi[:-1]] if len(pi) else np.zeros(0, bool)
+    best[pi[firsts]] = poly[cand[si[firsts]]]
+    if (best < 0).any():  # pragma: no cover - every hole lies inside a region of its value
+        raise AssertionError("label_polygons: a hole outside every region of its value")
+    return best

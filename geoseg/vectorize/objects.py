@@ -137,10 +137,9 @@ def union_parts(parts: np.ndarray) -> Any:
     u = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(parts)))
     if shapely.get_type_id(u) != shapely.GeometryType.POLYGON:
         return shapely.union_all(parts)
-    holes = [shapely.get_interior_ring(u, j) for j in range(shapely.get_num_interior_rings(u))]
-    for g, k in zip(parts.tolist(), n_holes.tolist(), strict=True):
-        holes.extend(shapely.get_interior_ring(g, j) for j in range(k))
-    out = shapely.Polygon(shapely.get_exterior_ring(u), holes)
+    rings, owner = shapely.get_rings(np.concatenate([[u], parts]), return_index=True)
+    first = np.r_[True, owner[1:] != owner[:-1]]  # each polygon's exterior ring comes first
+    out = shapely.polygons(shapely.get_exterior_ring(u), holes=rings[~first])
     if shapely.area(out) != float(np.sum(shapely.area(parts))):
         return shapely.union_all(parts)
     return out
