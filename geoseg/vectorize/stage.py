@@ -100,8 +100,12 @@ def vectorize_prediction(
         with atomic_path(out_gpkg, suffix=GPKG_TMP_SUFFIX) as tmp:
             writer = GpkgWriter(tmp, post, classes=classes, style=style)
             stream = Stream(post, writer)
-            _drive(ds, plan, stream, default_workers() if workers is None else max(1, int(workers)))
-            n = writer.commit()
+            try:
+                _drive(ds, plan, stream, default_workers() if workers is None else max(1, int(workers)))
+                n = writer.commit()
+            except BaseException:
+                writer.abort()  # (no write to the temporary file once it is removed)
+                raise
     log.info("%s: %d instance polygons (at most %d objects pending at a block-row end)", out_gpkg, n, stream.peak_state)
     return n
 

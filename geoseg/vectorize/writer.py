@@ -4,6 +4,7 @@ through pyogrio, the QGIS style stored in the file. Files are written under a te
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,7 +28,9 @@ class GpkgWriter:
     writes the rest and stores the style.
 
     Rows are written through pyogrio, one append (one open of the file) per block row or per
-    ``batch_rows`` rows, whichever comes first."""
+    ``batch_rows`` rows, whichever comes first, on one background thread (WKB encoding and GDAL's
+    inserts overlap the next block row; batches are written in order, at most one waits, so memory
+    stays O(objects of two block rows)). An error of a write is raised by the next call."""
 
     def __init__(self, path: Path, post: Post, *, classes: list[dict], style: bool, batch_rows: int = 20_000):
         self.path = Path(path)
@@ -36,6 +39,8 @@ class GpkgWriter:
         self.n_buf = 0
         self.written = 0
         self.created = False
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gpkg-writer")
+        self._pending: Future[None] | None = None
 
     def add(self, objs: Objects) -> None:
         """Queue ``objs`` (already in output order); written once ``batch_rows`` are queued or at ``end_row``."""
@@ -50,10 +55,22 @@ class GpkgWriter:
             self.flush()
 
     def flush(self) -> None:
+        """Hand what is queued to the writing thread (after the previous batch is written)."""
         objs = Objects.concat(self.buf)
         self.buf, self.n_buf = [], 0
         if self.created and not len(objs):
             return
+        self._wait()
+        self._pending = self._pool.submit(self._write, objs, append=self.created)
+        self.created = True
+        self.written += len(objs)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _write(self, objs: Objects, *, append: bool) -> None:
         # numpy columns straight to pyogrio (no GeoDataFrame): WKB from shapely, one append per call
         post, n = self.post, len(objs)
         name_of = {c: post.names[c] for c in np.unique(objs.cls).tolist()}
@@ -70,20 +87,31 @@ class GpkgWriter:
         ]
         pyogrio.raw.write(
             self.path, shapely.to_wkb(objs.geoms), data, fields, layer=LAYER, driver="GPKG", geometry_type="Polygon",
-            crs=post.crs.to_wkt() if post.crs else None, dataset_options=None if self.created else GPKG_OPTIONS,
-            append=self.created, nan_as_null=False,
+            crs=post.crs.to_wkt() if post.crs else None, dataset_options=None if append else GPKG_OPTIONS,
+            append=append, nan_as_null=False,
         )  # fmt: skip
-        self.created = True
-        self.written += n
 
     def commit(self) -> int:
         """Write what is buffered and store the style; returns the number of polygons written."""
         self.flush()
+        self.close()
         if self.style:
             from geoseg.qgis import style_gpkg
 
             style_gpkg(self.path, LAYER, self.classes)
         return self.written
+
+    def close(self) -> None:
+        """Wait for the writing thread (raising its error, if any) and stop it."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        """Stop the writing thread after its current batch, ignoring its errors (on a failed run)."""
+        self._pending = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_instances(gdf: gpd.GeoDataFrame, out_gpkg: Path, *, classes: ClassesLike, style: bool = True) -> Path:
