@@ -370,17 +370,32 @@ def burn_mask(
     the boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
     Only polygons whose bounding box reaches the window are rasterized.
     """
+    return burn_masks(grid, labels, boundary_class=boundary_class, boundary_width=boundary_width)[1]
+
+
+def burn_masks(
+    grid: Grid, labels: SceneLabels, *, boundary_class: int | None = None, boundary_width: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(plain, mask)``: :func:`burn_mask` of ``grid`` and the same mask before the boundary class is
+    added (class ids where the boundary pixels are, 0 in the contact gaps), from one rasterization.
+    ``plain`` is ``mask`` itself (the same array) when there is no boundary class or no boundary pixel.
+    """
     h, w = grid.height, grid.width
     out = np.zeros((h, w), np.uint8)
     if h == 0 or w == 0:
-        return out
+        return out, out
     pad = boundary_width if boundary_class is not None and boundary_width > 0 else 0
     prep = _prepared(labels)
+    plain = out
     if pad and boundary_class is not None:  # pad > 0 implies a boundary class
         out, inst = _burn_padded(grid, labels, prep, pad)
+        plain = out
         if inst is not None:
             rim, gap = rim_and_gap(inst, pad)
-            out[rim | (gap & (out == 0))] = boundary_class
+            edge = rim | (gap & (out == 0))
+            if edge.any():
+                plain = out.copy()
+                out[edge] = boundary_class
     else:
         inside = _near(prep.bounds, grid.bounds)
         inv = np.flatnonzero(inside & ~labels.valid)
@@ -394,8 +409,11 @@ def burn_mask(
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
             rasterize(((g, 1) for g in labels.coverage), out=cov, transform=grid.transform)
-        out[cov == 0] = IGNORE
-    return out
+        outside = cov == 0
+        out[outside] = IGNORE
+        if plain is not out:
+            plain[outside] = IGNORE
+    return plain, out
 
 
 def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:

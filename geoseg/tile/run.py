@@ -1,10 +1,12 @@
 """``geoseg tile``: scenes + dated labels -> ``tiles.zarr`` + ``tiles.gpkg`` + ``dataset.json``.
 
 Flow: validate everything (scenes, labels, dates, layers) before writing anything; scan every
-tile of every scene in chunks (one full-resolution windowed read per chunk, labels rasterized per
-chunk); select positives / hard / easy negatives and the spatially blocked split on the candidate
-table (pure, seeded); read the selected tiles again and write one zarr chunk per tile; write the
-index and dataset.json. Everything goes to a staging directory moved into ``--out`` at the end.
+tile of every scene in chunks (one full-resolution windowed read per chunk, labels rasterized once
+per chunk, every tile's mask and every positive's image stashed encoded in one file per chunk);
+select positives / hard / easy negatives and the spatially blocked split on the candidate table
+(pure, seeded); write one zarr chunk per selected tile (stashed bytes copied, the negatives' images
+read again); write the index and dataset.json. Everything goes to a staging directory moved into
+``--out`` at the end (the stash is removed before).
 
 Memory: bounded by the chunk size (``~32 MB`` of pixels) times the number of workers plus the
 label polygons and a small per-tile table, never by scene size. Tiles of multiple scenes with
@@ -18,6 +20,7 @@ import contextlib
 import gc
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -41,11 +44,21 @@ from geoseg.tile import sampling, store
 from geoseg.tile.hardneg import read_hard_negatives
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_polygons, read_scene_labels
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
-from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
+from geoseg.tile.work import (
+    STASH_COLUMNS,
+    ExtractResult,
+    ExtractTask,
+    ScanResult,
+    ScanTask,
+    extract_chunk,
+    gdal_cache_mb,
+    scan_chunk,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 32 * 2**20  # pixels read per task (scan and extract), per worker
+STASH_DIR = ".tile-stash"  # in the staging directory: the scan's encoded tiles (tile.work), removed after extract
 
 
 @dataclass(frozen=True)
@@ -156,11 +169,14 @@ def _run(config: TileConfig) -> TileResult:
                 sl.prepare()
         timer.lap("start-up")
         _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
-        scan = _scan(ex, plan, inp, config.progress)
+        stash = stage / STASH_DIR
+        stash.mkdir()
+        scan = _scan(ex, plan, inp, config, stash)
         timer.lap(f"scan ({plan.n_candidates} tiles)")
         chosen = _select(config, inp, scan)
         timer.lap("select")
-        ordered = _extract(ex, plan, inp, chosen.tiles, stage, config.progress)
+        ordered = _extract(ex, plan, inp, chosen.tiles, stage, config.progress, scan)
+        shutil.rmtree(stash)
         timer.lap(f"extract ({len(chosen.tiles)} tiles)")
         dataset = _index(stage, config, inp, chosen, ordered)
         timer.lap("index + dataset.json")
@@ -193,6 +209,7 @@ class _ScenePlan:
     """One scene's chunks: tiles of one chunk are read with one windowed read."""
 
     scene: SceneInfo
+    chunk_px: int  # chunk edge in pixels: a multiple of the tile size (and of the block size where it can be)
     cache_mb: int  # GDAL block cache for its tasks (tile.work.gdal_cache_mb)
     tree: Any  # shapely.STRtree over the scene's label polygons
     # (row phase, col phase, chunk row, chunk col) -> tile offsets (row, col)
@@ -203,7 +220,6 @@ class _ScenePlan:
 class _Plan:
     scenes: list[_ScenePlan]
     tile_size: int
-    chunk_px: int  # chunk edge in pixels, a multiple of the tile size
     pad_px: int  # label context read around a chunk (boundary width + 2)
     n_candidates: int
 
@@ -250,8 +266,18 @@ def _read_inputs(config: TileConfig) -> _Inputs:
         boundary_width, boundary_source = int(config.boundary_width), "option"
     boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
     return _Inputs(
-        scenes, dtype, labels, per_scene, lookalikes, mined, hard_layers.sources, val_area, objects,
-        boundary_width, boundary_source, boundary_class,
+        scenes,
+        dtype,
+        labels,
+        per_scene,
+        lookalikes,
+        mined,
+        hard_layers.sources,
+        val_area,
+        objects,
+        boundary_width,
+        boundary_source,
+        boundary_class,
     )
 
 
@@ -275,11 +301,11 @@ def _plan(config: TileConfig, inp: _Inputs) -> _Plan:
     t_size, scenes = config.tile_size, inp.scenes
     itemsize = np.dtype(inp.dtype).itemsize
     k = max(1, int(math.sqrt(CHUNK_BYTES / (scenes[0].count * itemsize)) // t_size))
-    chunk_px = k * t_size
     plans = []
     for si, s in enumerate(scenes):
         with open_raster(s.path) as ds:
             block = ds.block_shapes[0]
+        chunk_px = _aligned_chunk(k * t_size, t_size, block)
         cache = gdal_cache_mb(s.grid.width, block, s.count, itemsize, chunk_px)
         tree = shapely.STRtree(inp.per_scene[si].geoms)
         chunks: dict[tuple[int, int, int, int], list[tuple[int, int]]] = {}
@@ -288,13 +314,22 @@ def _plan(config: TileConfig, inp: _Inputs) -> _Plan:
             # tiles of one chunk share a lattice of pitch t_size (the scan cuts tiles by reshaping),
             # so overlapping tiles (stride < tile size) go to one chunk per lattice phase
             chunks.setdefault((r % t_size, c % t_size, r // chunk_px, c // chunk_px), []).append((r, c))
-        plans.append(_ScenePlan(s, cache, tree, chunks))
+        plans.append(_ScenePlan(s, chunk_px, cache, tree, chunks))
     n_candidates = sum(len(t) for p in plans for t in p.chunks.values())
     itemsize_all = scenes[0].count * np.dtype(inp.dtype).itemsize + 1  # image bands + the uint8 mask
     warn_if_low_space(config.out, n_candidates * t_size * t_size * itemsize_all)  # uncompressed, every candidate
     if n_candidates == 0:
         raise EmptyResultError(f"scenes are smaller than --tile-size {t_size}; use a smaller tile size")
-    return _Plan(plans, t_size, chunk_px, inp.boundary_width + 2, n_candidates)
+    return _Plan(plans, t_size, inp.boundary_width + 2, n_candidates)
+
+
+def _aligned_chunk(target: int, t: int, block: tuple[int, int]) -> int:
+    """Chunk edge: the largest multiple of the tile size ``t`` and of the ``block`` (rows, cols) shape not above
+    ``target`` (no block is decoded by two chunks), else of ``t`` and the block rows, else ``target`` itself."""
+    for step in (math.lcm(t, *block), math.lcm(t, block[0])):
+        if step <= target:
+            return target // step * step
+    return target
 
 
 def _chunk_window(plan: _Plan, tiles: Sequence[tuple[int, int]]) -> Any:
@@ -305,18 +340,24 @@ def _chunk_window(plan: _Plan, tiles: Sequence[tuple[int, int]]) -> Any:
     return _window(c0, r0, max(c for _, c in tiles) + t_size - c0, max(r for r, _ in tiles) + t_size - r0)
 
 
-def _scan(ex: Executor, plan: _Plan, inp: _Inputs, progress: bool) -> dict[Any, ScanResult]:
-    """Fractions and features of every candidate tile, keyed by ``(scene, chunk key)``."""
+def _scan(ex: Executor, plan: _Plan, inp: _Inputs, config: TileConfig, stash: Path) -> dict[Any, ScanResult]:
+    """Fractions and features of every candidate tile, keyed by ``(scene, chunk key)``; each chunk's
+    encoded tiles go to one file in ``stash`` (see :func:`geoseg.tile.work.scan_chunk`)."""
     scan_items = []
+    positive = (config.min_positive_fraction, config.max_unusable_fraction)
     for si, sp in enumerate(plan.scenes):
         s = sp.scene
         for key, tiles in sorted(sp.chunks.items()):
             win = _chunk_window(plan, tiles)
             sub = inp.per_scene[si].subset(_padded_bounds(s, win, plan.pad_px), sp.tree)
-            task = ScanTask(_abs(s.path), s.grid, win, tuple(tiles), plan.tile_size, sub, sp.cache_mb)
+            task = ScanTask(
+                _abs(s.path), s.grid, win, tuple(tiles), plan.tile_size, sub, sp.cache_mb,
+                stash=str(stash.absolute() / ("_".join(map(str, (si, *key))) + ".bin")), dtype=inp.dtype,
+                boundary_class=inp.boundary_class, boundary_width=inp.boundary_width, positive=positive,
+            )  # fmt: skip
             scan_items.append(((si, *key), task))
     scan: dict[Any, ScanResult] = {}
-    with _bar(plan.n_candidates, "scan", progress) as bar:
+    with _bar(plan.n_candidates, "scan", config.progress) as bar:
         for key, sres in ex.map(scan_chunk, scan_items):
             scan[key] = sres
             bar.update(len(sres.rows))
@@ -391,15 +432,23 @@ def _check_valid_pixels(cand: pd.DataFrame, scenes: list[SceneInfo]) -> None:
 
 
 def _extract(
-    ex: Executor, plan: _Plan, inp: _Inputs, tiles: pd.DataFrame, stage: Path, progress: bool
+    ex: Executor,
+    plan: _Plan,
+    inp: _Inputs,
+    tiles: pd.DataFrame,
+    stage: Path,
+    progress: bool,
+    scan: dict[Any, ScanResult],
 ) -> list[ExtractResult]:
     """Write the selected tiles (image + mask) into ``stage/tiles.zarr``; results in task-key order.
 
     The exact fractions of the written tiles replace the scan's in ``tiles`` (in place)."""
-    scenes, t_size, chunk_px = inp.scenes, plan.tile_size, plan.chunk_px
+    scenes, t_size = inp.scenes, plan.tile_size
     zarr_path = stage.absolute() / "tiles.zarr"
     fill = scenes[0].nodata if scenes[0].nodata is not None and np.isfinite(scenes[0].nodata) else 0
     store.create_arrays(zarr_path, len(tiles), scenes[0].count, t_size, inp.dtype, fill=fill)
+    paths, refs = _stash_refs(scan, tiles)
+    chunk_px = np.array([sp.chunk_px for sp in plan.scenes])[tiles["scene"].to_numpy(int)]
     ex_items = []
     for (si, cr, cc), grp in tiles.groupby(
         [tiles["scene"], tiles["row_off"] // chunk_px, tiles["col_off"] // chunk_px], sort=True
@@ -408,6 +457,9 @@ def _extract(
         trip = tuple((int(i), int(r), int(c)) for i, r, c in grp[["index", "row_off", "col_off"]].to_numpy())
         win = _chunk_window(plan, [(r, c) for _, r, c in trip])
         sub = inp.per_scene[si].subset(_padded_bounds(sp.scene, win, plan.pad_px), sp.tree)
+        task_refs = refs[grp["index"].to_numpy(int)]
+        used = np.unique(task_refs[:, 0])
+        task_refs[:, 0] = np.searchsorted(used, task_refs[:, 0])  # file indices into this task's own list
         task = ExtractTask(
             _abs(sp.scene.path),
             sp.scene.grid,
@@ -419,6 +471,8 @@ def _extract(
             inp.boundary_class,
             inp.boundary_width,
             sp.cache_mb,
+            stash_paths=tuple(paths[i] for i in used.tolist()),
+            stash=task_refs,
         )
         ex_items.append(((int(si), int(cr), int(cc)), task))
     results: dict[Any, ExtractResult] = {}
@@ -435,6 +489,32 @@ def _extract(
     for name in ("label_fraction", "nodata_fraction", "unusable_fraction"):
         tiles[name] = exact[name][order]
     return ordered
+
+
+def _stash_refs(scan: dict[Any, ScanResult], tiles: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The stash files and, per row of ``tiles`` (by its ``index``), ``(file index, *STASH_COLUMNS)``."""
+    keys = sorted(scan)
+    paths = [scan[k].stash_path or "" for k in keys]
+    parts = []
+    for i, k in enumerate(keys):
+        r = scan[k]
+        if r.stash is None:
+            raise RuntimeError("scan result without a stash")  # (every scan task is given one)
+        parts.append(
+            pd.DataFrame({"scene": k[0], "row_off": r.rows, "col_off": r.cols, "_file": i}).join(
+                pd.DataFrame(r.stash, columns=list(STASH_COLUMNS))
+            )
+        )
+    table = pd.concat(parts, ignore_index=True)
+    cols = ["_file", *STASH_COLUMNS]
+    merged = tiles[["index", "scene", "row_off", "col_off"]].merge(
+        table, on=["scene", "row_off", "col_off"], how="left"
+    )
+    if merged[cols].isna().any().any() or len(merged) != len(tiles):
+        raise RuntimeError("a selected tile is missing from the scan")
+    refs = np.zeros((len(tiles), len(cols)), np.int64)
+    refs[merged["index"].to_numpy(int)] = merged[cols].to_numpy(np.int64)
+    return paths, refs
 
 
 def _index(

@@ -1,19 +1,28 @@
 """The two task kinds of ``geoseg tile``, run in-process or on dask workers.
 
 * :func:`scan_chunk` reads one chunk (``k x k`` tiles) at full resolution with one windowed read,
-  rasterizes its labels, and returns per-tile fractions and spectral features. It writes nothing.
-* :func:`extract_chunk` reads the selected tiles of one chunk again, burns their masks (with the
-  boundary class) and writes each tile to its own zarr chunk ``images[i]`` / ``masks[i]``. Every
-  zarr chunk is written by exactly one task. It returns exact per-tile fractions and band
-  statistics (histograms for 8/16-bit integers, sums + a pixel sample otherwise).
+  rasterizes its labels once (with the boundary class), and returns per-tile fractions and spectral
+  features. With a ``stash`` path it also writes the chunk's tiles, encoded exactly as their zarr
+  chunks will be, to that one file: the mask of every tile and the image of every tile that is
+  certain to be sampled (a positive: every positive is selected unless the split's gap drops it).
+* :func:`extract_chunk` writes the selected tiles of one chunk, each to its own zarr chunk
+  ``images[i]`` / ``masks[i]``: stashed bytes are copied (and decoded for the statistics), the other
+  images (negatives) are read again; without a stash the masks are burnt again too. Every zarr chunk
+  is written by exactly one task. It returns exact per-tile fractions and band statistics
+  (histograms for 8/16-bit integers, sums + a pixel sample otherwise).
 
 Memory per task: O(bands x chunk pixels) for the image plus the same in uint8 for the mask, where a
-chunk is at most ~32 MB of pixels; never the scene. Reads are never "boundless" in the rasterio
-sense (that goes through a VRT and is >10x slower): the in-scene part is read and pasted.
+chunk is at most ~32 MB of pixels; never the scene. The stash is on disk (in the output's staging
+folder, removed after the extract), at most the positives' images plus every candidate's mask,
+compressed. Reads are never "boundless" in the rasterio sense (that goes through a VRT and is >10x
+slower): the in-scene part is read and pasted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +34,15 @@ from rasterio.windows import Window
 from geoseg.grid import Grid
 from geoseg.io.gdal_env import gdal_env
 from geoseg.io.rasters import open_raster, read_window
-from geoseg.tile.labels import IGNORE, SceneLabels, burn_mask
+from geoseg.tile.labels import IGNORE, SceneLabels, burn_mask, burn_masks
 
 HIST_DTYPES = {"uint8": (0, 256), "uint16": (0, 65536), "int16": (-32768, 65536), "int8": (-128, 256)}
 SAMPLE_PER_TILE = 256  # pixels per tile kept for float percentiles
+#: the zarr arrays' compressor (:func:`geoseg.tile.store.create_arrays`); the scan's stash encodes with it too
+TILE_BLOSC: dict[str, Any] = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
+#: columns of :attr:`ScanResult.stash`: byte offset and length in the stash file of each tile's encoded image
+#: (length 0: not stashed), packed validity bits (length 0: every pixel valid) and encoded mask
+STASH_COLUMNS = ("img_off", "img_len", "valid_off", "valid_len", "mask_off", "mask_len")
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +130,12 @@ class ScanTask:
     tile_size: int
     labels: SceneLabels
     cache_mb: int = 64
+    # with a stash file: write every tile's final mask there, and the image of every positive
+    stash: str | None = None
+    dtype: str | None = None  # the dataset dtype (stashed images are cast to it)
+    boundary_class: int | None = None
+    boundary_width: int = 0
+    positive: tuple[float, float] = (0.01, 0.5)  # min_positive_fraction, max_unusable_fraction (sampling)
 
 
 @dataclass
@@ -126,16 +146,31 @@ class ScanResult:
     nodata_fraction: np.ndarray
     unusable_fraction: np.ndarray
     features: np.ndarray  # (n, 2C): per-band mean then per-band std of valid pixels (subsampled)
+    stash_path: str | None = None
+    stash: np.ndarray | None = None  # (n, 6) int64, :data:`STASH_COLUMNS` per tile
 
 
 def scan_chunk(task: ScanTask) -> ScanResult:
-    """Per-tile fractions and features of one chunk (one full-resolution windowed read)."""
+    """Per-tile fractions and features of one chunk (one full-resolution windowed read); with
+    ``task.stash``, the chunk's encoded masks and positive images written to that file.
+
+    The fractions are of the mask without the boundary class (boundary pixels count as the class
+    they cover, contact gaps as background), which is what the selection rules read."""
     t = task.tile_size
     with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
         data, valid = read_chunk(ds, task.window)
-    mask = burn_mask(task.grid[task.window], task.labels)
+    if task.stash is None:
+        plain = final = burn_mask(task.grid[task.window], task.labels)
+    else:
+        grid = task.grid[task.window]
+        plain, final = burn_masks(
+            grid, task.labels, boundary_class=task.boundary_class, boundary_width=task.boundary_width
+        )
     if valid is not None:
-        mask[~valid] = IGNORE
+        plain[~valid] = IGNORE
+        if final is not plain:
+            final[~valid] = IGNORE
+    mask = plain
     h, w = mask.shape
     ny, nx = h // t, w // t
     npx = float(t * t)
@@ -173,7 +208,7 @@ def scan_chunk(task: ScanTask) -> ScanResult:
         var = s2 / n - mean * mean
     std = np.sqrt(np.maximum(var, 0.0))
     feats = np.concatenate([mean, std], axis=0)[:, iy, ix].T  # (n tiles, 2C); NaN where no valid pixel
-    return ScanResult(
+    res = ScanResult(
         rows=np.array([r for r, _ in task.tiles], np.int64),
         cols=np.array([c_ for _, c_ in task.tiles], np.int64),
         label_fraction=labelled[iy, ix] / npx,
@@ -181,6 +216,55 @@ def scan_chunk(task: ScanTask) -> ScanResult:
         unusable_fraction=unusable[iy, ix] / npx,
         features=np.ascontiguousarray(feats),
     )
+    if task.stash is not None:
+        from geoseg.tile.sampling import is_positive
+
+        pos = is_positive(res.label_fraction, res.unusable_fraction, *task.positive)
+        res.stash_path = task.stash
+        res.stash = _write_stash(task, task.stash, data, valid, final, pos)
+    return res
+
+
+def _write_stash(
+    task: ScanTask, path: str, data: np.ndarray, valid: np.ndarray | None, mask: np.ndarray, images: np.ndarray
+) -> np.ndarray:
+    """Write the chunk's tiles to ``task.stash`` (one file, written once): per tile the encoded image
+    (where ``images``) and its packed validity (when the chunk has invalid pixels), then the encoded
+    mask. Returns the :data:`STASH_COLUMNS` table."""
+    t = task.tile_size
+    codec = tile_codec()
+    r0, c0 = int(task.window.row_off), int(task.window.col_off)
+    dtype = np.dtype(task.dtype or data.dtype)
+    refs = np.zeros((len(task.tiles), len(STASH_COLUMNS)), np.int64)
+    off = 0
+    with open(path, "wb") as f:
+        for k, (r, c) in enumerate(task.tiles):
+            sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
+            parts = []
+            if images[k]:
+                img = np.ascontiguousarray(data[(slice(None), *sl)], dtype=dtype)
+                parts.append(("img", codec.encode(img)))
+                if valid is not None:
+                    parts.append(("valid", np.packbits(valid[sl]).tobytes()))
+            parts.append(("mask", codec.encode(np.ascontiguousarray(mask[sl]))))
+            for name, b in parts:
+                j = STASH_COLUMNS.index(f"{name}_off")
+                refs[k, j], refs[k, j + 1] = off, len(b)
+                f.write(b)
+                off += len(b)
+    return refs
+
+
+def tile_codec() -> Any:
+    """The numcodecs Blosc equal to :data:`TILE_BLOSC` (the chunk bytes zarr writes with it)."""
+    return _blosc(**TILE_BLOSC)
+
+
+def _blosc(cname: str, clevel: int, shuffle: str) -> Any:
+    import numcodecs
+
+    code = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[shuffle]
+    return numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=code, blocksize=0)
 
 
 EXACT_SQUARE = {"uint8": np.uint16, "int8": np.int16, "uint16": np.uint32, "int16": np.int32}
@@ -211,6 +295,9 @@ class ExtractTask:
     boundary_class: int | None = None
     boundary_width: int = 0
     cache_mb: int = 64
+    # the scan's stash: files, and per tile (stash file index, *STASH_COLUMNS); None: read and burn everything
+    stash_paths: tuple[str, ...] = ()
+    stash: np.ndarray | None = None
 
 
 @dataclass
@@ -228,13 +315,12 @@ class ExtractResult:
 
 
 def extract_chunk(task: ExtractTask) -> ExtractResult:
-    """Read, mask and write the tiles of one chunk; each tile goes to its own zarr chunk."""
+    """Write the tiles of one chunk (each to its own zarr chunk) from the scan's stash, reading and
+    masking what is not stashed; returns their exact fractions and band statistics."""
     t = task.tile_size
     npx = float(t * t)
     rows = [r for _, r, _ in task.tiles]
     cols = [c for _, _, c in task.tiles]
-    r0, c0 = min(rows), min(cols)
-    bound = Window(c0, r0, max(cols) + t - c0, max(rows) + t - r0)
     images = ChunkWriter(task.zarr_path, "images")
     masks = ChunkWriter(task.zarr_path, "masks")
     n = len(task.tiles)
@@ -247,7 +333,15 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         valid_pixels=np.zeros(0, np.int64),
     )
     burn: dict[str, Any] = {"boundary_class": task.boundary_class, "boundary_width": task.boundary_width}
-    with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
+    refs = task.stash
+    stashed = np.zeros(n, bool) if refs is None else refs[:, 1 + STASH_COLUMNS.index("img_len")] > 0
+    todo = [k for k in range(n) if not stashed[k]]  # tiles whose image is read from the scene
+    codec = tile_codec()
+    with (
+        gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"),
+        open_raster(task.path) as ds,
+        _Stash(task.stash_paths) as stash,
+    ):
         cnt = ds.count
         res.valid_pixels = np.zeros(cnt, np.int64)
         hist_spec = HIST_DTYPES.get(task.dtype)
@@ -256,33 +350,59 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         else:
             res.sums = np.zeros((cnt, 2), np.float64)
             samples = []
-        # one read + one burn for the whole chunk when only the blocks under the tiles are decoded
-        # (see read_tiles), or when the tiles cover enough of it; else tile by tile
-        dense = (_inside(ds, bound) and _all_valid(ds)) or len(task.tiles) * t * t >= 0.25 * bound.width * bound.height
-        if dense:
-            data_b, valid_b = read_tiles(ds, bound, list(zip(rows, cols, strict=True)), t)
-            mask_b = burn_mask(task.grid[bound], task.labels, **burn)
-            if valid_b is not None:
-                mask_b[~valid_b] = IGNORE
+        dense = False
+        if todo:
+            # one read (+ one burn without a stash) for the tiles to read when only the blocks under them are
+            # decoded (see read_tiles), or when they cover enough of their window; else tile by tile
+            r0, c0 = min(rows[k] for k in todo), min(cols[k] for k in todo)
+            bound = Window(c0, r0, max(cols[k] for k in todo) + t - c0, max(rows[k] for k in todo) + t - r0)
+            dense = (_inside(ds, bound) and _all_valid(ds)) or len(todo) * t * t >= 0.25 * bound.width * bound.height
+            if dense:
+                data_b, valid_b = read_tiles(ds, bound, [(rows[k], cols[k]) for k in todo], t)
+                if refs is None:
+                    mask_b = burn_mask(task.grid[bound], task.labels, **burn)
+                    if valid_b is not None:
+                        mask_b[~valid_b] = IGNORE
         for start, stop in _runs([i for i, _, _ in task.tiles]):
             m = stop - start
             imgs = np.empty((m, cnt, t, t), task.dtype)
             msks = np.empty((m, t, t), np.uint8)
             valids: list[np.ndarray | None] = []
+            img_bytes: list[bytes | None] = []
+            mask_bytes: list[bytes | None] = []
             for j, k in enumerate(range(start, stop)):
                 _, r, c = task.tiles[k]
-                if dense:
+                valid: np.ndarray | None = None
+                if stashed[k]:
+                    assert refs is not None
+                    ib = stash.read(refs[k], "img")
+                    codec.decode(ib, out=imgs[j])
+                    img_bytes.append(ib)
+                    vb = stash.read(refs[k], "valid")
+                    if vb:
+                        valid = np.unpackbits(np.frombuffer(vb, np.uint8), count=t * t).view(bool).reshape(t, t)
+                elif dense:
                     sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
                     imgs[j] = data_b[(slice(None), *sl)]
-                    valids.append(None if valid_b is None else valid_b[sl])
-                    msks[j] = mask_b[sl]
+                    valid = None if valid_b is None else valid_b[sl]
+                    img_bytes.append(None)
                 else:
                     win = Window(c, r, t, t)
                     imgs[j], valid = read_chunk(ds, win)
-                    msks[j] = burn_mask(task.grid[win], task.labels, **burn)
+                    img_bytes.append(None)
+                valids.append(valid)
+                if refs is not None:
+                    mb = stash.read(refs[k], "mask")
+                    codec.decode(mb, out=msks[j])
+                    mask_bytes.append(mb)
+                elif dense:
+                    msks[j] = mask_b[r - r0 : r - r0 + t, c - c0 : c - c0 + t]
+                    mask_bytes.append(None)
+                else:
+                    msks[j] = burn_mask(task.grid[Window(c, r, t, t)], task.labels, **burn)
                     if valid is not None:
                         msks[j][~valid] = IGNORE
-                    valids.append(valid)
+                    mask_bytes.append(None)
             # whole-run statistics (vectorised; histograms by OpenCV, which releases the GIL)
             flat = msks.reshape(m, t * t)
             res.class_pixels += hist_u8(flat)
@@ -314,11 +434,43 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
                         step = max(1, pf.shape[1] // SAMPLE_PER_TILE)
                         samples.append(pf[:, ::step])
             first = task.tiles[start][0]
-            images.write(first, imgs)
-            masks.write(first, msks)
+            images.write(first, imgs, img_bytes)
+            masks.write(first, msks, mask_bytes)
         if not hist_spec:
             res.sample = np.concatenate(samples, axis=1) if samples else np.zeros((cnt, 0))
     return res
+
+
+class _Stash:
+    """Read-only access to the scan's stash files (``os.pread``; opened on first use, closed on exit)."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self.paths = paths
+        self.fds: dict[int, int] = {}
+
+    def __enter__(self) -> _Stash:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+    def read(self, ref: np.ndarray, what: str) -> bytes:
+        """The ``what`` (img, valid, mask) bytes of one tile (``ref`` = file index, *STASH_COLUMNS); b"" if none."""
+        j = 1 + STASH_COLUMNS.index(f"{what}_off")
+        off, size = int(ref[j]), int(ref[j + 1])
+        if size == 0:
+            return b""
+        i = int(ref[0])
+        fd = self.fds.get(i)
+        if fd is None:
+            fd = self.fds[i] = os.open(self.paths[i], os.O_RDONLY)
+        out = os.pread(fd, size, off)
+        if len(out) != size:
+            raise OSError(f"{self.paths[i]}: stash file is shorter than expected")
+        return out
 
 
 def _runs(index: list[int], longest: int = 32) -> list[tuple[int, int]]:
@@ -380,7 +532,6 @@ class ChunkWriter:
     def __init__(self, zarr_path: str, name: str) -> None:
         import sys
 
-        import numcodecs
         import zarr
         from zarr.codecs import BloscCodec, BytesCodec
 
@@ -388,6 +539,7 @@ class ChunkWriter:
         self.root = f"{zarr_path}/{name}"
         codecs: tuple[Any, ...] = getattr(self.array.metadata, "codecs", ())  # zarr v2 metadata has none: generic path
         self.codec = None
+        self.stash_ok = False  # whether bytes encoded by tile_codec() are this array's chunk bytes
         self._dirs: set[str] = set()
         if (
             sys.byteorder == "little"
@@ -396,13 +548,12 @@ class ChunkWriter:
             and isinstance(codecs[1], BloscCodec)
         ):
             b = codecs[1]
-            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(b.shuffle.value)]
-            self.codec = numcodecs.Blosc(cname=str(b.cname.value), clevel=b.clevel, shuffle=shuffle, blocksize=0)
+            self.codec = _blosc(str(b.cname.value), b.clevel, str(b.shuffle.value))
+            self.stash_ok = self.codec.get_config() == tile_codec().get_config()
 
-    def write(self, start: int, blocks: np.ndarray) -> None:
-        """Write ``blocks[k]`` as chunk ``start + k`` (each block is exactly one chunk)."""
-        import os
-
+    def write(self, start: int, blocks: np.ndarray, encoded: Sequence[bytes | None] = ()) -> None:
+        """Write ``blocks[k]`` as chunk ``start + k`` (each block is exactly one chunk). ``encoded[k]``, where
+        given and not None, is ``blocks[k]`` encoded by :func:`tile_codec` (the scan's stash): written as is."""
         if self.codec is None:
             self.array[start : start + len(blocks)] = blocks
             return
@@ -414,5 +565,7 @@ class ChunkWriter:
             if folder not in self._dirs:
                 os.makedirs(folder, exist_ok=True)
                 self._dirs.add(folder)
+            pre = encoded[k] if k < len(encoded) and self.stash_ok else None
+            data = pre if pre is not None else self.codec.encode(np.ascontiguousarray(blocks[k]))
             with open(path, "wb") as f:
-                f.write(self.codec.encode(np.ascontiguousarray(blocks[k])))
+                f.write(data)
