@@ -479,7 +479,7 @@ def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
 
     rim: ``inst > 0`` and the ``(2r+1)^2`` square around it is not constant (min < max); gap:
     ``inst == 0`` and the square holds two different ids (min of the ids > 0 < max). The square
-    filters run in strips of :data:`_STRIP_ROWS` rows, skipping rows no label reaches: OpenCV
+    filters run in strips of :data:`_STRIP_ROWS` rows, skipping rows and column blocks no label reaches: OpenCV
     dilate/erode for uint16 ids, shifted-slice numpy maxima/minima otherwise (identical results;
     every output window lies inside the padded raster, so no border rule enters). Both release
     the GIL, so thread workers run them in parallel. Memory: O(strip x W) temporaries.
@@ -495,21 +495,42 @@ def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     fast = _cv2() is not None and inst.dtype == np.uint16
     for y0 in range(y_lo, y_hi, _STRIP_ROWS):
         y1 = min(y_hi, y0 + _STRIP_ROWS)
-        a = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
-        centre = a[r : r + y1 - y0, r : r + w]
-        if fast:
-            hi, lo, lo_nz1 = _cv2_filters(a, r)
-            rim[y0:y1] = (centre > 0) & (lo < hi)
-            hi -= np.uint16(1)  # ids - 1 (0 wraps to 65535, as in lo_nz1): two ids <=> lo_nz1 < hi - 1
-            gap[y0:y1] = (centre == 0) & (lo_nz1 < hi)
-        else:
-            big = np.iinfo(a.dtype).max
-            hi = _square_filter(a, r, np.maximum)
-            lo = _square_filter(a, r, np.minimum)
-            lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
-            rim[y0:y1] = (centre > 0) & (lo < hi)
-            gap[y0:y1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
+        rows = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
+        for x0, x1 in _labelled_runs(rows.any(axis=0), w, r, _STRIP_ROWS):
+            a = rows[:, x0 : x1 + 2 * r]  # padded columns of output columns x0..x1
+            centre = a[r : r + y1 - y0, r : r + x1 - x0]
+            if fast:
+                hi, lo, lo_nz1 = _cv2_filters(a, r)
+                rim[y0:y1, x0:x1] = (centre > 0) & (lo < hi)
+                hi -= np.uint16(1)  # ids - 1 (0 wraps to 65535, as in lo_nz1): two ids <=> lo_nz1 < hi - 1
+                gap[y0:y1, x0:x1] = (centre == 0) & (lo_nz1 < hi)
+            else:
+                big = np.iinfo(a.dtype).max
+                hi = _square_filter(a, r, np.maximum)
+                lo = _square_filter(a, r, np.minimum)
+                lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
+                rim[y0:y1, x0:x1] = (centre > 0) & (lo < hi)
+                gap[y0:y1, x0:x1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
     return rim, gap
+
+
+def _labelled_runs(labelled: np.ndarray, w: int, r: int, block: int) -> list[tuple[int, int]]:
+    """Output column ranges ``[x0, x1)`` (of ``w``; merged blocks of ``block`` columns) whose padded input
+    columns ``[x0, x1 + 2r)`` hold a label (``labelled``: bool per padded column); elsewhere no square
+    holds an id, so rim and gap are False there."""
+    starts = np.arange(0, w, block)
+    stops = np.minimum(starts + block, w)
+    seen = np.concatenate([[0], np.cumsum(labelled, dtype=np.int64)])
+    on = (seen[stops + 2 * r] - seen[starts]) > 0
+    runs: list[tuple[int, int]] = []
+    for a, b, k in zip(starts.tolist(), stops.tolist(), on.tolist(), strict=True):
+        if not k:
+            continue
+        if runs and runs[-1][1] == a:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((a, b))
+    return runs
 
 
 _STRIP_ROWS = 512  # output rows per boundary filter strip
