@@ -496,7 +496,7 @@ def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     for y0 in range(y_lo, y_hi, _STRIP_ROWS):
         y1 = min(y_hi, y0 + _STRIP_ROWS)
         rows = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
-        for x0, x1 in _labelled_runs(rows.any(axis=0), w, r, _STRIP_ROWS):
+        for x0, x1 in _labelled_runs(np.asarray(rows.any(axis=0)), w, r, _STRIP_ROWS):
             a = rows[:, x0 : x1 + 2 * r]  # padded columns of output columns x0..x1
             centre = a[r : r + y1 - y0, r : r + x1 - x0]
             if fast:

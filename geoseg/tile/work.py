@@ -7,9 +7,9 @@
   certain to be sampled (a positive: every positive is selected unless the split's gap drops it).
 * :func:`extract_chunk` writes the selected tiles of one chunk, each to its own zarr chunk
   ``images[i]`` / ``masks[i]``: stashed bytes are copied (and decoded for the statistics), the other
-  images (negatives) are read again; without a stash the masks are burnt again too. Every zarr chunk
-  is written by exactly one task. It returns exact per-tile fractions and band statistics
-  (histograms for 8/16-bit integers, sums + a pixel sample otherwise).
+  images (negatives) are read again. Every zarr chunk is written by exactly one task. It returns
+  exact per-tile fractions and band statistics (histograms for 8/16-bit integers, sums + a pixel
+  sample otherwise).
 
 Memory per task: O(bands x chunk pixels) for the image plus the same in uint8 for the mask, where a
 chunk is at most ~32 MB of pixels; never the scene. The stash is on disk (in the output's staging
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +128,9 @@ class ScanTask:
     window: Window  # chunk window, tile-aligned, may extend past the scene
     tiles: tuple[tuple[int, int], ...]  # (row_off, col_off) of tiles, scene pixel coordinates
     tile_size: int
-    labels: SceneLabels
+    # the labels near the window; or (geoseg.tile.run, local threads) a callable that waits for them and returns
+    # the completed task, called once the chunk is decoded
+    labels: SceneLabels | Callable[[ScanTask], ScanTask] | None
     cache_mb: int = 64
     # with a stash file: write every tile's final mask there, and the image of every positive
     stash: str | None = None
@@ -159,6 +161,10 @@ def scan_chunk(task: ScanTask) -> ScanResult:
     t = task.tile_size
     with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
         data, valid = read_chunk(ds, task.window)
+    if callable(task.labels):
+        task = task.labels(task)
+    if not isinstance(task.labels, SceneLabels):
+        raise TypeError("ScanTask.labels must be SceneLabels (or a callable returning a task with them)")
     if task.stash is None:
         plain = final = burn_mask(task.grid[task.window], task.labels)
     else:
@@ -289,15 +295,12 @@ class ExtractTask:
     grid: Grid
     tiles: tuple[tuple[int, int, int], ...]  # (zarr index, row_off, col_off)
     tile_size: int
-    labels: SceneLabels
     zarr_path: str
     dtype: str
-    boundary_class: int | None = None
-    boundary_width: int = 0
+    # the scan's stash: its files, and per tile (file index, *STASH_COLUMNS); every tile's mask is there
+    stash_paths: tuple[str, ...]
+    stash: np.ndarray
     cache_mb: int = 64
-    # the scan's stash: files, and per tile (stash file index, *STASH_COLUMNS); None: read and burn everything
-    stash_paths: tuple[str, ...] = ()
-    stash: np.ndarray | None = None
 
 
 @dataclass
@@ -315,8 +318,8 @@ class ExtractResult:
 
 
 def extract_chunk(task: ExtractTask) -> ExtractResult:
-    """Write the tiles of one chunk (each to its own zarr chunk) from the scan's stash, reading and
-    masking what is not stashed; returns their exact fractions and band statistics."""
+    """Write the tiles of one chunk (each to its own zarr chunk) from the scan's stash, reading the images
+    that are not stashed; returns their exact fractions and band statistics."""
     t = task.tile_size
     npx = float(t * t)
     rows = [r for _, r, _ in task.tiles]
@@ -332,9 +335,8 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         class_pixels=np.zeros(256, np.int64),
         valid_pixels=np.zeros(0, np.int64),
     )
-    burn: dict[str, Any] = {"boundary_class": task.boundary_class, "boundary_width": task.boundary_width}
     refs = task.stash
-    stashed = np.zeros(n, bool) if refs is None else refs[:, 1 + STASH_COLUMNS.index("img_len")] > 0
+    stashed = refs[:, 1 + STASH_COLUMNS.index("img_len")] > 0
     todo = [k for k in range(n) if not stashed[k]]  # tiles whose image is read from the scene
     codec = tile_codec()
     with (
@@ -352,29 +354,24 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
             samples = []
         dense = False
         if todo:
-            # one read (+ one burn without a stash) for the tiles to read when only the blocks under them are
-            # decoded (see read_tiles), or when they cover enough of their window; else tile by tile
+            # one read for the tiles to read when only the blocks under them are decoded (see read_tiles), or
+            # when they cover enough of their window; else tile by tile
             r0, c0 = min(rows[k] for k in todo), min(cols[k] for k in todo)
             bound = Window(c0, r0, max(cols[k] for k in todo) + t - c0, max(rows[k] for k in todo) + t - r0)
             dense = (_inside(ds, bound) and _all_valid(ds)) or len(todo) * t * t >= 0.25 * bound.width * bound.height
             if dense:
                 data_b, valid_b = read_tiles(ds, bound, [(rows[k], cols[k]) for k in todo], t)
-                if refs is None:
-                    mask_b = burn_mask(task.grid[bound], task.labels, **burn)
-                    if valid_b is not None:
-                        mask_b[~valid_b] = IGNORE
         for start, stop in _runs([i for i, _, _ in task.tiles]):
             m = stop - start
             imgs = np.empty((m, cnt, t, t), task.dtype)
             msks = np.empty((m, t, t), np.uint8)
             valids: list[np.ndarray | None] = []
             img_bytes: list[bytes | None] = []
-            mask_bytes: list[bytes | None] = []
+            mask_bytes: list[bytes] = []
             for j, k in enumerate(range(start, stop)):
                 _, r, c = task.tiles[k]
                 valid: np.ndarray | None = None
                 if stashed[k]:
-                    assert refs is not None
                     ib = stash.read(refs[k], "img")
                     codec.decode(ib, out=imgs[j])
                     img_bytes.append(ib)
@@ -391,18 +388,9 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
                     imgs[j], valid = read_chunk(ds, win)
                     img_bytes.append(None)
                 valids.append(valid)
-                if refs is not None:
-                    mb = stash.read(refs[k], "mask")
-                    codec.decode(mb, out=msks[j])
-                    mask_bytes.append(mb)
-                elif dense:
-                    msks[j] = mask_b[r - r0 : r - r0 + t, c - c0 : c - c0 + t]
-                    mask_bytes.append(None)
-                else:
-                    msks[j] = burn_mask(task.grid[Window(c, r, t, t)], task.labels, **burn)
-                    if valid is not None:
-                        msks[j][~valid] = IGNORE
-                    mask_bytes.append(None)
+                mb = stash.read(refs[k], "mask")  # (nodata pixels are ignore in it already)
+                codec.decode(mb, out=msks[j])
+                mask_bytes.append(mb)
             # whole-run statistics (vectorised; histograms by OpenCV, which releases the GIL)
             flat = msks.reshape(m, t * t)
             res.class_pixels += hist_u8(flat)
