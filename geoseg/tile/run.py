@@ -436,9 +436,7 @@ def _scan_early(
     th = threading.Thread(target=drive, name="geoseg-tile-scan", daemon=True)
     th.start()
     try:
-        inp = read()
-        for sl in inp.per_scene:
-            sl.prepare()  # (shared by the tasks' label subsets)
+        inp = read()  # (not prepared here: each task builds the rasterization inputs of its own subset)
     except BaseException:
         later.set(None)
         th.join()
