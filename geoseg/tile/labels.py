@@ -37,6 +37,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from rasterio.crs import CRS
+from rasterio.enums import MergeAlg
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
@@ -400,11 +401,11 @@ def burn_masks(
         inside = _near(prep.bounds, grid.bounds)
         inv = np.flatnonzero(inside & ~labels.valid)
         if len(inv):
-            rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
+            _burn([(prep.shapes[i], IGNORE) for i in inv], out, grid.transform)
         val = np.flatnonzero(inside & labels.valid)
         if len(val):
             ids = labels.class_ids.tolist()
-            rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
+            _burn([(prep.shapes[i], ids[i]) for i in val], out, grid.transform)
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
@@ -414,6 +415,29 @@ def burn_masks(
         if plain is not out:
             plain[outside] = IGNORE
     return plain, out
+
+
+def _burn(pairs: list[tuple[dict[str, Any], int]], out: np.ndarray, transform: Any) -> None:
+    """``rasterize(pairs, out=out, transform=transform)`` (pixel centres, later pairs win) for the GeoJSON
+    ``Polygon`` mappings of :func:`polygon_mappings`, without rasterio's per-shape ``is_valid_geom`` (a
+    third of the call, all of it holding the GIL): empty polygons are dropped here, as rasterize would
+    (with a warning); other shapes and any other rasterio go through ``rasterize`` itself."""
+    ok = [(g, v) for g, v in pairs if g["type"] == "Polygon" and g["coordinates"] and len(g["coordinates"][0]) >= 4]
+    if not ok:
+        return
+    if _RASTERIZE is not None and out.dtype.name in ("uint8", "uint16", "int32"):
+        try:
+            _RASTERIZE(ok, out, transform, False, MergeAlg.replace)
+            return
+        except TypeError:  # (another rasterio's private signature): the public call below
+            pass
+    rasterize(ok, out=out, transform=transform)
+
+
+try:  # the C call behind rasterio.features.rasterize (rasterio 1.3-1.4: shapes, out, transform, all_touched, merge)
+    from rasterio._features import _rasterize as _RASTERIZE
+except ImportError:  # pragma: no cover - other rasterio versions: the public function
+    _RASTERIZE = None
 
 
 def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -443,7 +467,8 @@ def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> 
     numbered = [(shapes[i], ignore_code) for i in inv]
     pairs = zip(val.tolist(), codes, strict=True)
     numbered += [(shapes[i], k << bits | code) for k, (i, code) in enumerate(pairs, start=1)]
-    burnt = rasterize(numbered, out_shape=padded.shape, transform=padded.transform, dtype=dtype)
+    burnt = np.zeros(padded.shape, dtype)
+    _burn(numbered, burnt, padded.transform)
     code = (burnt[pad : pad + h, pad : pad + w] & dtype((1 << bits) - 1)).astype(np.uint8)
     lut = np.zeros(256, np.uint8)
     lut[1 : len(present) + 1] = present
