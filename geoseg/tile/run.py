@@ -547,6 +547,7 @@ def _extract(
         task = ExtractTask(_abs(sp.scene.path), sp.scene.grid, trip, t_size, str(zarr_path), inp.dtype, files,
                            task_refs, sp.cache_mb)  # fmt: skip
         ex_items.append(((int(si), int(cr), int(cc)), task))
+    ex_items.sort(key=lambda kt: -len(kt[1].tiles))  # largest first: less idle time at the end (results are keyed)
     results: dict[Any, ExtractResult] = {}
     with _bar(len(tiles), "tiles", progress) as bar:
         for key, eres in ex.map(extract_chunk, ex_items):
