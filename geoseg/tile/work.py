@@ -20,7 +20,6 @@ slower): the in-scene part is read and pasted.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -343,7 +342,7 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
     with (
         gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"),
         open_raster(task.path) as ds,
-        _Stash(task.stash_paths) as stash,
+        _Stash(task.stash_paths, refs) as stash,
     ):
         cnt = ds.count
         res.valid_pixels = np.zeros(cnt, np.int64)
@@ -367,8 +366,8 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
             imgs = np.empty((m, cnt, t, t), task.dtype)
             msks = np.empty((m, t, t), np.uint8)
             valids: list[np.ndarray | None] = []
-            img_bytes: list[bytes | None] = []
-            mask_bytes: list[bytes] = []
+            img_bytes: list[memoryview | bytes | None] = []
+            mask_bytes: list[memoryview | bytes] = []
             for j, k in enumerate(range(start, stop)):
                 _, r, c = task.tiles[k]
                 valid: np.ndarray | None = None
@@ -431,35 +430,49 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
 
 
 class _Stash:
-    """Read-only access to the scan's stash files (``os.pread``; opened on first use, closed on exit)."""
+    """The parts of the scan's stash files one extract task needs: one ``os.pread`` per file of the byte range
+    its tiles span (at most one chunk's stash, compressed), read on entry; :meth:`read` slices it."""
 
-    def __init__(self, paths: tuple[str, ...]) -> None:
+    def __init__(self, paths: tuple[str, ...], refs: np.ndarray) -> None:
         self.paths = paths
-        self.fds: dict[int, int] = {}
+        self.refs = refs
+        self.data: dict[int, tuple[int, memoryview]] = {}
 
     def __enter__(self) -> _Stash:
+        offs = self.refs[:, 1::2]  # (n, 3): img, valid, mask offsets
+        ends = offs + self.refs[:, 2::2]
+        used = self.refs[:, 2::2] > 0
+        for i in np.unique(self.refs[:, 0]).tolist():
+            mine = (self.refs[:, 0] == i)[:, None] & used
+            if not mine.any():
+                continue
+            lo, hi = int(offs[mine].min()), int(ends[mine].max())
+            fd = os.open(self.paths[i], os.O_RDONLY)
+            try:
+                buf = bytearray(hi - lo)
+                view = memoryview(buf)
+                got = 0
+                while got < len(buf):
+                    n = os.preadv(fd, [view[got:]], lo + got)
+                    if n <= 0:
+                        raise OSError(f"{self.paths[i]}: stash file is shorter than expected")
+                    got += n
+            finally:
+                os.close(fd)
+            self.data[i] = (lo, view)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for fd in self.fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
+        self.data.clear()
 
-    def read(self, ref: np.ndarray, what: str) -> bytes:
+    def read(self, ref: np.ndarray, what: str) -> memoryview | bytes:
         """The ``what`` (img, valid, mask) bytes of one tile (``ref`` = file index, *STASH_COLUMNS); b"" if none."""
         j = 1 + STASH_COLUMNS.index(f"{what}_off")
         off, size = int(ref[j]), int(ref[j + 1])
         if size == 0:
             return b""
-        i = int(ref[0])
-        fd = self.fds.get(i)
-        if fd is None:
-            fd = self.fds[i] = os.open(self.paths[i], os.O_RDONLY)
-        out = os.pread(fd, size, off)
-        if len(out) != size:
-            raise OSError(f"{self.paths[i]}: stash file is shorter than expected")
-        return out
+        lo, view = self.data[int(ref[0])]
+        return view[off - lo : off - lo + size]
 
 
 def _runs(index: list[int], longest: int = 32) -> list[tuple[int, int]]:
@@ -540,7 +553,7 @@ class ChunkWriter:
             self.codec = _blosc(str(b.cname.value), b.clevel, str(b.shuffle.value))
             self.stash_ok = self.codec.get_config() == tile_codec().get_config()
 
-    def write(self, start: int, blocks: np.ndarray, encoded: Sequence[bytes | None] = ()) -> None:
+    def write(self, start: int, blocks: np.ndarray, encoded: Sequence[memoryview | bytes | None] = ()) -> None:
         """Write ``blocks[k]`` as chunk ``start + k`` (each block is exactly one chunk). ``encoded[k]``, where
         given and not None, is ``blocks[k]`` encoded by :func:`tile_codec` (the scan's stash): written as is."""
         if self.codec is None:
