@@ -8,7 +8,9 @@ Makes a ``SIZE x SIZE`` 3-band uint8 GeoTIFF (tiled 512, ZSTD; smooth texture + 
   that intersect it (STRtree query), ``np.save`` image and mask (every tile is written);
 * geoseg: ``geoseg tile SCENE --labels ... --workers N`` as a child process, end to end (Python
   start-up, scan, selection, extraction, zarr + gpkg writes), for each N in ``--workers``;
-* peak memory: the RSS of the whole process tree summed, sampled every 20 ms with psutil.
+* peak memory: the RSS of the whole process tree summed, sampled every 20 ms with psutil;
+* other load: the cores other processes kept busy during each timed run (system-wide busy CPU time
+  minus the run's own), which bounds what a second worker can gain on a shared machine.
 
 Prints each wall time, its ratio to raw decode (``raw / wall``: the share of the decode-bound speed
 reached), the speedups ``workers 2 / workers 1`` (target >= 1.7) and ``workers 2 vs naive``
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,10 +136,19 @@ def naive_loop(scene: Path, labels: Path, out: Path, tile: int) -> None:
                 np.save(out / f"{r}_{c}_mask.npy", mask)
 
 
+#: CPU seconds other processes used during the last :func:`run_child`, per second of its wall time (cores)
+OTHER_LOAD: list[float] = []
+
+
 def run_child(cmd: list[str]) -> tuple[float, float, str, str]:
-    """Run ``cmd``; return wall seconds, peak RSS (MB) of its process tree, stdout and stderr."""
+    """Run ``cmd``; return wall seconds, peak RSS (MB) of its process tree, stdout and stderr. Also records
+    in :data:`OTHER_LOAD` how many cores the rest of the machine kept busy meanwhile (system-wide busy CPU
+    time minus the child's own), since on a shared machine that decides what a second worker can gain."""
+    import resource
+
     import psutil
 
+    busy0, own0 = _busy_cpu(psutil), _children_cpu(resource)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -156,6 +168,8 @@ def run_child(cmd: list[str]) -> tuple[float, float, str, str]:
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     so, se = proc.communicate()
+    other = (_busy_cpu(psutil) - busy0) - (_children_cpu(resource) - own0)
+    OTHER_LOAD[:] = [max(0.0, other) / wall]
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed ({proc.returncode}):\n{se[-3000:]}")
     return wall, peak / 2**20, so, se
@@ -241,7 +255,7 @@ def main() -> None:
             n_files = sum(1 for _ in out.iterdir())
             walls["naive"] = wall
             print(f"naive loop (read + rasterize + np.save, every tile, {n_files} files): {wall:.2f}s; "
-                  f"ratio to raw decode {raw / wall:.2f}; peak RSS {peak:.0f} MB")  # fmt: skip
+                  f"ratio to raw decode {raw / wall:.2f}; peak RSS {peak:.0f} MB{_load()}")  # fmt: skip
         extra = ["--processes"] if args.processes else []
         outs = {}
         for w in (int(v) for v in args.workers.split(",")):
@@ -256,7 +270,7 @@ def main() -> None:
             kept = n_tiles * args.tile_size**2 / px
             print(f"geoseg tile --workers {w}{' --processes' if args.processes else ''}: {r['wall_s']:.2f}s; "
                   f"ratio to raw decode {raw / r['wall_s']:.2f}; peak RSS {r['peak_mb']:.0f} MB (target < 1536); "
-                  f"tiles {n_tiles} ({kept:.0%} of the scene) {real}\n  phases: {r['timings']}")  # fmt: skip
+                  f"tiles {n_tiles} ({kept:.0%} of the scene) {real}{_load()}\n  phases: {r['timings']}")  # fmt: skip
         if "w1" in walls and "w2" in walls:
             print(f"speedup --workers 2 / --workers 1: {walls['w1'] / walls['w2']:.2f} (target >= 1.7)")
             print(f"outputs --workers 1 vs 2: {same_outputs(outs[1], outs[2])}")
@@ -269,6 +283,22 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             shutil.rmtree(work / "naive", ignore_errors=True)
+
+
+def _busy_cpu(psutil: Any) -> float:
+    """System-wide non-idle CPU seconds since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+def _children_cpu(resource: Any) -> float:
+    """CPU seconds of this process (its RSS sampling) and of its finished children."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_CHILDREN, resource.RUSAGE_SELF)]
+    return sum(r.ru_utime + r.ru_stime for r in usage)
+
+
+def _load() -> str:
+    return f"; other processes kept {OTHER_LOAD[0]:.2f} of {os.cpu_count()} cores busy meanwhile" if OTHER_LOAD else ""
 
 
 def _settle() -> None:

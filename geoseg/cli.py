@@ -6,6 +6,7 @@ Every :class:`~geoseg.errors.GeosegError` becomes one line on stderr and exit co
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -621,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         if term.fired:
             code = 143
         typer.echo(f"geoseg: {'terminated' if term.fired else 'interrupted'}{hint}", err=True)
+    if argv is None:  # the console script: the process ends now; spare it the final full cyclic GC (0.3-0.9 s)
+        gc.freeze()
     return code
 
 

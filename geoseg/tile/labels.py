@@ -37,6 +37,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from rasterio.crs import CRS
+from rasterio.enums import MergeAlg
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
@@ -370,32 +371,73 @@ def burn_mask(
     the boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
     Only polygons whose bounding box reaches the window are rasterized.
     """
+    return burn_masks(grid, labels, boundary_class=boundary_class, boundary_width=boundary_width)[1]
+
+
+def burn_masks(
+    grid: Grid, labels: SceneLabels, *, boundary_class: int | None = None, boundary_width: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(plain, mask)``: :func:`burn_mask` of ``grid`` and the same mask before the boundary class is
+    added (class ids where the boundary pixels are, 0 in the contact gaps), from one rasterization.
+    ``plain`` is ``mask`` itself (the same array) when there is no boundary class or no boundary pixel.
+    """
     h, w = grid.height, grid.width
     out = np.zeros((h, w), np.uint8)
     if h == 0 or w == 0:
-        return out
+        return out, out
     pad = boundary_width if boundary_class is not None and boundary_width > 0 else 0
     prep = _prepared(labels)
+    plain = out
     if pad and boundary_class is not None:  # pad > 0 implies a boundary class
         out, inst = _burn_padded(grid, labels, prep, pad)
+        plain = out
         if inst is not None:
             rim, gap = rim_and_gap(inst, pad)
-            out[rim | (gap & (out == 0))] = boundary_class
+            edge = rim | (gap & (out == 0))
+            if edge.any():
+                plain = out.copy()
+                out[edge] = boundary_class
     else:
         inside = _near(prep.bounds, grid.bounds)
         inv = np.flatnonzero(inside & ~labels.valid)
         if len(inv):
-            rasterize(((prep.shapes[i], IGNORE) for i in inv), out=out, transform=grid.transform)
+            _burn([(prep.shapes[i], IGNORE) for i in inv], out, grid.transform)
         val = np.flatnonzero(inside & labels.valid)
         if len(val):
             ids = labels.class_ids.tolist()
-            rasterize(((prep.shapes[i], ids[i]) for i in val), out=out, transform=grid.transform)
+            _burn([(prep.shapes[i], ids[i]) for i in val], out, grid.transform)
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
             rasterize(((g, 1) for g in labels.coverage), out=cov, transform=grid.transform)
-        out[cov == 0] = IGNORE
-    return out
+        outside = cov == 0
+        out[outside] = IGNORE
+        if plain is not out:
+            plain[outside] = IGNORE
+    return plain, out
+
+
+def _burn(pairs: list[tuple[dict[str, Any], int]], out: np.ndarray, transform: Any) -> None:
+    """``rasterize(pairs, out=out, transform=transform)`` (pixel centres, later pairs win) for the GeoJSON
+    ``Polygon`` mappings of :func:`polygon_mappings`, without rasterio's per-shape ``is_valid_geom`` (a
+    third of the call, all of it holding the GIL): empty polygons are dropped here, as rasterize would
+    (with a warning); other shapes and any other rasterio go through ``rasterize`` itself."""
+    ok = [(g, v) for g, v in pairs if g["type"] == "Polygon" and g["coordinates"] and len(g["coordinates"][0]) >= 4]
+    if not ok:
+        return
+    if _RASTERIZE is not None and out.dtype.name in ("uint8", "uint16", "int32"):
+        try:
+            _RASTERIZE(ok, out, transform, False, MergeAlg.replace)
+            return
+        except TypeError:  # (another rasterio's private signature): the public call below
+            pass
+    rasterize(ok, out=out, transform=transform)
+
+
+try:  # the C call behind rasterio.features.rasterize (rasterio 1.3-1.4: shapes, out, transform, all_touched, merge)
+    from rasterio._features import _rasterize as _RASTERIZE
+except ImportError:  # pragma: no cover - other rasterio versions: the public function
+    _RASTERIZE = None
 
 
 def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -425,7 +467,8 @@ def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> 
     numbered = [(shapes[i], ignore_code) for i in inv]
     pairs = zip(val.tolist(), codes, strict=True)
     numbered += [(shapes[i], k << bits | code) for k, (i, code) in enumerate(pairs, start=1)]
-    burnt = rasterize(numbered, out_shape=padded.shape, transform=padded.transform, dtype=dtype)
+    burnt = np.zeros(padded.shape, dtype)
+    _burn(numbered, burnt, padded.transform)
     code = (burnt[pad : pad + h, pad : pad + w] & dtype((1 << bits) - 1)).astype(np.uint8)
     lut = np.zeros(256, np.uint8)
     lut[1 : len(present) + 1] = present
@@ -461,7 +504,7 @@ def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
 
     rim: ``inst > 0`` and the ``(2r+1)^2`` square around it is not constant (min < max); gap:
     ``inst == 0`` and the square holds two different ids (min of the ids > 0 < max). The square
-    filters run in strips of :data:`_STRIP_ROWS` rows, skipping rows no label reaches: OpenCV
+    filters run in strips of :data:`_STRIP_ROWS` rows, skipping rows and column blocks no label reaches: OpenCV
     dilate/erode for uint16 ids, shifted-slice numpy maxima/minima otherwise (identical results;
     every output window lies inside the padded raster, so no border rule enters). Both release
     the GIL, so thread workers run them in parallel. Memory: O(strip x W) temporaries.
@@ -477,21 +520,42 @@ def rim_and_gap(inst: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
     fast = _cv2() is not None and inst.dtype == np.uint16
     for y0 in range(y_lo, y_hi, _STRIP_ROWS):
         y1 = min(y_hi, y0 + _STRIP_ROWS)
-        a = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
-        centre = a[r : r + y1 - y0, r : r + w]
-        if fast:
-            hi, lo, lo_nz1 = _cv2_filters(a, r)
-            rim[y0:y1] = (centre > 0) & (lo < hi)
-            hi -= np.uint16(1)  # ids - 1 (0 wraps to 65535, as in lo_nz1): two ids <=> lo_nz1 < hi - 1
-            gap[y0:y1] = (centre == 0) & (lo_nz1 < hi)
-        else:
-            big = np.iinfo(a.dtype).max
-            hi = _square_filter(a, r, np.maximum)
-            lo = _square_filter(a, r, np.minimum)
-            lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
-            rim[y0:y1] = (centre > 0) & (lo < hi)
-            gap[y0:y1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
+        rows = inst[y0 : y1 + 2 * r]  # the padded rows of output rows y0..y1
+        for x0, x1 in _labelled_runs(np.asarray(rows.any(axis=0)), w, r, _STRIP_ROWS):
+            a = rows[:, x0 : x1 + 2 * r]  # padded columns of output columns x0..x1
+            centre = a[r : r + y1 - y0, r : r + x1 - x0]
+            if fast:
+                hi, lo, lo_nz1 = _cv2_filters(a, r)
+                rim[y0:y1, x0:x1] = (centre > 0) & (lo < hi)
+                hi -= np.uint16(1)  # ids - 1 (0 wraps to 65535, as in lo_nz1): two ids <=> lo_nz1 < hi - 1
+                gap[y0:y1, x0:x1] = (centre == 0) & (lo_nz1 < hi)
+            else:
+                big = np.iinfo(a.dtype).max
+                hi = _square_filter(a, r, np.maximum)
+                lo = _square_filter(a, r, np.minimum)
+                lo_nz = _square_filter(np.where(a > 0, a, big), r, np.minimum)
+                rim[y0:y1, x0:x1] = (centre > 0) & (lo < hi)
+                gap[y0:y1, x0:x1] = (centre == 0) & (lo_nz < hi)  # hi == 0: lo_nz is the maximum value, never below
     return rim, gap
+
+
+def _labelled_runs(labelled: np.ndarray, w: int, r: int, block: int) -> list[tuple[int, int]]:
+    """Output column ranges ``[x0, x1)`` (of ``w``; merged blocks of ``block`` columns) whose padded input
+    columns ``[x0, x1 + 2r)`` hold a label (``labelled``: bool per padded column); elsewhere no square
+    holds an id, so rim and gap are False there."""
+    starts = np.arange(0, w, block)
+    stops = np.minimum(starts + block, w)
+    seen = np.concatenate([[0], np.cumsum(labelled, dtype=np.int64)])
+    on = (seen[stops + 2 * r] - seen[starts]) > 0
+    runs: list[tuple[int, int]] = []
+    for a, b, k in zip(starts.tolist(), stops.tolist(), on.tolist(), strict=True):
+        if not k:
+            continue
+        if runs and runs[-1][1] == a:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((a, b))
+    return runs
 
 
 _STRIP_ROWS = 512  # output rows per boundary filter strip

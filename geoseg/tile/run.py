@@ -1,10 +1,12 @@
 """``geoseg tile``: scenes + dated labels -> ``tiles.zarr`` + ``tiles.gpkg`` + ``dataset.json``.
 
 Flow: validate everything (scenes, labels, dates, layers) before writing anything; scan every
-tile of every scene in chunks (one full-resolution windowed read per chunk, labels rasterized per
-chunk); select positives / hard / easy negatives and the spatially blocked split on the candidate
-table (pure, seeded); read the selected tiles again and write one zarr chunk per tile; write the
-index and dataset.json. Everything goes to a staging directory moved into ``--out`` at the end.
+tile of every scene in chunks (one full-resolution windowed read per chunk, labels rasterized once
+per chunk, every tile's mask and every positive's image stashed encoded in one file per chunk);
+select positives / hard / easy negatives and the spatially blocked split on the candidate table
+(pure, seeded); write one zarr chunk per selected tile (stashed bytes copied, the negatives' images
+read again); write the index and dataset.json. Everything goes to a staging directory moved into
+``--out`` at the end (the stash is removed before).
 
 Memory: bounded by the chunk size (``~32 MB`` of pixels) times the number of workers plus the
 label polygons and a small per-tile table, never by scene size. Tiles of multiple scenes with
@@ -15,12 +17,16 @@ source pixels are ``scene`` + ``row_off``/``col_off``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import gc
 import logging
 import math
+import shutil
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +47,21 @@ from geoseg.tile import sampling, store
 from geoseg.tile.hardneg import read_hard_negatives
 from geoseg.tile.labels import IGNORE, Labels, SceneLabels, class_table, read_polygons, read_scene_labels
 from geoseg.tile.objects import BOUNDARY_RULE, auto_boundary_width, label_object_summary
-from geoseg.tile.work import ExtractResult, ExtractTask, ScanResult, ScanTask, extract_chunk, gdal_cache_mb, scan_chunk
+from geoseg.tile.work import (
+    STASH_COLUMNS,
+    ExtractResult,
+    ExtractTask,
+    ScanResult,
+    ScanTask,
+    extract_chunk,
+    gdal_cache_mb,
+    scan_chunk,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 32 * 2**20  # pixels read per task (scan and extract), per worker
+STASH_DIR = ".tile-stash"  # in the staging directory: the scan's encoded tiles (tile.work), removed after extract
 
 
 @dataclass(frozen=True)
@@ -143,24 +159,34 @@ def run(config: TileConfig) -> TileResult:
 def _run(config: TileConfig) -> TileResult:
     """Phases: inputs (all validation) -> plan -> scan -> select -> extract -> index (into a staging dir)."""
     timer = _Timer()
-    inp = _read_inputs(config)
-    plan = _plan(config, inp)
-    timer.lap("inputs + plan")
+    scenes, dtype = _read_scenes(config)
+    plan = _plan(config, scenes, dtype)
+    pool = _local_pool()
+    early = config.workers > 1 and config.scheduler is None and not config.processes and pool == "threads"
+    inp = None if early else _read_inputs(config, scenes, dtype)
+    timer.lap("scenes + plan" if early else "inputs + plan")
     with (
         _gc_frozen(),
         staged_output(config.out) as stage,
-        Executor(config.workers, config.scheduler, processes=config.processes, local=_local_pool()) as ex,
+        Executor(config.workers, config.scheduler, processes=config.processes, local=pool) as ex,
     ):
-        if not ex.parallel or ex.local == "threads":  # tasks in this process share the inputs built once per scene
-            for sl in inp.per_scene:
-                sl.prepare()
         timer.lap("start-up")
-        _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
-        scan = _scan(ex, plan, inp, config.progress)
-        timer.lap(f"scan ({plan.n_candidates} tiles)")
+        stash = stage / STASH_DIR
+        stash.mkdir()
+        if inp is None:  # local threads: the scan decodes its first chunks while the labels are read
+            scan, inp = _scan_early(ex, plan, config, stash, lambda: _read_inputs(config, scenes, dtype))
+            timer.lap(f"inputs + scan ({plan.n_candidates} tiles)")
+        else:
+            if not ex.parallel or ex.local == "threads":  # tasks in this process share the inputs built once
+                for sl in inp.per_scene:
+                    sl.prepare()
+            _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
+            scan = _scan(ex, plan, config, stash, inp)
+            timer.lap(f"scan ({plan.n_candidates} tiles)")
         chosen = _select(config, inp, scan)
         timer.lap("select")
-        ordered = _extract(ex, plan, inp, chosen.tiles, stage, config.progress)
+        ordered = _extract(ex, plan, inp, chosen.tiles, stage, config.progress, scan)
+        shutil.rmtree(stash)
         timer.lap(f"extract ({len(chosen.tiles)} tiles)")
         dataset = _index(stage, config, inp, chosen, ordered)
         timer.lap("index + dataset.json")
@@ -178,6 +204,7 @@ class _Inputs:
     dtype: str  # common dtype of all scenes
     labels: Labels
     per_scene: list[SceneLabels]  # the labels of each scene, in its CRS
+    trees: list[Any]  # shapely.STRtree over each scene's label polygons
     lookalikes: Any  # GeoDataFrame or None
     mined: Any  # GeoDataFrame of geoseg-mined false positives, or None
     hard_sources: list[dict[str, object]]  # per --hard-negatives layer: path, kind, polygons (dataset.json)
@@ -187,14 +214,19 @@ class _Inputs:
     boundary_source: str  # auto | option
     boundary_class: int | None
 
+    @property
+    def pad_px(self) -> int:
+        """Label context read around a chunk (boundary width + 2)."""
+        return self.boundary_width + 2
+
 
 @dataclass(frozen=True)
 class _ScenePlan:
     """One scene's chunks: tiles of one chunk are read with one windowed read."""
 
     scene: SceneInfo
+    chunk_px: int  # chunk edge in pixels: a multiple of the tile size (and of the block size where it can be)
     cache_mb: int  # GDAL block cache for its tasks (tile.work.gdal_cache_mb)
-    tree: Any  # shapely.STRtree over the scene's label polygons
     # (row phase, col phase, chunk row, chunk col) -> tile offsets (row, col)
     chunks: dict[tuple[int, int, int, int], list[tuple[int, int]]]
 
@@ -203,8 +235,7 @@ class _ScenePlan:
 class _Plan:
     scenes: list[_ScenePlan]
     tile_size: int
-    chunk_px: int  # chunk edge in pixels, a multiple of the tile size
-    pad_px: int  # label context read around a chunk (boundary width + 2)
+    dtype: str  # common dtype of all scenes
     n_candidates: int
 
 
@@ -219,15 +250,19 @@ class _Chosen:
     block_tiles: Any  # resolved split block edge in tiles (None with --val-area)
 
 
-def _read_inputs(config: TileConfig) -> _Inputs:
-    """Open the scenes, labels and optional layers; check they fit together (raises before any write)."""
+def _read_scenes(config: TileConfig) -> tuple[list[SceneInfo], str]:
+    """Open the scenes and check they fit together: the scenes and their common dtype."""
     dates = config.scene_dates * len(config.scenes) if len(config.scene_dates) == 1 else config.scene_dates
     scenes = [scene_info(p, dates[i] if dates else None, asset=config.asset) for i, p in enumerate(config.scenes)]
     counts = {s.count for s in scenes}
     if len(counts) > 1:
         desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
         raise InputError(f"scenes have different band counts ({desc}); tile them into separate datasets")
-    dtype = str(np.result_type(*[np.dtype(s.dtype) for s in scenes]))
+    return scenes, str(np.result_type(*[np.dtype(s.dtype) for s in scenes]))
+
+
+def _read_inputs(config: TileConfig, scenes: list[SceneInfo], dtype: str) -> _Inputs:
+    """Read the labels and optional layers; check they fit the scenes (raises before any tile is written)."""
     labels = read_scene_labels(config, scenes, classes=config.classes)
     coverage = read_polygons(config.coverage, what="coverage") if config.coverage else None
     hard_layers = read_hard_negatives(config.hard_negatives)
@@ -250,8 +285,19 @@ def _read_inputs(config: TileConfig) -> _Inputs:
         boundary_width, boundary_source = int(config.boundary_width), "option"
     boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
     return _Inputs(
-        scenes, dtype, labels, per_scene, lookalikes, mined, hard_layers.sources, val_area, objects,
-        boundary_width, boundary_source, boundary_class,
+        scenes,
+        dtype,
+        labels,
+        per_scene,
+        [shapely.STRtree(sl.geoms) for sl in per_scene],
+        lookalikes,
+        mined,
+        hard_layers.sources,
+        val_area,
+        objects,
+        boundary_width,
+        boundary_source,
+        boundary_class,
     )
 
 
@@ -270,31 +316,39 @@ def _warn_label_dates(config: TileConfig, labels: Labels, per_scene: list[SceneL
         log.warning("%s: no label is valid for any scene date; every labelled pixel is ignore", config.labels)
 
 
-def _plan(config: TileConfig, inp: _Inputs) -> _Plan:
+def _plan(config: TileConfig, scenes: list[SceneInfo], dtype: str) -> _Plan:
     """Every candidate tile of every scene, grouped into chunks of about :data:`CHUNK_BYTES` pixels."""
-    t_size, scenes = config.tile_size, inp.scenes
-    itemsize = np.dtype(inp.dtype).itemsize
+    t_size = config.tile_size
+    itemsize = np.dtype(dtype).itemsize
     k = max(1, int(math.sqrt(CHUNK_BYTES / (scenes[0].count * itemsize)) // t_size))
-    chunk_px = k * t_size
     plans = []
-    for si, s in enumerate(scenes):
+    for s in scenes:
         with open_raster(s.path) as ds:
             block = ds.block_shapes[0]
+        chunk_px = _aligned_chunk(k * t_size, t_size, block)
         cache = gdal_cache_mb(s.grid.width, block, s.count, itemsize, chunk_px)
-        tree = shapely.STRtree(inp.per_scene[si].geoms)
         chunks: dict[tuple[int, int, int, int], list[tuple[int, int]]] = {}
         for w in s.grid.tiles(t_size, config.stride or t_size, pad=True):
             r, c = int(w.row_off), int(w.col_off)
             # tiles of one chunk share a lattice of pitch t_size (the scan cuts tiles by reshaping),
             # so overlapping tiles (stride < tile size) go to one chunk per lattice phase
             chunks.setdefault((r % t_size, c % t_size, r // chunk_px, c // chunk_px), []).append((r, c))
-        plans.append(_ScenePlan(s, cache, tree, chunks))
+        plans.append(_ScenePlan(s, chunk_px, cache, chunks))
     n_candidates = sum(len(t) for p in plans for t in p.chunks.values())
-    itemsize_all = scenes[0].count * np.dtype(inp.dtype).itemsize + 1  # image bands + the uint8 mask
+    itemsize_all = scenes[0].count * itemsize + 1  # image bands + the uint8 mask
     warn_if_low_space(config.out, n_candidates * t_size * t_size * itemsize_all)  # uncompressed, every candidate
     if n_candidates == 0:
         raise EmptyResultError(f"scenes are smaller than --tile-size {t_size}; use a smaller tile size")
-    return _Plan(plans, t_size, chunk_px, inp.boundary_width + 2, n_candidates)
+    return _Plan(plans, t_size, dtype, n_candidates)
+
+
+def _aligned_chunk(target: int, t: int, block: tuple[int, int]) -> int:
+    """Chunk edge: the largest multiple of the tile size ``t`` and of the ``block`` (rows, cols) shape not above
+    ``target`` (no block is decoded by two chunks), else of ``t`` and the block rows, else ``target`` itself."""
+    for step in (math.lcm(t, *block), math.lcm(t, block[0])):
+        if step <= target:
+            return target // step * step
+    return target
 
 
 def _chunk_window(plan: _Plan, tiles: Sequence[tuple[int, int]]) -> Any:
@@ -305,22 +359,94 @@ def _chunk_window(plan: _Plan, tiles: Sequence[tuple[int, int]]) -> Any:
     return _window(c0, r0, max(c for _, c in tiles) + t_size - c0, max(r for r, _ in tiles) + t_size - r0)
 
 
-def _scan(ex: Executor, plan: _Plan, inp: _Inputs, progress: bool) -> dict[Any, ScanResult]:
-    """Fractions and features of every candidate tile, keyed by ``(scene, chunk key)``."""
+def _scan(
+    ex: Executor, plan: _Plan, config: TileConfig, stash: Path, inp: _Inputs | None, later: _Later | None = None
+) -> dict[Any, ScanResult]:
+    """Fractions and features of every candidate tile, keyed by ``(scene, chunk key)``; each chunk's
+    encoded tiles go to one file in ``stash`` (see :func:`geoseg.tile.work.scan_chunk`). Without ``inp``
+    the tasks take their labels from ``later`` once they are read (local threads only)."""
     scan_items = []
+    positive = (config.min_positive_fraction, config.max_unusable_fraction)
     for si, sp in enumerate(plan.scenes):
         s = sp.scene
         for key, tiles in sorted(sp.chunks.items()):
             win = _chunk_window(plan, tiles)
-            sub = inp.per_scene[si].subset(_padded_bounds(s, win, plan.pad_px), sp.tree)
-            task = ScanTask(_abs(s.path), s.grid, win, tuple(tiles), plan.tile_size, sub, sp.cache_mb)
+            task = ScanTask(
+                _abs(s.path), s.grid, win, tuple(tiles), plan.tile_size, None, sp.cache_mb,
+                stash=str(stash.absolute() / ("_".join(map(str, (si, *key))) + ".bin")), dtype=plan.dtype,
+                positive=positive,
+            )  # fmt: skip
+            if inp is not None:
+                task = _with_labels(task, si, inp)
+            elif later is not None:
+                task = dataclasses.replace(task, labels=functools.partial(later.complete, si))
             scan_items.append(((si, *key), task))
     scan: dict[Any, ScanResult] = {}
-    with _bar(plan.n_candidates, "scan", progress) as bar:
+    with _bar(plan.n_candidates, "scan", config.progress) as bar:
         for key, sres in ex.map(scan_chunk, scan_items):
             scan[key] = sres
             bar.update(len(sres.rows))
     return scan
+
+
+def _with_labels(task: ScanTask, si: int, inp: _Inputs) -> ScanTask:
+    """``task`` with the labels near its window (boundary-width padded) and the boundary class."""
+    sub = inp.per_scene[si].subset(_padded_bounds(inp.scenes[si], task.window, inp.pad_px), inp.trees[si])
+    return dataclasses.replace(task, labels=sub, boundary_class=inp.boundary_class, boundary_width=inp.boundary_width)
+
+
+class _Later:
+    """The inputs for scan tasks started before they are read: a task decodes its chunk, then waits here."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._inp: _Inputs | None = None
+
+    def set(self, inp: _Inputs | None) -> None:
+        """Release the waiting tasks (``None``: reading the inputs failed; they stop)."""
+        self._inp = inp
+        self._ready.set()
+
+    def complete(self, si: int, task: ScanTask) -> ScanTask:
+        self._ready.wait()
+        if self._inp is None:
+            raise _Abandoned("inputs failed")
+        return _with_labels(task, si, self._inp)
+
+
+class _Abandoned(Exception):
+    """A scan task stopped because reading the inputs failed (that error is the one raised)."""
+
+
+def _scan_early(
+    ex: Executor, plan: _Plan, config: TileConfig, stash: Path, read: Callable[[], _Inputs]
+) -> tuple[dict[Any, ScanResult], _Inputs]:
+    """:func:`_scan` on a local thread pool, started before the labels are read: the pool decodes the first
+    chunks while this thread runs ``read`` (its errors are raised unchanged). Memory: the in-flight tasks'
+    chunks (2 x workers, :meth:`Executor.map`), as in the scan itself."""
+    later = _Later()
+    box: dict[str, Any] = {}
+
+    def drive() -> None:
+        try:
+            box["scan"] = _scan(ex, plan, config, stash, None, later)
+        except BaseException as e:  # re-raised by the caller's thread below
+            box["error"] = e
+
+    th = threading.Thread(target=drive, name="geoseg-tile-scan", daemon=True)
+    th.start()
+    try:
+        inp = read()  # (not prepared here: each task builds the rasterization inputs of its own subset)
+    except BaseException:
+        later.set(None)
+        th.join()
+        raise
+    _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
+    later.set(inp)
+    th.join()
+    if "error" in box:
+        raise box["error"]
+    return box["scan"], inp
 
 
 def _select(config: TileConfig, inp: _Inputs, scan: dict[Any, ScanResult]) -> _Chosen:
@@ -391,36 +517,37 @@ def _check_valid_pixels(cand: pd.DataFrame, scenes: list[SceneInfo]) -> None:
 
 
 def _extract(
-    ex: Executor, plan: _Plan, inp: _Inputs, tiles: pd.DataFrame, stage: Path, progress: bool
+    ex: Executor,
+    plan: _Plan,
+    inp: _Inputs,
+    tiles: pd.DataFrame,
+    stage: Path,
+    progress: bool,
+    scan: dict[Any, ScanResult],
 ) -> list[ExtractResult]:
     """Write the selected tiles (image + mask) into ``stage/tiles.zarr``; results in task-key order.
 
     The exact fractions of the written tiles replace the scan's in ``tiles`` (in place)."""
-    scenes, t_size, chunk_px = inp.scenes, plan.tile_size, plan.chunk_px
+    scenes, t_size = inp.scenes, plan.tile_size
     zarr_path = stage.absolute() / "tiles.zarr"
     fill = scenes[0].nodata if scenes[0].nodata is not None and np.isfinite(scenes[0].nodata) else 0
     store.create_arrays(zarr_path, len(tiles), scenes[0].count, t_size, inp.dtype, fill=fill)
+    paths, refs = _stash_refs(scan, tiles)
+    chunk_px = np.array([sp.chunk_px for sp in plan.scenes])[tiles["scene"].to_numpy(int)]
     ex_items = []
     for (si, cr, cc), grp in tiles.groupby(
         [tiles["scene"], tiles["row_off"] // chunk_px, tiles["col_off"] // chunk_px], sort=True
     ):
         sp = plan.scenes[si]
         trip = tuple((int(i), int(r), int(c)) for i, r, c in grp[["index", "row_off", "col_off"]].to_numpy())
-        win = _chunk_window(plan, [(r, c) for _, r, c in trip])
-        sub = inp.per_scene[si].subset(_padded_bounds(sp.scene, win, plan.pad_px), sp.tree)
-        task = ExtractTask(
-            _abs(sp.scene.path),
-            sp.scene.grid,
-            trip,
-            t_size,
-            sub,
-            str(zarr_path),
-            inp.dtype,
-            inp.boundary_class,
-            inp.boundary_width,
-            sp.cache_mb,
-        )
+        task_refs = refs[grp["index"].to_numpy(int)]
+        used = np.unique(task_refs[:, 0])
+        task_refs[:, 0] = np.searchsorted(used, task_refs[:, 0])  # file indices into this task's own list
+        files = tuple(paths[i] for i in used.tolist())
+        task = ExtractTask(_abs(sp.scene.path), sp.scene.grid, trip, t_size, str(zarr_path), inp.dtype, files,
+                           task_refs, sp.cache_mb)  # fmt: skip
         ex_items.append(((int(si), int(cr), int(cc)), task))
+    ex_items.sort(key=lambda kt: -len(kt[1].tiles))  # largest first: less idle time at the end (results are keyed)
     results: dict[Any, ExtractResult] = {}
     with _bar(len(tiles), "tiles", progress) as bar:
         for key, eres in ex.map(extract_chunk, ex_items):
@@ -435,6 +562,32 @@ def _extract(
     for name in ("label_fraction", "nodata_fraction", "unusable_fraction"):
         tiles[name] = exact[name][order]
     return ordered
+
+
+def _stash_refs(scan: dict[Any, ScanResult], tiles: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The stash files and, per row of ``tiles`` (by its ``index``), ``(file index, *STASH_COLUMNS)``."""
+    keys = sorted(scan)
+    paths = [scan[k].stash_path or "" for k in keys]
+    parts = []
+    for i, k in enumerate(keys):
+        r = scan[k]
+        if r.stash is None:
+            raise RuntimeError("scan result without a stash")  # (every scan task is given one)
+        parts.append(
+            pd.DataFrame({"scene": k[0], "row_off": r.rows, "col_off": r.cols, "_file": i}).join(
+                pd.DataFrame(r.stash, columns=list(STASH_COLUMNS))
+            )
+        )
+    table = pd.concat(parts, ignore_index=True)
+    cols = ["_file", *STASH_COLUMNS]
+    merged = tiles[["index", "scene", "row_off", "col_off"]].merge(
+        table, on=["scene", "row_off", "col_off"], how="left"
+    )
+    if merged[cols].isna().any().any() or len(merged) != len(tiles):
+        raise RuntimeError("a selected tile is missing from the scan")
+    refs = np.zeros((len(tiles), len(cols)), np.int64)
+    refs[merged["index"].to_numpy(int)] = merged[cols].to_numpy(np.int64)
+    return paths, refs
 
 
 def _index(

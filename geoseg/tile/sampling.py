@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,12 +77,20 @@ class Selection:
 def candidate_kind(df: pd.DataFrame, min_positive_fraction: float, max_unusable_fraction: float) -> pd.Series:
     """``positive`` / ``negative`` / ``None`` (not sampled) per candidate."""
     usable = df["unusable_fraction"] <= max_unusable_fraction + 1e-12
-    pos = usable & (df["label_fraction"] > 0) & (df["label_fraction"] >= min_positive_fraction - 1e-12)
+    pos = is_positive(df["label_fraction"], df["unusable_fraction"], min_positive_fraction, max_unusable_fraction)
     neg = usable & (df["label_fraction"] == 0)
     kind = pd.Series([None] * len(df), index=df.index, dtype=object)
     kind[pos] = "positive"
     kind[neg] = "negative"
     return kind
+
+
+def is_positive(
+    label_fraction: Any, unusable_fraction: Any, min_positive_fraction: float, max_unusable_fraction: float
+) -> Any:
+    """The positive rule of :func:`candidate_kind` on arrays (or Series) of scan fractions (also used by the scan)."""
+    usable = unusable_fraction <= max_unusable_fraction + 1e-12
+    return usable & (label_fraction > 0) & (label_fraction >= min_positive_fraction - 1e-12)
 
 
 def default_gap(tile_size: int, stride: int) -> int:

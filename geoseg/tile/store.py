@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 from geoseg.classes import hex_rgb
 from geoseg.io.output import atomic_path
 from geoseg.qgis import style_gpkg
-from geoseg.tile.work import HIST_DTYPES, ExtractResult
+from geoseg.tile.work import HIST_DTYPES, TILE_BLOSC, ExtractResult
 
 KIND_COLORS = {
     "positive": "#e41a1c", "mined_negative": "#984ea3", "hard_negative": "#ff7f00", "easy_negative": "#377eb8",
@@ -33,7 +33,7 @@ def create_arrays(zarr_path: Path, n: int, count: int, tile_size: int, dtype: st
 
     g = zarr.open_group(str(zarr_path), mode="w")
     # LZ4 + byte shuffle: ~2x faster to write and ~3x faster to read than zstd, a little larger
-    comp = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    comp = BloscCodec(**TILE_BLOSC)  # (the scan's stash encodes tiles with the same settings)
     g.create_array(
         "images",
         shape=(n, count, tile_size, tile_size),

@@ -1,19 +1,27 @@
 """The two task kinds of ``geoseg tile``, run in-process or on dask workers.
 
 * :func:`scan_chunk` reads one chunk (``k x k`` tiles) at full resolution with one windowed read,
-  rasterizes its labels, and returns per-tile fractions and spectral features. It writes nothing.
-* :func:`extract_chunk` reads the selected tiles of one chunk again, burns their masks (with the
-  boundary class) and writes each tile to its own zarr chunk ``images[i]`` / ``masks[i]``. Every
-  zarr chunk is written by exactly one task. It returns exact per-tile fractions and band
-  statistics (histograms for 8/16-bit integers, sums + a pixel sample otherwise).
+  rasterizes its labels once (with the boundary class), and returns per-tile fractions and spectral
+  features. With a ``stash`` path it also writes the chunk's tiles, encoded exactly as their zarr
+  chunks will be, to that one file: the mask of every tile and the image of every tile that is
+  certain to be sampled (a positive: every positive is selected unless the split's gap drops it).
+* :func:`extract_chunk` writes the selected tiles of one chunk, each to its own zarr chunk
+  ``images[i]`` / ``masks[i]``: stashed bytes are copied (and decoded for the statistics), the other
+  images (negatives) are read again. Every zarr chunk is written by exactly one task. It returns
+  exact per-tile fractions and band statistics (histograms for 8/16-bit integers, sums + a pixel
+  sample otherwise).
 
 Memory per task: O(bands x chunk pixels) for the image plus the same in uint8 for the mask, where a
-chunk is at most ~32 MB of pixels; never the scene. Reads are never "boundless" in the rasterio
-sense (that goes through a VRT and is >10x slower): the in-scene part is read and pasted.
+chunk is at most ~32 MB of pixels; never the scene. The stash is on disk (in the output's staging
+folder, removed after the extract), at most the positives' images plus every candidate's mask,
+compressed. Reads are never "boundless" in the rasterio sense (that goes through a VRT and is >10x
+slower): the in-scene part is read and pasted.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +33,15 @@ from rasterio.windows import Window
 from geoseg.grid import Grid
 from geoseg.io.gdal_env import gdal_env
 from geoseg.io.rasters import open_raster, read_window
-from geoseg.tile.labels import IGNORE, SceneLabels, burn_mask
+from geoseg.tile.labels import IGNORE, SceneLabels, burn_mask, burn_masks
 
 HIST_DTYPES = {"uint8": (0, 256), "uint16": (0, 65536), "int16": (-32768, 65536), "int8": (-128, 256)}
 SAMPLE_PER_TILE = 256  # pixels per tile kept for float percentiles
+#: the zarr arrays' compressor (:func:`geoseg.tile.store.create_arrays`); the scan's stash encodes with it too
+TILE_BLOSC: dict[str, Any] = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
+#: columns of :attr:`ScanResult.stash`: byte offset and length in the stash file of each tile's encoded image
+#: (length 0: not stashed), packed validity bits (length 0: every pixel valid) and encoded mask
+STASH_COLUMNS = ("img_off", "img_len", "valid_off", "valid_len", "mask_off", "mask_len")
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +127,16 @@ class ScanTask:
     window: Window  # chunk window, tile-aligned, may extend past the scene
     tiles: tuple[tuple[int, int], ...]  # (row_off, col_off) of tiles, scene pixel coordinates
     tile_size: int
-    labels: SceneLabels
+    # the labels near the window; or (geoseg.tile.run, local threads) a callable that waits for them and returns
+    # the completed task, called once the chunk is decoded
+    labels: SceneLabels | Callable[[ScanTask], ScanTask] | None
     cache_mb: int = 64
+    # with a stash file: write every tile's final mask there, and the image of every positive
+    stash: str | None = None
+    dtype: str | None = None  # the dataset dtype (stashed images are cast to it)
+    boundary_class: int | None = None
+    boundary_width: int = 0
+    positive: tuple[float, float] = (0.01, 0.5)  # min_positive_fraction, max_unusable_fraction (sampling)
 
 
 @dataclass
@@ -126,16 +147,35 @@ class ScanResult:
     nodata_fraction: np.ndarray
     unusable_fraction: np.ndarray
     features: np.ndarray  # (n, 2C): per-band mean then per-band std of valid pixels (subsampled)
+    stash_path: str | None = None
+    stash: np.ndarray | None = None  # (n, 6) int64, :data:`STASH_COLUMNS` per tile
 
 
 def scan_chunk(task: ScanTask) -> ScanResult:
-    """Per-tile fractions and features of one chunk (one full-resolution windowed read)."""
+    """Per-tile fractions and features of one chunk (one full-resolution windowed read); with
+    ``task.stash``, the chunk's encoded masks and positive images written to that file.
+
+    The fractions are of the mask without the boundary class (boundary pixels count as the class
+    they cover, contact gaps as background), which is what the selection rules read."""
     t = task.tile_size
     with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
         data, valid = read_chunk(ds, task.window)
-    mask = burn_mask(task.grid[task.window], task.labels)
+    if callable(task.labels):
+        task = task.labels(task)
+    if not isinstance(task.labels, SceneLabels):
+        raise TypeError("ScanTask.labels must be SceneLabels (or a callable returning a task with them)")
+    if task.stash is None:
+        plain = final = burn_mask(task.grid[task.window], task.labels)
+    else:
+        grid = task.grid[task.window]
+        plain, final = burn_masks(
+            grid, task.labels, boundary_class=task.boundary_class, boundary_width=task.boundary_width
+        )
     if valid is not None:
-        mask[~valid] = IGNORE
+        plain[~valid] = IGNORE
+        if final is not plain:
+            final[~valid] = IGNORE
+    mask = plain
     h, w = mask.shape
     ny, nx = h // t, w // t
     npx = float(t * t)
@@ -173,7 +213,7 @@ def scan_chunk(task: ScanTask) -> ScanResult:
         var = s2 / n - mean * mean
     std = np.sqrt(np.maximum(var, 0.0))
     feats = np.concatenate([mean, std], axis=0)[:, iy, ix].T  # (n tiles, 2C); NaN where no valid pixel
-    return ScanResult(
+    res = ScanResult(
         rows=np.array([r for r, _ in task.tiles], np.int64),
         cols=np.array([c_ for _, c_ in task.tiles], np.int64),
         label_fraction=labelled[iy, ix] / npx,
@@ -181,6 +221,56 @@ def scan_chunk(task: ScanTask) -> ScanResult:
         unusable_fraction=unusable[iy, ix] / npx,
         features=np.ascontiguousarray(feats),
     )
+    if task.stash is not None:
+        from geoseg.tile.sampling import is_positive
+
+        pos = is_positive(res.label_fraction, res.unusable_fraction, *task.positive)
+        res.stash_path = task.stash
+        res.stash = _write_stash(task, task.stash, data, valid, final, pos)
+    return res
+
+
+def _write_stash(
+    task: ScanTask, path: str, data: np.ndarray, valid: np.ndarray | None, mask: np.ndarray, images: np.ndarray
+) -> np.ndarray:
+    """Write the chunk's tiles to ``task.stash`` (one file, written once): per tile the encoded image
+    (where ``images``) and its packed validity (when the chunk has invalid pixels), then the encoded
+    mask. Returns the :data:`STASH_COLUMNS` table."""
+    t = task.tile_size
+    codec = tile_codec()
+    r0, c0 = int(task.window.row_off), int(task.window.col_off)
+    dtype = np.dtype(task.dtype or data.dtype)
+    refs = np.zeros((len(task.tiles), len(STASH_COLUMNS)), np.int64)
+    off = 0
+    blobs = []
+    for k, (r, c) in enumerate(task.tiles):
+        sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
+        parts = []
+        if images[k]:
+            img = np.ascontiguousarray(data[(slice(None), *sl)], dtype=dtype)
+            parts.append(("img", codec.encode(img)))
+            if valid is not None:
+                parts.append(("valid", np.packbits(valid[sl]).tobytes()))
+        parts.append(("mask", codec.encode(np.ascontiguousarray(mask[sl]))))
+        for name, b in parts:
+            j = STASH_COLUMNS.index(f"{name}_off")
+            refs[k, j], refs[k, j + 1] = off, len(b)
+            blobs.append(b)
+            off += len(b)
+    write_file(path, blobs)
+    return refs
+
+
+def tile_codec() -> Any:
+    """The numcodecs Blosc equal to :data:`TILE_BLOSC` (the chunk bytes zarr writes with it)."""
+    return _blosc(**TILE_BLOSC)
+
+
+def _blosc(cname: str, clevel: int, shuffle: str) -> Any:
+    import numcodecs
+
+    code = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[shuffle]
+    return numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=code, blocksize=0)
 
 
 EXACT_SQUARE = {"uint8": np.uint16, "int8": np.int16, "uint16": np.uint32, "int16": np.int32}
@@ -205,11 +295,11 @@ class ExtractTask:
     grid: Grid
     tiles: tuple[tuple[int, int, int], ...]  # (zarr index, row_off, col_off)
     tile_size: int
-    labels: SceneLabels
     zarr_path: str
     dtype: str
-    boundary_class: int | None = None
-    boundary_width: int = 0
+    # the scan's stash: its files, and per tile (file index, *STASH_COLUMNS); every tile's mask is there
+    stash_paths: tuple[str, ...]
+    stash: np.ndarray
     cache_mb: int = 64
 
 
@@ -228,13 +318,12 @@ class ExtractResult:
 
 
 def extract_chunk(task: ExtractTask) -> ExtractResult:
-    """Read, mask and write the tiles of one chunk; each tile goes to its own zarr chunk."""
+    """Write the tiles of one chunk (each to its own zarr chunk) from the scan's stash, reading the images
+    that are not stashed; returns their exact fractions and band statistics."""
     t = task.tile_size
     npx = float(t * t)
     rows = [r for _, r, _ in task.tiles]
     cols = [c for _, _, c in task.tiles]
-    r0, c0 = min(rows), min(cols)
-    bound = Window(c0, r0, max(cols) + t - c0, max(rows) + t - r0)
     images = ChunkWriter(task.zarr_path, "images")
     masks = ChunkWriter(task.zarr_path, "masks")
     n = len(task.tiles)
@@ -246,8 +335,15 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         class_pixels=np.zeros(256, np.int64),
         valid_pixels=np.zeros(0, np.int64),
     )
-    burn: dict[str, Any] = {"boundary_class": task.boundary_class, "boundary_width": task.boundary_width}
-    with gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"), open_raster(task.path) as ds:
+    refs = task.stash
+    stashed = refs[:, 1 + STASH_COLUMNS.index("img_len")] > 0
+    todo = [k for k in range(n) if not stashed[k]]  # tiles whose image is read from the scene
+    codec = tile_codec()
+    with (
+        gdal_env(cache_mb=task.cache_mb, GDAL_NUM_THREADS="1"),
+        open_raster(task.path) as ds,
+        _Stash(task.stash_paths, refs) as stash,
+    ):
         cnt = ds.count
         res.valid_pixels = np.zeros(cnt, np.int64)
         hist_spec = HIST_DTYPES.get(task.dtype)
@@ -256,33 +352,45 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
         else:
             res.sums = np.zeros((cnt, 2), np.float64)
             samples = []
-        # one read + one burn for the whole chunk when only the blocks under the tiles are decoded
-        # (see read_tiles), or when the tiles cover enough of it; else tile by tile
-        dense = (_inside(ds, bound) and _all_valid(ds)) or len(task.tiles) * t * t >= 0.25 * bound.width * bound.height
-        if dense:
-            data_b, valid_b = read_tiles(ds, bound, list(zip(rows, cols, strict=True)), t)
-            mask_b = burn_mask(task.grid[bound], task.labels, **burn)
-            if valid_b is not None:
-                mask_b[~valid_b] = IGNORE
+        dense = False
+        if todo:
+            # one read for the tiles to read when only the blocks under them are decoded (see read_tiles), or
+            # when they cover enough of their window; else tile by tile
+            r0, c0 = min(rows[k] for k in todo), min(cols[k] for k in todo)
+            bound = Window(c0, r0, max(cols[k] for k in todo) + t - c0, max(rows[k] for k in todo) + t - r0)
+            dense = (_inside(ds, bound) and _all_valid(ds)) or len(todo) * t * t >= 0.25 * bound.width * bound.height
+            if dense:
+                data_b, valid_b = read_tiles(ds, bound, [(rows[k], cols[k]) for k in todo], t)
         for start, stop in _runs([i for i, _, _ in task.tiles]):
             m = stop - start
             imgs = np.empty((m, cnt, t, t), task.dtype)
             msks = np.empty((m, t, t), np.uint8)
             valids: list[np.ndarray | None] = []
+            img_bytes: list[memoryview | bytes | None] = []
+            mask_bytes: list[memoryview | bytes] = []
             for j, k in enumerate(range(start, stop)):
                 _, r, c = task.tiles[k]
-                if dense:
+                valid: np.ndarray | None = None
+                if stashed[k]:
+                    ib = stash.read(refs[k], "img")
+                    codec.decode(ib, out=imgs[j])
+                    img_bytes.append(ib)
+                    vb = stash.read(refs[k], "valid")
+                    if vb:
+                        valid = np.unpackbits(np.frombuffer(vb, np.uint8), count=t * t).view(bool).reshape(t, t)
+                elif dense:
                     sl = (slice(r - r0, r - r0 + t), slice(c - c0, c - c0 + t))
                     imgs[j] = data_b[(slice(None), *sl)]
-                    valids.append(None if valid_b is None else valid_b[sl])
-                    msks[j] = mask_b[sl]
+                    valid = None if valid_b is None else valid_b[sl]
+                    img_bytes.append(None)
                 else:
                     win = Window(c, r, t, t)
                     imgs[j], valid = read_chunk(ds, win)
-                    msks[j] = burn_mask(task.grid[win], task.labels, **burn)
-                    if valid is not None:
-                        msks[j][~valid] = IGNORE
-                    valids.append(valid)
+                    img_bytes.append(None)
+                valids.append(valid)
+                mb = stash.read(refs[k], "mask")  # (nodata pixels are ignore in it already)
+                codec.decode(mb, out=msks[j])
+                mask_bytes.append(mb)
             # whole-run statistics (vectorised; histograms by OpenCV, which releases the GIL)
             flat = msks.reshape(m, t * t)
             res.class_pixels += hist_u8(flat)
@@ -314,11 +422,57 @@ def extract_chunk(task: ExtractTask) -> ExtractResult:
                         step = max(1, pf.shape[1] // SAMPLE_PER_TILE)
                         samples.append(pf[:, ::step])
             first = task.tiles[start][0]
-            images.write(first, imgs)
-            masks.write(first, msks)
+            images.write(first, imgs, img_bytes)
+            masks.write(first, msks, mask_bytes)
         if not hist_spec:
             res.sample = np.concatenate(samples, axis=1) if samples else np.zeros((cnt, 0))
     return res
+
+
+class _Stash:
+    """The parts of the scan's stash files one extract task needs: one ``os.pread`` per file of the byte range
+    its tiles span (at most one chunk's stash, compressed), read on entry; :meth:`read` slices it."""
+
+    def __init__(self, paths: tuple[str, ...], refs: np.ndarray) -> None:
+        self.paths = paths
+        self.refs = refs
+        self.data: dict[int, tuple[int, memoryview]] = {}
+
+    def __enter__(self) -> _Stash:
+        offs = self.refs[:, 1::2]  # (n, 3): img, valid, mask offsets
+        ends = offs + self.refs[:, 2::2]
+        used = self.refs[:, 2::2] > 0
+        for i in np.unique(self.refs[:, 0]).tolist():
+            mine = (self.refs[:, 0] == i)[:, None] & used
+            if not mine.any():
+                continue
+            lo, hi = int(offs[mine].min()), int(ends[mine].max())
+            fd = os.open(self.paths[i], os.O_RDONLY)
+            try:
+                buf = bytearray(hi - lo)
+                view = memoryview(buf)
+                got = 0
+                while got < len(buf):
+                    n = os.preadv(fd, [view[got:]], lo + got)
+                    if n <= 0:
+                        raise OSError(f"{self.paths[i]}: stash file is shorter than expected")
+                    got += n
+            finally:
+                os.close(fd)
+            self.data[i] = (lo, view)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.data.clear()
+
+    def read(self, ref: np.ndarray, what: str) -> memoryview | bytes:
+        """The ``what`` (img, valid, mask) bytes of one tile (``ref`` = file index, *STASH_COLUMNS); b"" if none."""
+        j = 1 + STASH_COLUMNS.index(f"{what}_off")
+        off, size = int(ref[j]), int(ref[j + 1])
+        if size == 0:
+            return b""
+        lo, view = self.data[int(ref[0])]
+        return view[off - lo : off - lo + size]
 
 
 def _runs(index: list[int], longest: int = 32) -> list[tuple[int, int]]:
@@ -380,7 +534,6 @@ class ChunkWriter:
     def __init__(self, zarr_path: str, name: str) -> None:
         import sys
 
-        import numcodecs
         import zarr
         from zarr.codecs import BloscCodec, BytesCodec
 
@@ -388,6 +541,7 @@ class ChunkWriter:
         self.root = f"{zarr_path}/{name}"
         codecs: tuple[Any, ...] = getattr(self.array.metadata, "codecs", ())  # zarr v2 metadata has none: generic path
         self.codec = None
+        self.stash_ok = False  # whether bytes encoded by tile_codec() are this array's chunk bytes
         self._dirs: set[str] = set()
         if (
             sys.byteorder == "little"
@@ -396,13 +550,12 @@ class ChunkWriter:
             and isinstance(codecs[1], BloscCodec)
         ):
             b = codecs[1]
-            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(b.shuffle.value)]
-            self.codec = numcodecs.Blosc(cname=str(b.cname.value), clevel=b.clevel, shuffle=shuffle, blocksize=0)
+            self.codec = _blosc(str(b.cname.value), b.clevel, str(b.shuffle.value))
+            self.stash_ok = self.codec.get_config() == tile_codec().get_config()
 
-    def write(self, start: int, blocks: np.ndarray) -> None:
-        """Write ``blocks[k]`` as chunk ``start + k`` (each block is exactly one chunk)."""
-        import os
-
+    def write(self, start: int, blocks: np.ndarray, encoded: Sequence[memoryview | bytes | None] = ()) -> None:
+        """Write ``blocks[k]`` as chunk ``start + k`` (each block is exactly one chunk). ``encoded[k]``, where
+        given and not None, is ``blocks[k]`` encoded by :func:`tile_codec` (the scan's stash): written as is."""
         if self.codec is None:
             self.array[start : start + len(blocks)] = blocks
             return
@@ -414,5 +567,24 @@ class ChunkWriter:
             if folder not in self._dirs:
                 os.makedirs(folder, exist_ok=True)
                 self._dirs.add(folder)
-            with open(path, "wb") as f:
-                f.write(self.codec.encode(np.ascontiguousarray(blocks[k])))
+            pre = encoded[k] if k < len(encoded) and self.stash_ok else None
+            write_file(path, [pre if pre is not None else self.codec.encode(np.ascontiguousarray(blocks[k]))])
+
+
+def write_file(path: str, parts: Sequence[Any]) -> None:
+    """Create (or truncate) ``path`` holding the byte strings ``parts`` in order: one ``open``, one ``writev``
+    per up to 512 parts, one ``close`` (Python's buffered ``open`` adds ``fstat``/``ioctl``/``lseek`` calls,
+    which add up over thousands of small chunk files)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for a in range(0, len(parts), 512):
+            batch = [memoryview(b) for b in parts[a : a + 512]]
+            while batch:
+                n = os.writev(fd, batch)
+                while batch and n >= len(batch[0]):
+                    n -= len(batch[0])
+                    batch.pop(0)
+                if batch and n:
+                    batch[0] = batch[0][n:]
+    finally:
+        os.close(fd)

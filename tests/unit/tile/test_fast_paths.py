@@ -101,3 +101,28 @@ def test_local_pool_executor(local: str) -> None:
             list(ex.map(_fail, [(0, "other")]))
     assert Executor(2, processes=True, local=local).local is None  # --processes: a dask cluster
     assert Executor(2, "tcp://h:1", processes=False, local=local).local is None  # so does a scheduler
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32"])
+def test_burn_equals_rasterio_rasterize(dtype: str) -> None:
+    """labels._burn (rasterio's C call without its per-shape checks) burns what rasterize burns, later
+    shapes winning, holes kept open, empty polygons skipped."""
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    from geoseg.tile.labels import _burn, polygon_mappings
+
+    rng = np.random.default_rng(5)
+    tr = Affine(0.5, 0, 100, 0, -0.5, 200)
+    polys = [shapely.box(*xy, *(xy + rng.uniform(1, 8, 2))) for xy in rng.uniform([100, 180], [120, 200], (40, 2))]
+    polys.append(shapely.box(101, 181, 115, 195).difference(shapely.box(104, 184, 110, 190)))  # with a hole
+    polys.append(shapely.Polygon())
+    shapes = polygon_mappings(np.array(polys, dtype=object))
+    pairs = [(g, i % 7 + 1) for i, g in enumerate(shapes)]
+    ours = np.zeros((40, 48), dtype)
+    _burn(pairs, ours, tr)
+    with pytest.warns(UserWarning):  # (rasterio warns about the empty polygon)
+        ref = rasterize([(shapely.geometry.mapping(p), v) for p, (_, v) in zip(polys, pairs, strict=True)],
+                        out_shape=(40, 48), transform=tr, dtype=dtype)  # fmt: skip
+    np.testing.assert_array_equal(ours, ref)
+    assert len(np.unique(ours)) > 4

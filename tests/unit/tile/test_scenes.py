@@ -321,3 +321,19 @@ def test_int16_with_negative_values_and_nodata(tmp_path: Path) -> None:
     for b, st in enumerate(meta["bands"]):
         assert st["mean"] == pytest.approx(px[b].mean(), rel=1e-12)
         assert st["p2"] == np.percentile(px[b], 2, method="inverted_cdf") < 0
+
+
+def test_two_workers_read_labels_while_the_scan_starts_and_raise_their_errors(small_case: dict) -> None:
+    """--workers 2 (threads) starts decoding before the labels are read: an input error is still the
+    one-line error of --workers 1, nothing is left in --out, and a good run leaves no stash behind."""
+    from geoseg.errors import NoOverlapError
+
+    tmp, scene = small_case["tmp"], small_case["scene"]
+    g = small_case["grid"]
+    far = write_labels(tmp / "far.gpkg", [pixel_box(g, -5000, -5000, 8, 8)], g.crs, **{"class": ["house"]})
+    for w in (1, 2):
+        with pytest.raises(NoOverlapError, match="labels do not overlap any scene"):
+            _tile(tmp, [scene], far, out=f"bad{w}", workers=w, tile_size=16)
+        assert not (tmp / f"bad{w}").exists()
+    out = _tile(tmp, [scene], small_case["labels"], out="good", workers=2, tile_size=16, boundary_width=1)
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "tiles.gpkg", "tiles.qml", "tiles.zarr"]
