@@ -161,7 +161,7 @@ def pixel_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> Pixel
     first[ring] = np.arange(n, dtype=it)
     length = np.bincount(ring, minlength=n_ring)
     del pinch
-    root = first.astype(it)[ring]
+    root = first[ring]
     dist = (np.arange(n, dtype=it) != root).astype(it)  # steps to the ring's root along succ
     del root
     nxt = succ.copy()
@@ -211,19 +211,14 @@ def pixel_polygons(lab: np.ndarray, col_off: int = 0, row_off: int = 0) -> Pixel
     # each ring reversed (outer rings clockwise, holes counter-clockwise with y up) and started at
     # its lowest (x, y) corner; per polygon the outer ring first, then the holes by decreasing
     # (vertex count, coordinates): GEOS's order. Closed, as ragged arrays.
-    key = (x - x.min()) * (int(y.max() - y.min()) + 1) + (y - y.min()) if len(x) else x
+    key = (x - x.min()) * (int(y.max() - y.min()) + 1) + (y - y.min())
     first_c = np.flatnonzero(key == np.repeat(np.minimum.reduceat(key, c_start[:-1]), n_corner))
     s0 = first_c - c_start[:-1]  # position of each ring's lowest corner (one per ring: rings are simple)
-    k_all = n_corner
-    nxt_c = c_start[:-1] + (s0 - 1) % k_all  # the corner after it, once reversed
-    rsel = np.lexsort((-y[nxt_c], -x[nxt_c], -y[first_c], -x[first_c], np.where(outer, 0, -k_all), ~outer, poly))
+    nxt_c = c_start[:-1] + (s0 - 1) % n_corner  # the corner after it, once reversed
+    rsel = np.lexsort((-y[nxt_c], -x[nxt_c], -y[first_c], -x[first_c], np.where(outer, 0, -n_corner), ~outer, poly))
     parts = [PixelPolygons.empty()]
     if len(rsel):
-        k = k_all[rsel]
-        closed_len = k + 1
-        off = np.concatenate([[0], np.cumsum(closed_len)])
-        j = np.arange(int(off[-1])) - np.repeat(off[:-1], closed_len)  # 0..k within each ring
-        cidx = np.repeat(c_start[rsel], closed_len) + (np.repeat(s0[rsel], closed_len) - j) % np.repeat(k, closed_len)
+        cidx, off = _closed_rings(c_start[rsel], n_corner[rsel], s0[rsel], step=-1)
         xy = np.column_stack([x[cidx] + col_off, y[cidx] + row_off]).astype(np.float64)
         is_outer = outer[rsel]
         poly_off = np.concatenate([np.flatnonzero(is_outer), [len(rsel)]])
@@ -281,6 +276,15 @@ def ring_moments(xy: np.ndarray, ring_off: np.ndarray, poly_off: np.ndarray) -> 
     return np.abs(a2) / 2, centre
 
 
+def _closed_rings(starts: np.ndarray, k: np.ndarray, first: np.ndarray, *, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, ring offsets)``: for rings of ``k`` corners stored from ``starts`` on, the indices of
+    their corners from corner ``first`` (relative) on, walking ``step`` (1 forward, -1 reversed),
+    each closed by repeating its first corner; the offsets are shapely's ragged ring offsets."""
+    off = np.concatenate([[0], np.cumsum(k + 1)])
+    j = np.arange(int(off[-1])) - np.repeat(off[:-1], k + 1)  # 0..k within each ring
+    return np.repeat(starts, k + 1) + (np.repeat(first, k + 1) + step * j) % np.repeat(k, k + 1), off
+
+
 def _cycles(succ: np.ndarray) -> np.ndarray:
     """Cycle id of every node of the permutation ``succ`` (the weak components of its graph)."""
     n = len(succ)
@@ -300,10 +304,7 @@ def _containing_outer(
     r, c = np.divmod(e_px[e] + across, ww)
     pts = shapely.points(c - 0.5, r - 0.5)  # its centre, unpadded pixel coordinates
     cand = np.flatnonzero(outer & np.isin(inv, np.unique(inv[holes])))
-    k = c_start[cand + 1] - c_start[cand]
-    ring_off = np.concatenate([[0], np.cumsum(k + 1)])
-    j = np.arange(int(ring_off[-1])) - np.repeat(ring_off[:-1], k + 1)
-    idx = np.repeat(c_start[cand], k + 1) + j % np.repeat(k, k + 1)  # each ring, closed
+    idx, ring_off = _closed_rings(c_start[cand], c_start[cand + 1] - c_start[cand], np.zeros(len(cand), int), step=1)
     shells = shapely.from_ragged_array(
         shapely.GeometryType.POLYGON, np.column_stack([x[idx], y[idx]]).astype(np.float64),
         (ring_off, np.arange(len(cand) + 1)),
