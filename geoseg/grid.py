@@ -276,6 +276,19 @@ def _transformer(src_wkt: str, dst_proj4: str, thread: int) -> Transformer:
     return Transformer.from_crs(ProjCRS.from_wkt(src_wkt), ProjCRS.from_proj4(dst_proj4), always_xy=True)
 
 
+def _laea(crs: Any, origin: tuple[float, float]) -> Transformer:
+    """This thread's cached ``crs`` -> Lambert azimuthal equal-area (centred at ``origin`` (lon, lat)) transformer."""
+    src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    laea = f"+proj=laea +lat_0={origin[1]!r} +lon_0={origin[0]!r} +ellps=WGS84 +units=m +no_defs"
+    return _transformer(src.to_wkt(), laea, threading.get_ident())
+
+
+def pixel_to_crs(xy: np.ndarray, transform: Affine) -> np.ndarray:
+    """(n, 2) pixel coordinates (col, row) -> (n, 2) coordinates in the grid's CRS (``transform``)."""
+    t = transform
+    return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
+
+
 def local_areas_m2(geoms: Any, crs: Any, origin: tuple[float, float]) -> np.ndarray:
     """True areas in m² (WGS84 ellipsoid) of polygons given in ``crs``, fast, for the many small ones.
 
@@ -291,9 +304,7 @@ def local_areas_m2(geoms: Any, crs: Any, origin: tuple[float, float]) -> np.ndar
     arr = np.asarray(geoms, dtype=object)
     if arr.size == 0:
         return np.zeros(0)
-    src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    laea = f"+proj=laea +lat_0={origin[1]!r} +lon_0={origin[0]!r} +ellps=WGS84 +units=m +no_defs"
-    t = _transformer(src.to_wkt(), laea, threading.get_ident())
+    t = _laea(crs, origin)
 
     def _fn(xy: np.ndarray) -> np.ndarray:
         x, y = t.transform(xy[:, 0], xy[:, 1])
@@ -328,16 +339,13 @@ def pixel_areas_m2(
     if arr.size == 0:
         return np.zeros(0)
     c = np.asarray(centres_px, np.float64).reshape(-1, 2)
-    src = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    laea = f"+proj=laea +lat_0={origin[1]!r} +lon_0={origin[0]!r} +ellps=WGS84 +units=m +no_defs"
-    proj = _transformer(src.to_wkt(), laea, threading.get_ident())
+    proj = _laea(crs, origin)
 
     def per_pixel(c: np.ndarray, h: float) -> np.ndarray:
         d = np.array([[-h, 0.0], [h, 0.0], [0.0, -h], [0.0, h]])
         pts = (d[:, None, :] + c[None, :, :]).reshape(-1, 2)
-        gx = transform.a * pts[:, 0] + transform.b * pts[:, 1] + transform.c
-        gy = transform.d * pts[:, 0] + transform.e * pts[:, 1] + transform.f
-        px, py = (np.asarray(v).reshape(4, len(c)) for v in proj.transform(gx, gy))
+        g = pixel_to_crs(pts, transform)
+        px, py = (np.asarray(v).reshape(4, len(c)) for v in proj.transform(g[:, 0], g[:, 1]))
         jc = (px[1] - px[0], py[1] - py[0])  # d(x, y) / d col, x 2h
         jr = (px[3] - px[2], py[3] - py[2])  # d(x, y) / d row, x 2h
         return np.abs(jc[0] * jr[1] - jc[1] * jr[0]) / (2 * h) ** 2
@@ -348,12 +356,8 @@ def pixel_areas_m2(
     size_px = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
     large = ~(np.isfinite(areas) & (size_px * np.sqrt(per_px) <= 1000.0))
     if large.any():
-        t = transform
-
-        def _geo(xy: np.ndarray) -> np.ndarray:
-            return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
-
-        areas[large] = local_areas_m2(shapely.transform(arr[large], _geo), crs, origin)
+        geo = shapely.transform(arr[large], lambda xy: pixel_to_crs(xy, transform))
+        areas[large] = local_areas_m2(geo, crs, origin)
     return areas
 
 

@@ -15,7 +15,7 @@ from pyproj import CRS as ProjCRS
 from pyproj import Geod, Transformer
 from rasterio.crs import CRS
 
-from geoseg.grid import geodesic_areas_m2, pixel_areas_m2
+from geoseg.grid import geodesic_areas_m2, pixel_areas_m2, pixel_to_crs
 from geoseg.polygonize import PixelPolygons, canonical_pixel_polygons
 
 __all__ = ["Objects", "Post", "fill_small_holes", "finish_objects", "merge_parts", "pixel_area_m2"]
@@ -57,7 +57,7 @@ def pixel_area_m2(crs: Any, transform: Affine, width: int, height: int) -> float
 
 
 def order_keys(geoms_px: np.ndarray, cls: np.ndarray, area: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """(n, 8) sort keys of canonical pixel-space objects (:func:`canonical_pixel_polygons`, which gives
+    """(n, 8) sort keys of canonical pixel-space objects (:func:`~geoseg.polygonize.canonical_pixel_polygons` gives
     ``area`` and ``centre``): bottom edge first (see :func:`vectorize_prediction`)."""
     b = shapely.bounds(geoms_px)
     return np.column_stack([b[:, 3], cls, b[:, 0], b[:, 1], b[:, 2], area, centre[:, 0], centre[:, 1]])
@@ -199,12 +199,8 @@ def finish_objects(post: Post, objs: Objects, *, regular: bool) -> Objects:
     elif post.simplify_px > 0:
         g = shapely.simplify(g, post.simplify_px, preserve_topology=True)
     t = post.transform
-
-    def _geo(xy: np.ndarray) -> np.ndarray:
-        return np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
-
     areas = pixel_areas_m2(g, objs.key[:, 6:8], t, post.crs, post.origin, post.area_step_px)
-    g = shapely.orient_polygons(shapely.transform(g, _geo))
+    g = shapely.orient_polygons(shapely.transform(g, lambda xy: pixel_to_crs(xy, t)))
     out = Objects(g, objs.cls, objs.score, objs.key, areas)
     return out.take(areas >= post.min_area_m2)
 

@@ -172,7 +172,6 @@ def _drive(ds: rasterio.DatasetReader, plan: BlockPlan, stream: Stream, workers:
 
     try:
         with (
-            rasterio.Env(GDAL_CACHEMAX=cache),
             ThreadPoolExecutor(max(1, workers), thread_name_prefix="vectorize") as pool,
             tqdm(total=nbr * nbc, desc="vectorize", unit="block", disable=nbr * nbc < 4, leave=False) as bar,
         ):
