@@ -1,7 +1,7 @@
 # Entry points for a new machine; each creates .venv and installs geoseg when missing.
 #   make demo   -> the main job: the sample AOI pipeline (tile, train, predict, evaluate)
 #   make test   -> the test-suite
-#   make lint   -> ruff check + mypy (both must be clean; CI runs it)
+#   make lint   -> ruff check, ruff format --check, mypy (all must be clean; CI runs it)
 #   make qgis-plugin -> link the QGIS Processing plugin into the default QGIS profile
 PYTHON ?= python3
 VENV   ?= .venv
@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check geoseg tests benchmarks scripts qgis_plugin
+	$(VENV)/bin/ruff format --check geoseg tests benchmarks scripts qgis_plugin
 	$(VENV)/bin/mypy geoseg
 
 render:

@@ -87,6 +87,7 @@ def main() -> None:
     print(f"{'step':<12} {'polygons':>8} {'pixel IoU':>9} {'P@0.5':>6} {'R@0.5':>6} {'F1@0.5':>6} "
           f"{'merges':>6} {'splits':>6}  params")  # fmt: skip
     for r in rows:
+
         def f(v: Any) -> str:
             return f"{v:.3f}" if isinstance(v, float) else str(v)
 

@@ -110,8 +110,13 @@ class BaselineConfig(StageConfig):
 
 
 def training_pixels(
-    dataset: str | Path, mean: np.ndarray, std: np.ndarray, *, boundary_class: int | None,
-    max_pixels: int = 200_000, seed: int = 0
+    dataset: str | Path,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    boundary_class: int | None,
+    max_pixels: int = 200_000,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised ``(N, C)`` pixels and ``(N,)`` 0/1 targets from the train tiles of a dataset.
 
@@ -159,8 +164,9 @@ def run(config: BaselineConfig) -> dict[str, Any]:
     mean = np.asarray(mcfg["normalisation"]["mean"], np.float32)
     std = np.asarray(mcfg["normalisation"]["std"], np.float32)
     boundary = mcfg.get("boundary_class")
-    x, y = training_pixels(config.dataset, mean, std, boundary_class=boundary,
-                           max_pixels=config.max_pixels, seed=config.seed)
+    x, y = training_pixels(
+        config.dataset, mean, std, boundary_class=boundary, max_pixels=config.max_pixels, seed=config.seed
+    )
     clf = ColourClassifier.fit(x, y)
     fgs = list(ClassTable.from_model_config(mcfg).foreground)
     fg = fgs[0]
@@ -171,15 +177,28 @@ def run(config: BaselineConfig) -> dict[str, Any]:
     derived = derived_min_area_m2(mcfg.get("objects"), mcfg.get("resolution_m"), fgs)[0]
     min_area = derived if config.min_area is None else config.min_area
     predict_run(  # the model's calibration is for the model: the baseline gets the uncalibrated defaults
-        PredictConfig(scenes=tuple(config.scenes), model=config.model, out=str(pred_dir), aoi=config.aoi,
-                      threshold=config.threshold, min_area=min_area, fill_holes=derived,
-                      core_boundary_max=DEFAULTS["core_boundary_max"],
-                      progress=False),
+        PredictConfig(
+            scenes=tuple(config.scenes),
+            model=config.model,
+            out=str(pred_dir),
+            aoi=config.aoi,
+            threshold=config.threshold,
+            min_area=min_area,
+            fill_holes=derived,
+            core_boundary_max=DEFAULTS["core_boundary_max"],
+            progress=False,
+        ),
         predict_fn=clf.predict_fn(int(mcfg["num_classes"]), fg),
     )
-    result = evaluate.run(evaluate.EvaluateConfig(predicted=str(pred_dir), truth=config.truth, aoi=config.aoi,
-                                                  out=str(out / "eval.json")))
-    info = {"kind": "quadratic logistic regression on single-pixel colour", "train_pixels": len(y),
-            "train_foreground_share": float(y.mean()), "weights": clf.weights.tolist(), "config": config}
+    result = evaluate.run(
+        evaluate.EvaluateConfig(predicted=str(pred_dir), truth=config.truth, aoi=config.aoi, out=str(out / "eval.json"))
+    )
+    info = {
+        "kind": "quadratic logistic regression on single-pixel colour",
+        "train_pixels": len(y),
+        "train_foreground_share": float(y.mean()),
+        "weights": clf.weights.tolist(),
+        "config": config,
+    }
     write_json(out / "baseline.json", info)
     return result

@@ -117,8 +117,10 @@ def _root(
 def tile(
     scenes: Annotated[
         list[str],
-        typer.Argument(help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped): paths, https:// URLs "
-                       "(read with range requests) or STAC Items (.json file or URL)."),
+        typer.Argument(
+            help="Scene GeoTIFFs (any CRS, bands, dtype; tiled or striped): paths, https:// URLs "
+            "(read with range requests) or STAC Items (.json file or URL)."
+        ),
     ],
     labels: Annotated[Path, typer.Option("--labels", help="Label polygons (GPKG, GeoJSON, Shapefile, GeoParquet).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory (tiles.zarr, tiles.gpkg, dataset.json).")],
@@ -138,8 +140,10 @@ def tile(
     labels_layer: Annotated[str | None, typer.Option(help="Layer name in a multi-layer labels file.")] = None,
     scene_date: Annotated[
         list[str] | None,
-        typer.Option(help="Acquisition date (once for all scenes, or once per scene in order); else GeoTIFF tag, "
-                     "else YYYYMMDD in the file name."),
+        typer.Option(
+            help="Acquisition date (once for all scenes, or once per scene in order); else GeoTIFF tag, "
+            "else YYYYMMDD in the file name."
+        ),
     ] = None,
     asset: Asset = None,
     max_label_age: Annotated[
@@ -153,8 +157,10 @@ def tile(
     ] = None,
     hard_negatives: Annotated[
         list[Path] | None,
-        typer.Option(help="Look-alike polygons, or false_positives.gpkg of geoseg mine (repeatable): label-free "
-                     "tiles touching them are hard negatives (mined ones first, kind mined_negative)."),
+        typer.Option(
+            help="Look-alike polygons, or false_positives.gpkg of geoseg mine (repeatable): label-free "
+            "tiles touching them are hard negatives (mined ones first, kind mined_negative)."
+        ),
     ] = None,
     negative_ratio: Annotated[float, typer.Option(help="Negative tiles per positive tile.")] = 1.0,
     hard_negative_share: Annotated[float, typer.Option(help="Share of the negatives that are hard.")] = 0.5,
@@ -190,8 +196,10 @@ def tile(
     ] = None,
     boundary_width: Annotated[
         int | None,
-        typer.Option(help="Boundary class this many pixels wide: inside outlines and in gaps between objects, so "
-                     "touching objects can be separated (0 = off; default: from the label object sizes)."),
+        typer.Option(
+            help="Boundary class this many pixels wide: inside outlines and in gaps between objects, so "
+            "touching objects can be separated (0 = off; default: from the label object sizes)."
+        ),
     ] = None,
     seed: Seed = 0,
     workers: Workers = 1,
@@ -245,8 +253,11 @@ def train(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Augment training tiles.")] = True,
     augment_recipe: Annotated[
         str,
-        typer.Option("--augment-recipe", help="basic (flips, rotations, mild affine, brightness/contrast) | colour "
-                     "(+ per-band gain/offset, hue/saturation) | scale (+ scale jitter x0.5..x2) | full (both)."),
+        typer.Option(
+            "--augment-recipe",
+            help="basic (flips, rotations, mild affine, brightness/contrast) | colour "
+            "(+ per-band gain/offset, hue/saturation) | scale (+ scale jitter x0.5..x2) | full (both).",
+        ),
     ] = "basic",
     channel_shuffle: Annotated[
         bool, typer.Option("--channel-shuffle/--no-channel-shuffle", help="Add random band permutation.")
@@ -258,9 +269,7 @@ def train(
         int | None, typer.Option("--max-steps-per-epoch", help="Cap training steps per epoch (quick runs).")
     ] = None,
     device: Device = "auto",
-    amp: Annotated[
-        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA).")
-    ] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (default: on for CUDA).")] = None,
     channels_last: Annotated[
         bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format (default on).")
     ] = None,
@@ -272,8 +281,11 @@ def train(
     ] = "best",
     calibrate: Annotated[
         bool,
-        typer.Option("--calibrate/--no-calibrate", help="Choose the post-processing (threshold, minimum area, core) "
-                     "that maximises object F1 on the val split; stored in model/config.json."),
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="Choose the post-processing (threshold, minimum area, core) "
+            "that maximises object F1 on the val split; stored in model/config.json.",
+        ),
     ] = True,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoints/last.pt.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an OUT that holds a run.")] = False,
@@ -290,6 +302,8 @@ def train(
             f"{res.model_dir}: best epoch {res.best_epoch} of {res.epochs_completed}, val mIoU {res.best_miou:.4f}",
             err=True,
         )
+
+
 @app.command()
 def predict(
     scenes: Annotated[
@@ -297,8 +311,12 @@ def predict(
         typer.Argument(help="Scene GeoTIFF(s) (paths, https:// URLs or STAC Items); each on its own grid."),
     ],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one scene: files in it; "
-                                      "several: one sub-folder per scene stem).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output folder (one scene: files in it; several: one sub-folder per scene stem)."
+        ),
+    ],
     aoi: Annotated[Path | None, typer.Option(help="AOI polygon layer (GeoJSON, GPKG, Shapefile...; any CRS).")] = None,
     bbox: Annotated[str | None, typer.Option(help="AOI as minx,miny,maxx,maxy[,crs] (default EPSG:4326).")] = None,
     overlap: Annotated[int | None, typer.Option(help="Window overlap in pixels (default: tile size / 4).")] = None,
@@ -340,8 +358,10 @@ def predict(
     cfg = _build(PredictConfig, locals(), bands=band_idx, regularize=_names(regularize))
     res = run_predict(cfg)
     for s in res.scenes:
-        typer.echo(f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
-                   err=True)
+        typer.echo(
+            f"{s.out_dir}: {s.windows} windows" + (f", {s.polygons} polygons" if s.polygons is not None else ""),
+            err=True,
+        )
 
 
 @app.command()
@@ -351,8 +371,14 @@ def mine(
     ],
     model: Annotated[Path, typer.Option("--model", "-m", help="Run directory (or its model/ folder).")],
     labels: Annotated[Path, typer.Option("--labels", help="Label polygons (as for geoseg tile).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (false_positives.gpkg, false_negatives.gpkg, "
-                                      "review.gpkg, mine.json, predict/).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder (false_positives.gpkg, false_negatives.gpkg, review.gpkg, mine.json, predict/).",
+        ),
+    ],
     coverage: Annotated[
         Path | None, typer.Option(help="Annotated areas (labels complete inside); default: the whole scene.")
     ] = None,
@@ -444,6 +470,8 @@ def vectorize(
     cfg = _build(VectorizeConfig, locals(), regularize=_names(regularize))
     res = run_vectorize(cfg)
     typer.echo(_json.dumps({"out": res["out"], "polygons": res["polygons"]}))
+
+
 @app.command()
 def evaluate(
     predicted: Annotated[
@@ -513,6 +541,8 @@ def evaluate(
     if res.get("sweep"):
         typer.echo(format_sweep_table(res["sweep"]), err=True)
     typer.echo(_json.dumps(res, indent=2))
+
+
 @app.command("run")
 def run_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/sample_aoi.yaml).")],

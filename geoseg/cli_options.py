@@ -25,8 +25,10 @@ Scheduler = Annotated[
 ]
 Workers = Annotated[
     int,
-    typer.Option(help="Tasks in parallel: 1 = in-process (default); N > 1 = a local dask cluster of N single-thread "
-                 "workers (geoseg.parallel)."),
+    typer.Option(
+        help="Tasks in parallel: 1 = in-process (default); N > 1 = a local dask cluster of N single-thread "
+        "workers (geoseg.parallel)."
+    ),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed (same seed, same result).")]
 

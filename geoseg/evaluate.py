@@ -493,7 +493,6 @@ def _eval_windows(
     shapely.prepare(region)
     acc = _Acc(np.zeros((num_classes, num_classes), np.int64))
     if probs is not None and len(sweep):
-
         acc.sweep_cm = np.zeros((len(sweep), num_classes, num_classes), np.int64)
         scale = probability_scale(probs)
         sweep_raw = [t / scale - 1e-6 for t in sweep]  # the rule of geoseg.vectorize (geoseg.instances)
@@ -524,7 +523,6 @@ def _eval_windows(
         tru = np.where(valid, tru, IGNORE).astype(np.uint8)
         acc.cm += confusion_matrix(pred, tru, num_classes, IGNORE)
         if acc.sweep_cm is not None:
-
             pdata, pvalid = read_probabilities(probs, w)
             keep = valid & pvalid
             for j, t in enumerate(sweep_raw):

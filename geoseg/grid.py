@@ -365,4 +365,3 @@ def area_step_px(pixel_area_m2: float) -> float:
     """The finite-difference step of :func:`pixel_areas_m2` for a grid of ``pixel_area_m2``: 50 m in
     pixels, at least half a pixel."""
     return max(0.5, 50.0 / math.sqrt(pixel_area_m2)) if pixel_area_m2 > 0 and math.isfinite(pixel_area_m2) else 0.5
-

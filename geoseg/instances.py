@@ -169,4 +169,3 @@ def grow_markers(markers: np.ndarray, domain: np.ndarray, max_iter: int = 100_00
         slot[nb] = pos
         cand = nb[slot[nb] == pos]  # each pixel once (order is irrelevant: a layer is assigned at once)
     return pad[1:-1, 1:-1].copy()
-

@@ -104,19 +104,63 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("tile", "geoseg.tile.run", "TileConfig", "dataset", "dataset/dataset.json",
-              ("scenes", "labels", "coverage", "hard_negatives", "val_area")),
-        Stage("train", "geoseg.train.run", "TrainConfig", "train", "train/model/config.json",
-              ("weights", "dataset"), {"dataset": "tile"}, device=True),
-        Stage("predict", "geoseg.predict.run", "PredictConfig", "predict", "predict/run.json",
-              ("scenes", "aoi", "model"), {"model": "train"}, device=True),
-        Stage("evaluate", "geoseg.evaluate", "EvaluateConfig", "eval.json", "eval.json",
-              ("truth", "aoi", "predicted"), {"predicted": "predict"}),
-        Stage("baseline", "geoseg.baseline", "BaselineConfig", "baseline", "baseline/eval.json",
-              ("scenes", "aoi", "truth", "dataset", "model"), {"dataset": "tile", "model": "train"}),
-        Stage("mine", "geoseg.mine", "MineConfig", "mine", "mine/mine.json",
-              ("scenes", "model", "labels", "coverage", "aoi"), {"model": "train"}, device=True,
-              product="false_positives.gpkg"),
+        Stage(
+            "tile",
+            "geoseg.tile.run",
+            "TileConfig",
+            "dataset",
+            "dataset/dataset.json",
+            ("scenes", "labels", "coverage", "hard_negatives", "val_area"),
+        ),
+        Stage(
+            "train",
+            "geoseg.train.run",
+            "TrainConfig",
+            "train",
+            "train/model/config.json",
+            ("weights", "dataset"),
+            {"dataset": "tile"},
+            device=True,
+        ),
+        Stage(
+            "predict",
+            "geoseg.predict.run",
+            "PredictConfig",
+            "predict",
+            "predict/run.json",
+            ("scenes", "aoi", "model"),
+            {"model": "train"},
+            device=True,
+        ),
+        Stage(
+            "evaluate",
+            "geoseg.evaluate",
+            "EvaluateConfig",
+            "eval.json",
+            "eval.json",
+            ("truth", "aoi", "predicted"),
+            {"predicted": "predict"},
+        ),
+        Stage(
+            "baseline",
+            "geoseg.baseline",
+            "BaselineConfig",
+            "baseline",
+            "baseline/eval.json",
+            ("scenes", "aoi", "truth", "dataset", "model"),
+            {"dataset": "tile", "model": "train"},
+        ),
+        Stage(
+            "mine",
+            "geoseg.mine",
+            "MineConfig",
+            "mine",
+            "mine/mine.json",
+            ("scenes", "model", "labels", "coverage", "aoi"),
+            {"model": "train"},
+            device=True,
+            product="false_positives.gpkg",
+        ),
     )
 }
 
@@ -337,8 +381,9 @@ def _input_stamps(cfg: Any, fields: tuple[str, ...], out: Path | None = None) ->
     return stamps
 
 
-def run_pipeline(path: str | Path, out: str | Path, *, from_stage: str | None = None,
-                 overrides: list[str] | None = None) -> dict[str, Any]:
+def run_pipeline(
+    path: str | Path, out: str | Path, *, from_stage: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Validate everything, then run (or skip) each stage in order. Returns a summary dict."""
     pipe = Pipeline.load(path, overrides)
     out = Path(out)

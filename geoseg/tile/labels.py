@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ import numpy as np
 import shapely
 from rasterio.crs import CRS
 from rasterio.enums import MergeAlg
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
@@ -438,6 +440,13 @@ try:  # the C call behind rasterio.features.rasterize (rasterio 1.3-1.4: shapes,
     from rasterio._features import _rasterize as _RASTERIZE
 except ImportError:  # pragma: no cover - other rasterio versions: the public function
     _RASTERIZE = None
+
+# rasterio's in-memory dataset behind rasterize sometimes reports "no geotransform" when other threads run GDAL
+# at the same time (also seen by odc-geo, opendatacube/odc-geo#131); the transform *is* set (the masks of
+# --workers 1 and 2 are byte-identical), so the warning is noise here. Only warnings raised from this module.
+warnings.filterwarnings(
+    "ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning, module=r"geoseg\.tile\.labels"
+)
 
 
 def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -78,9 +78,7 @@ def read_dataset(path: str | Path) -> DatasetInfo:
         group = zarr.open_group(str(path / "tiles.zarr"), mode="r")
         images, masks = group["images"], group["masks"]
     except Exception as e:
-        raise InputError(
-            f"{path / 'tiles.zarr'}: unreadable ({first_line(e, 160)}); re-run geoseg tile"
-        ) from None
+        raise InputError(f"{path / 'tiles.zarr'}: unreadable ({first_line(e, 160)}); re-run geoseg tile") from None
     if not (isinstance(images, zarr.Array) and isinstance(masks, zarr.Array)):
         raise InputError(f"{path / 'tiles.zarr'}: 'images' and 'masks' must be arrays, not groups; re-run geoseg tile")
     if images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]:

@@ -54,8 +54,10 @@ def test_mined_false_positives_reduce_false_positives_on_a_holdout(tmp_path: Pat
     hit = shapely.STRtree(fp.geometry.values).query(slabs_train, predicate="intersects")[0] if len(fp) else []
     found = len(set(hit))
     on_slabs = shapely.STRtree(slabs).query(fp.geometry.values, predicate="intersects")[0] if len(fp) else []
-    print(f"round 1 holdout FP {r1['fp']} (P {r1['precision']}, R {r1['recall']}); mined {len(fp)} FPs, "
-          f"{len(set(on_slabs))} on slabs; {found} of {len(slabs_train)} training-area slabs found")
+    print(
+        f"round 1 holdout FP {r1['fp']} (P {r1['precision']}, R {r1['recall']}); mined {len(fp)} FPs, "
+        f"{len(set(on_slabs))} on slabs; {found} of {len(slabs_train)} training-area slabs found"
+    )
     assert found >= max(1, len(slabs_train) // 2), "the mined layer must contain the unlabelled look-alikes"
     r2 = _round(tmp_path, "r2", d, cov, holdout, ["--hard-negatives", str(tmp_path / "mine" / "false_positives.gpkg")])
     ds = json.loads((tmp_path / "ds_r2" / "dataset.json").read_text())

@@ -21,9 +21,6 @@ pytestmark = pytest.mark.slow
 _WARM = geoseg.predict.run  # imported here: the refusal is timed, not the imports of the in-process run
 
 
-
-
-
 def _arrays(out: Path) -> dict[str, np.ndarray]:
     res = {}
     for name in ("probabilities.tif", "classes.tif"):

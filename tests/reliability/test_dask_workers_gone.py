@@ -27,8 +27,6 @@ pytestmark = pytest.mark.slow
 DASK = str(Path(sys.executable).parent / "dask")
 
 
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,6 +24,14 @@ from geoseg.grid import Grid
 from geoseg.testing import pixel_box, write_labels, write_scene, xy_image
 
 SCENE_DATE = dt.date(2021, 6, 1)
+#: options that keep every candidate tile (no sampling, no split); the rim is tested on its own (default: auto)
+ALL = {
+    "negative_ratio": 100.0,
+    "val_fraction": 0.0,
+    "max_unusable_fraction": 1.0,
+    "min_positive_fraction": 0.0,
+    "boundary_width": 0,
+}
 
 
 def random_labels(grid: Grid, n: int, seed: int = 0, classes: tuple[str, ...] = ("house", "shed")) -> dict[str, Any]:

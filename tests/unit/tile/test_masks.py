@@ -17,10 +17,7 @@ from geoseg.testing import pixel_box, write_labels, write_scene, xy_image
 from geoseg.tile import TileConfig, run
 from geoseg.tile.labels import label_validity, read_labels
 
-from .conftest import SCENE_DATE, load_dataset, reference_mask
-
-ALL = {"negative_ratio": 100.0, "val_fraction": 0.0, "max_unusable_fraction": 1.0, "min_positive_fraction": 0.0,
-       "boundary_width": 0}  # the rim is tested on its own (the default is auto)
+from .conftest import ALL, SCENE_DATE, load_dataset, reference_mask
 
 
 def _run(case: dict, out: str = "ds", **kw) -> Path:

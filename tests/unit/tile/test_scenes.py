@@ -20,10 +20,7 @@ from geoseg.grid import Grid
 from geoseg.testing import pixel_box, write_labels, write_scene, xy_image
 from geoseg.tile import TileConfig, run
 
-from .conftest import SCENE_DATE, load_dataset, random_labels, reference_mask
-
-ALL = {"negative_ratio": 100.0, "val_fraction": 0.0, "max_unusable_fraction": 1.0, "min_positive_fraction": 0.0,
-       "boundary_width": 0}  # the rim is tested on its own (the default is auto)
+from .conftest import ALL, SCENE_DATE, load_dataset, random_labels, reference_mask
 
 
 def _tile(tmp: Path, scenes: list[Path], labels: Path, out: str = "ds", **kw) -> Path:
