@@ -781,9 +781,11 @@ def _window(c: int, r: int, w: int, h: int) -> Any:
 
 
 def _padded_bounds(s: SceneInfo, win: Any, pad_px: int) -> tuple[float, float, float, float]:
-    minx, miny, maxx, maxy = s.grid.window_bounds(win)
-    px = max(s.grid.res) * pad_px
-    return (minx - px, miny - px, maxx + px, maxy + px)
+    """Bounding box of ``win`` grown by ``pad_px`` pixels on each side, in the scene CRS: the box of the padded
+    window's corners, so it holds every pixel within ``pad_px`` (Chebyshev) of ``win`` also on rotated grids
+    (padding the window's box by ``pad_px`` pixel sizes misses the corners there, by up to ``sqrt(2)``)."""
+    c, r, w, h = int(win.col_off), int(win.row_off), int(win.width), int(win.height)
+    return s.grid.window_bounds(_window(c - pad_px, r - pad_px, w + 2 * pad_px, h + 2 * pad_px))
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
