@@ -20,7 +20,6 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import shapely
 from affine import Affine
 from rasterio.warp import transform as warp_xy
 from rasterio.windows import Window
@@ -124,12 +123,10 @@ def _with_holes(img: np.ndarray, seed: int) -> np.ndarray:
     return valid
 
 
-def _labels(tmp: Path, grid: Any, n: int, seed: int, inside: bool = False) -> Path:
-    """``conftest.random_labels`` written to a GeoPackage (``inside``: only those intersecting ``grid``)."""
+def _labels(tmp: Path, grid: Any, n: int, seed: int) -> Path:
+    """``conftest.random_labels`` (some reach past the scene's right and bottom edges) written to a GeoPackage."""
     lab = random_labels(grid, n, seed=seed)
-    keep = [not inside or g.intersects(shapely.box(*grid.bounds)) for g in lab["geoms"]]
-    cols = {k: [v for v, ok in zip(lab[k], keep, strict=True) if ok] for k in ("geoms", "class", "date")}
-    return write_labels(tmp / "l.gpkg", cols["geoms"], grid.crs, **{"class": cols["class"], "date": cols["date"]})
+    return write_labels(tmp / "l.gpkg", lab["geoms"], grid.crs, **{"class": lab["class"], "date": lab["date"]})
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,8 +144,7 @@ def test_uint16_two_crss_striped_overlap_match_straightforward(tmp_path: Path, m
     b = tmp_path / "b.tif"
     write_scene(b, b_img, crs="EPSG:3857", origin=(x[0], y[0]), res=0.6, tiled=False, mask=_with_holes(b_img, 1),
                 date=SCENE_DATE)  # fmt: skip
-    # labels that reach into both scenes (see test_close_contact_with_an_object_just_outside_the_scene)
-    labels = _labels(tmp_path, ga, 45, seed=4, inside=True)
+    labels = _labels(tmp_path, ga, 45, seed=4)
     kw = {"stride": 11, "boundary_width": 2, "negative_ratio": 0.5}
     out1 = _tile(tmp_path, [a, b], labels, "w1", **kw)
     idx = _check_straightforward(out1, labels, boundary=2)
@@ -239,19 +235,18 @@ def test_rotated_scene_boundary_reaches_labels_at_chunk_corners(
     assert load_dataset(out)[2][int(corner["index"].iloc[0])][0, 0] == 2  # the gap pixel (boundary class id 2)
 
 
-OUTSIDE_BUG = (
-    "SceneLabels.build keeps only labels intersecting the scene (not padded by the boundary width): "
-    "a close-contact gap with an object just outside the scene is lost"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=OUTSIDE_BUG)
 def test_close_contact_with_an_object_just_outside_the_scene(tmp_path: Path) -> None:
     """The rule "the scene edge is not an outline (computed as if the scene went on)": a background pixel at the
-    scene edge within 2 pixels of an object inside and one just outside is close contact (boundary)."""
+    scene edge within 2 pixels of an object inside and one just outside is close contact (boundary). The labels
+    of a scene were those intersecting it, so the object outside was dropped and the gap came out background."""
     s = tmp_path / "s.tif"
     g = write_scene(s, xy_image(32, 32, 2, "uint8"), date=SCENE_DATE)
     geoms = [pixel_box(g, 10, 26, 4, 4), pixel_box(g, 10, 33, 4, 4)]  # the second: columns 33..36, outside
     labels = write_labels(tmp_path / "l.gpkg", geoms, g.crs, **{"class": ["house"] * 2, "date": ["2020-01-01"] * 2})
     out = _tile(tmp_path, [s], labels, "ds", boundary_width=2)
     _check_straightforward(out, labels, boundary=2)
+    idx, _, masks = load_dataset(out)
+    right = int(idx.loc[(idx.row_off == 0) & (idx.col_off == 16), "index"].iloc[0])
+    assert (masks[right][9:15, 15] == 2).all()  # column 31: 2 px from both objects
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"]["per_scene"][0]["in_scene"] == 1  # (the counts are still of the scene's own labels)
