@@ -178,7 +178,7 @@ def _run(config: TileConfig) -> TileResult:
             timer.lap(f"inputs + scan ({plan.n_candidates} tiles)")
         else:
             if not ex.parallel or ex.local == "threads":  # tasks in this process share the inputs built once
-                for sl in inp.per_scene:
+                for sl in inp.burn:
                     sl.prepare()
             _preload("scipy.spatial")  # the select phase's KD-tree: imported while the scan runs (~0.5 s)
             scan = _scan(ex, plan, config, stash, inp)
@@ -204,7 +204,10 @@ class _Inputs:
     dtype: str  # common dtype of all scenes
     labels: Labels
     per_scene: list[SceneLabels]  # the labels of each scene, in its CRS
-    trees: list[Any]  # shapely.STRtree over each scene's label polygons
+    # what the scan rasterizes: per_scene, with the boundary class also the labels just outside each scene
+    # (within pad_px), which shape its edge pixels' rim and contact gaps (the scene edge is not an outline)
+    burn: list[SceneLabels]
+    trees: list[Any]  # shapely.STRtree over each ``burn`` entry's label polygons
     lookalikes: Any  # GeoDataFrame or None
     mined: Any  # GeoDataFrame of geoseg-mined false positives, or None
     hard_sources: list[dict[str, object]]  # per --hard-negatives layer: path, kind, polygons (dataset.json)
@@ -270,10 +273,10 @@ def _read_inputs(config: TileConfig, scenes: list[SceneInfo], dtype: str) -> _In
     val_area = read_polygons(config.val_area, what="val-area layer") if config.val_area else None
 
     per_scene = []
+    valids = []
     for s in scenes:
-        valid = labels.validity(s.date, max_age_days=config.max_label_age, undated=config.undated)
-        sl = SceneLabels.build(labels, s.grid.crs, valid, coverage, s.grid.bounds)
-        per_scene.append(sl)
+        valids.append(labels.validity(s.date, max_age_days=config.max_label_age, undated=config.undated))
+        per_scene.append(SceneLabels.build(labels, s.grid.crs, valids[-1], coverage, s.grid.bounds))
     if all(len(sl.geoms) == 0 for sl in per_scene):
         raise NoOverlapError(_no_overlap_message(config.labels, labels, scenes))
     _warn_label_dates(config, labels, per_scene)
@@ -284,12 +287,21 @@ def _read_inputs(config: TileConfig, scenes: list[SceneInfo], dtype: str) -> _In
     else:
         boundary_width, boundary_source = int(config.boundary_width), "option"
     boundary_class = len(labels.class_names) + 1 if boundary_width > 0 else None
+    burn = per_scene
+    if boundary_width > 0:
+        burn = [
+            SceneLabels.build(
+                labels, s.grid.crs, v, coverage, _padded_bounds(s, s.grid.full_window, boundary_width + 2)
+            )
+            for s, v in zip(scenes, valids, strict=True)
+        ]
     return _Inputs(
         scenes,
         dtype,
         labels,
         per_scene,
-        [shapely.STRtree(sl.geoms) for sl in per_scene],
+        burn,
+        [shapely.STRtree(sl.geoms) for sl in burn],
         lookalikes,
         mined,
         hard_layers.sources,
@@ -391,7 +403,7 @@ def _scan(
 
 def _with_labels(task: ScanTask, si: int, inp: _Inputs) -> ScanTask:
     """``task`` with the labels near its window (boundary-width padded) and the boundary class."""
-    sub = inp.per_scene[si].subset(_padded_bounds(inp.scenes[si], task.window, inp.pad_px), inp.trees[si])
+    sub = inp.burn[si].subset(_padded_bounds(inp.scenes[si], task.window, inp.pad_px), inp.trees[si])
     return dataclasses.replace(task, labels=sub, boundary_class=inp.boundary_class, boundary_width=inp.boundary_width)
 
 
@@ -781,9 +793,11 @@ def _window(c: int, r: int, w: int, h: int) -> Any:
 
 
 def _padded_bounds(s: SceneInfo, win: Any, pad_px: int) -> tuple[float, float, float, float]:
-    minx, miny, maxx, maxy = s.grid.window_bounds(win)
-    px = max(s.grid.res) * pad_px
-    return (minx - px, miny - px, maxx + px, maxy + px)
+    """Bounding box of ``win`` grown by ``pad_px`` pixels on each side, in the scene CRS: the box of the padded
+    window's corners, so it holds every pixel within ``pad_px`` (Chebyshev) of ``win`` also on rotated grids
+    (padding the window's box by ``pad_px`` pixel sizes misses the corners there, by up to ``sqrt(2)``)."""
+    c, r, w, h = int(win.col_off), int(win.row_off), int(win.width), int(win.height)
+    return s.grid.window_bounds(_window(c - pad_px, r - pad_px, w + 2 * pad_px, h + 2 * pad_px))
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
