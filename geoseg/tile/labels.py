@@ -26,6 +26,7 @@ the cost and memory are bounded by the window, not the scene.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import logging
 import warnings
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import geopandas as gpd
 import numpy as np
 import shapely
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MergeAlg
 from rasterio.errors import NotGeoreferencedWarning
@@ -281,6 +283,10 @@ class SceneLabels:
 
     Instances are numbered by file order (1-based) so the same polygon has the same id in every
     window; ``coverage`` is None (whole scene annotated) or the coverage polygons in the scene CRS.
+    ``pixels``: the scene grid's transform, or None. When given, the polygons are rasterized in that
+    grid's pixel coordinates (converted once) with integer-offset window transforms, so a pixel centre
+    exactly on an edge is decided the same way in every window (GDAL's inverse of each window's own
+    transform rounds differently from window to window).
     """
 
     geoms: np.ndarray
@@ -288,12 +294,20 @@ class SceneLabels:
     valid: np.ndarray
     instance: np.ndarray
     coverage: np.ndarray | None
+    pixels: Affine | None = None
 
     @classmethod
     def build(
-        cls, labels: Labels, crs: CRS, valid: np.ndarray, coverage: gpd.GeoDataFrame | None, bounds: Any
+        cls,
+        labels: Labels,
+        crs: CRS,
+        valid: np.ndarray,
+        coverage: gpd.GeoDataFrame | None,
+        bounds: Any,
+        pixels: Affine | None = None,
     ) -> SceneLabels:
-        """Reproject to ``crs`` and keep what intersects ``bounds`` (the scene, in its CRS)."""
+        """Reproject to ``crs`` and keep what intersects ``bounds`` (the scene, in its CRS); ``pixels``: see the
+        class."""
         g = to_crs(labels.gdf, crs)
         geoms = _finite(g.geometry.values)
         keep = shapely.intersects(geoms, shapely.box(*bounds))
@@ -308,6 +322,7 @@ class SceneLabels:
             valid=np.asarray(valid)[keep],
             instance=np.flatnonzero(keep).astype(np.int32) + 1,
             coverage=cov,
+            pixels=pixels,
         )
 
     def subset(self, bounds: tuple[float, float, float, float], tree: shapely.STRtree | None = None) -> SceneLabels:
@@ -324,7 +339,7 @@ class SceneLabels:
         if self.coverage is not None:
             c = shapely.intersection(self.coverage, b) if len(self.coverage) else self.coverage
             cov = c[~shapely.is_empty(c)] if len(c) else c
-        out = SceneLabels(self.geoms[sel], self.class_ids[sel], self.valid[sel], self.instance[sel], cov)
+        out = SceneLabels(self.geoms[sel], self.class_ids[sel], self.valid[sel], self.instance[sel], cov, self.pixels)
         prep = self.__dict__.get("_prep")
         if prep is not None:  # hand the prepared shapes down (built once per scene, not once per task)
             shapes = prep.shapes
@@ -338,7 +353,8 @@ class SceneLabels:
         rasterization inputs are rebuilt from the same arrays on the other side.
         """
         cov = None if self.coverage is None else _pack(self.coverage)
-        return _unpack_scene_labels, (_pack(self.geoms), self.class_ids, self.valid, self.instance, cov)
+        args = (_pack(self.geoms), self.class_ids, self.valid, self.instance, cov, self.pixels)
+        return _unpack_scene_labels, args
 
     def prepare(self) -> SceneLabels:
         """Build the rasterization inputs once (``subset`` hands them to its results); returns self."""
@@ -368,7 +384,8 @@ def burn_mask(
 ) -> np.ndarray:
     """The uint8 mask of ``grid`` (any window of a scene): 0 background, class ids, boundary, 255.
 
-    Pure and window-local: equals the same rasterization done on the whole scene and cropped.
+    Pure and window-local: equals the same rasterization done on the whole scene and cropped, also at a
+    pixel centre exactly on an edge when ``labels.pixels`` is set (then any two windows agree bit for bit).
     Memory: O(H * W) bytes (plus uint16/int32 polygon ids on a ``boundary_width``-padded window when
     the boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
     Only polygons whose bounding box reaches the window are rasterized.
@@ -402,12 +419,13 @@ def burn_masks(
     else:
         inside = _near(prep.bounds, grid.bounds)
         inv = np.flatnonzero(inside & ~labels.valid)
+        tr = _shape_transform(grid, labels)
         if len(inv):
-            _burn([(prep.shapes[i], IGNORE) for i in inv], out, grid.transform)
+            _burn([(prep.shapes[i], IGNORE) for i in inv], out, tr)
         val = np.flatnonzero(inside & labels.valid)
         if len(val):
             ids = labels.class_ids.tolist()
-            _burn([(prep.shapes[i], ids[i]) for i in val], out, grid.transform)
+            _burn([(prep.shapes[i], ids[i]) for i in val], out, tr)
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
@@ -477,7 +495,7 @@ def _burn_padded(grid: Grid, labels: SceneLabels, prep: _Prepared, pad: int) -> 
     pairs = zip(val.tolist(), codes, strict=True)
     numbered += [(shapes[i], k << bits | code) for k, (i, code) in enumerate(pairs, start=1)]
     burnt = np.zeros(padded.shape, dtype)
-    _burn(numbered, burnt, padded.transform)
+    _burn(numbered, burnt, _shape_transform(grid, labels, pad))
     code = (burnt[pad : pad + h, pad : pad + w] & dtype((1 << bits) - 1)).astype(np.uint8)
     lut = np.zeros(256, np.uint8)
     lut[1 : len(present) + 1] = present
@@ -630,9 +648,33 @@ def _prepared(labels: SceneLabels) -> _Prepared:
     """
     cached = labels.__dict__.get("_prep")
     if cached is None:
-        cached = _Prepared(shapely.bounds(labels.geoms).reshape(-1, 4), polygon_mappings(labels.geoms))
+        g = labels.geoms
+        if labels.pixels is not None and len(g):
+            g = shapely.transform(g, functools.partial(_to_pixels, pixels=labels.pixels))
+        cached = _Prepared(shapely.bounds(labels.geoms).reshape(-1, 4), polygon_mappings(g))
         object.__setattr__(labels, "_prep", cached)
     return cached
+
+
+def _to_pixels(xy: np.ndarray, pixels: Affine | None) -> np.ndarray:
+    """``(n, 2)`` CRS coordinates in the pixel coordinates of the grid with transform ``pixels`` (None: as is)."""
+    if pixels is None:
+        return xy
+    inv = ~pixels
+    return np.column_stack([inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f])
+
+
+def _shape_transform(grid: Grid, labels: SceneLabels, pad: int = 0) -> Affine:
+    """The transform that rasterizes ``labels``' prepared shapes into ``grid`` grown by ``pad`` pixels: the grid's
+    own transform for CRS shapes; for pixel-space shapes (``labels.pixels``) the translation by the grid's
+    pixel offset in the scene, an integer for every window of it (exact, so all windows agree at ties)."""
+    if labels.pixels is None:
+        return (
+            grid[Window(-pad, -pad, grid.width + 2 * pad, grid.height + 2 * pad)].transform if pad else grid.transform
+        )
+    c, r = ~labels.pixels * (grid.transform.c, grid.transform.f)
+    c, r = (round(c), round(r)) if abs(c - round(c)) < 1e-6 and abs(r - round(r)) < 1e-6 else (c, r)
+    return Affine.translation(c - pad, r - pad)
 
 
 def _pack(geoms: np.ndarray) -> tuple[Any, ...]:
@@ -651,12 +693,17 @@ def _unpack(packed: tuple[Any, ...]) -> np.ndarray:
 
 
 def _unpack_scene_labels(
-    geoms: tuple[Any, ...], class_ids: np.ndarray, valid: np.ndarray, instance: np.ndarray, cov: Any
+    geoms: tuple[Any, ...],
+    class_ids: np.ndarray,
+    valid: np.ndarray,
+    instance: np.ndarray,
+    cov: Any,
+    pixels: Affine | None = None,
 ) -> SceneLabels:
-    out = SceneLabels(_unpack(geoms), class_ids, valid, instance, None if cov is None else _unpack(cov))
+    out = SceneLabels(_unpack(geoms), class_ids, valid, instance, None if cov is None else _unpack(cov), pixels)
     if geoms[0] == "ragged":  # rasterization inputs straight from the arrays
         _, coords, (ring_off, poly_off) = geoms
-        shapes = _ragged_mappings(coords, ring_off, poly_off)
+        shapes = _ragged_mappings(_to_pixels(coords[:, :2], pixels), ring_off, poly_off)
         object.__setattr__(out, "_prep", _Prepared(shapely.bounds(out.geoms).reshape(-1, 4), shapes))
     return out
 

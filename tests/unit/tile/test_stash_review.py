@@ -253,16 +253,10 @@ def test_close_contact_with_an_object_just_outside_the_scene(tmp_path: Path) -> 
     assert meta["labels"]["per_scene"][0]["in_scene"] == 1  # (the counts are still of the scene's own labels)
 
 
-TIE_BUG = (
-    "a pixel centre exactly on a polygon edge is decided by GDAL's rounding of the rasterized window's transform, "
-    "so the mask depends on the chunk layout (CHUNK_BYTES, the file's block shape) and differs from a per-tile burn"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=TIE_BUG)
 def test_masks_do_not_depend_on_the_chunk_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One chunk for the whole scene and one chunk per tile give the same masks, also where a label edge runs
-    exactly along pixel centres (here row 47 of a 0.6 m grid at y = 39975.5, which 0.6 does not represent)."""
+    exactly along pixel centres (here row 47 of a 0.6 m grid at y = 39975.5, which 0.6 does not represent):
+    labels are rasterized in scene pixel coordinates with integer window offsets (SceneLabels.pixels)."""
     s = tmp_path / "s.tif"
     g = write_scene(s, xy_image(48, 48, 1, "uint8"), res=0.6, origin=(499_996.0, 40_004.0), date=SCENE_DATE)
     geoms = [shapely.box(500_005.0, 39_975.5, 500_010.0, 39_978.0)]
