@@ -429,7 +429,10 @@ def burn_masks(
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
-            rasterize(((g, 1) for g in labels.coverage), out=cov, transform=grid.transform)
+            c = labels.coverage
+            if labels.pixels is not None:  # (a chunk's clipped coverage: a few polygons, converted per call)
+                c = shapely.transform(c, functools.partial(_to_pixels, pixels=labels.pixels))
+            rasterize(((g, 1) for g in c), out=cov, transform=_shape_transform(grid, labels))
         outside = cov == 0
         out[outside] = IGNORE
         if plain is not out:

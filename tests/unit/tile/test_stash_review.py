@@ -261,8 +261,10 @@ def test_masks_do_not_depend_on_the_chunk_layout(tmp_path: Path, monkeypatch: py
     g = write_scene(s, xy_image(48, 48, 1, "uint8"), res=0.6, origin=(499_996.0, 40_004.0), date=SCENE_DATE)
     geoms = [shapely.box(500_005.0, 39_975.5, 500_010.0, 39_978.0)]
     labels = write_labels(tmp_path / "l.gpkg", geoms, g.crs, **{"class": ["house"], "date": ["2020-01-01"]})
-    whole = load_dataset(_tile(tmp_path, [s], labels, "whole", tile_size=24))
+    # the coverage's lower edge also runs along those pixel centres (pixels outside it are ignore)
+    cov = write_labels(tmp_path / "c.gpkg", [shapely.box(499_990.0, 39_975.5, 500_030.0, 40_010.0)], g.crs)
+    whole = load_dataset(_tile(tmp_path, [s], labels, "whole", tile_size=24, coverage=str(cov)))
     monkeypatch.setattr(RUN, "CHUNK_BYTES", 1)
-    per_tile = load_dataset(_tile(tmp_path, [s], labels, "per_tile", tile_size=24))
+    per_tile = load_dataset(_tile(tmp_path, [s], labels, "per_tile", tile_size=24, coverage=str(cov)))
     assert whole[0][["row_off", "col_off"]].equals(per_tile[0][["row_off", "col_off"]])
     np.testing.assert_array_equal(whole[2], per_tile[2])
