@@ -47,7 +47,7 @@ from rasterio.windows import Window
 
 from geoseg.classes import BOUNDARY_NAME, ClassTable
 from geoseg.errors import InputError, LabelsError
-from geoseg.grid import Grid
+from geoseg.grid import Grid, pixel_to_crs
 from geoseg.io.dates import parse_date
 from geoseg.io.vectors import clean_polygons, read_vector, require_field, to_crs
 
@@ -661,10 +661,7 @@ def _prepared(labels: SceneLabels) -> _Prepared:
 
 def _to_pixels(xy: np.ndarray, pixels: Affine | None) -> np.ndarray:
     """``(n, 2)`` CRS coordinates in the pixel coordinates of the grid with transform ``pixels`` (None: as is)."""
-    if pixels is None:
-        return xy
-    inv = ~pixels
-    return np.column_stack([inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f])
+    return xy if pixels is None else pixel_to_crs(xy, ~pixels)  # (the inverse affine maps CRS -> pixels)
 
 
 def _shape_transform(grid: Grid, labels: SceneLabels, pad: int = 0) -> Affine:
