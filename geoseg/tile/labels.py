@@ -39,7 +39,6 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from affine import Affine
-from rasterio.crs import CRS
 from rasterio.enums import MergeAlg
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
@@ -283,10 +282,10 @@ class SceneLabels:
 
     Instances are numbered by file order (1-based) so the same polygon has the same id in every
     window; ``coverage`` is None (whole scene annotated) or the coverage polygons in the scene CRS.
-    ``pixels``: the scene grid's transform, or None. When given, the polygons are rasterized in that
-    grid's pixel coordinates (converted once) with integer-offset window transforms, so a pixel centre
-    exactly on an edge is decided the same way in every window (GDAL's inverse of each window's own
-    transform rounds differently from window to window).
+    ``pixels``: the scene grid's transform. The polygons are rasterized in that grid's pixel coordinates
+    (converted once) with integer-offset window transforms, so a pixel centre exactly on an edge is
+    decided the same way in every window (GDAL's inverse of each window's own transform rounds
+    differently from window to window).
     """
 
     geoms: np.ndarray
@@ -294,20 +293,14 @@ class SceneLabels:
     valid: np.ndarray
     instance: np.ndarray
     coverage: np.ndarray | None
-    pixels: Affine | None = None
+    pixels: Affine
 
     @classmethod
     def build(
-        cls,
-        labels: Labels,
-        crs: CRS,
-        valid: np.ndarray,
-        coverage: gpd.GeoDataFrame | None,
-        bounds: Any,
-        pixels: Affine | None = None,
+        cls, labels: Labels, grid: Grid, valid: np.ndarray, coverage: gpd.GeoDataFrame | None, bounds: Any
     ) -> SceneLabels:
-        """Reproject to ``crs`` and keep what intersects ``bounds`` (the scene, in its CRS); ``pixels``: see the
-        class."""
+        """Reproject to the scene ``grid``'s CRS and keep what intersects ``bounds`` (in that CRS)."""
+        crs = grid.crs
         g = to_crs(labels.gdf, crs)
         geoms = _finite(g.geometry.values)
         keep = shapely.intersects(geoms, shapely.box(*bounds))
@@ -322,7 +315,7 @@ class SceneLabels:
             valid=np.asarray(valid)[keep],
             instance=np.flatnonzero(keep).astype(np.int32) + 1,
             coverage=cov,
-            pixels=pixels,
+            pixels=grid.transform,
         )
 
     def subset(self, bounds: tuple[float, float, float, float], tree: shapely.STRtree | None = None) -> SceneLabels:
@@ -385,7 +378,7 @@ def burn_mask(
     """The uint8 mask of ``grid`` (any window of a scene): 0 background, class ids, boundary, 255.
 
     Pure and window-local: equals the same rasterization done on the whole scene and cropped, also at a
-    pixel centre exactly on an edge when ``labels.pixels`` is set (then any two windows agree bit for bit).
+    pixel centre exactly on an edge (labels are burnt in scene pixel coordinates: any two windows agree).
     Memory: O(H * W) bytes (plus uint16/int32 polygon ids on a ``boundary_width``-padded window when
     the boundary class is on). Scene nodata is *not* applied here (the caller sets those pixels to 255).
     Only polygons whose bounding box reaches the window are rasterized.
@@ -429,9 +422,8 @@ def burn_masks(
     if labels.coverage is not None:
         cov = np.zeros((h, w), np.uint8)
         if len(labels.coverage):
-            c = labels.coverage
-            if labels.pixels is not None:  # (a chunk's clipped coverage: a few polygons, converted per call)
-                c = shapely.transform(c, functools.partial(_to_pixels, pixels=labels.pixels))
+            # (a chunk's clipped coverage: a few polygons, converted per call)
+            c = shapely.transform(labels.coverage, functools.partial(_to_pixels, pixels=labels.pixels))
             rasterize(((g, 1) for g in c), out=cov, transform=_shape_transform(grid, labels))
         outside = cov == 0
         out[outside] = IGNORE
@@ -651,27 +643,20 @@ def _prepared(labels: SceneLabels) -> _Prepared:
     """
     cached = labels.__dict__.get("_prep")
     if cached is None:
-        g = labels.geoms
-        if labels.pixels is not None and len(g):
-            g = shapely.transform(g, functools.partial(_to_pixels, pixels=labels.pixels))
+        g = shapely.transform(labels.geoms, functools.partial(_to_pixels, pixels=labels.pixels))
         cached = _Prepared(shapely.bounds(labels.geoms).reshape(-1, 4), polygon_mappings(g))
         object.__setattr__(labels, "_prep", cached)
     return cached
 
 
-def _to_pixels(xy: np.ndarray, pixels: Affine | None) -> np.ndarray:
-    """``(n, 2)`` CRS coordinates in the pixel coordinates of the grid with transform ``pixels`` (None: as is)."""
-    return xy if pixels is None else pixel_to_crs(xy, ~pixels)  # (the inverse affine maps CRS -> pixels)
+def _to_pixels(xy: np.ndarray, pixels: Affine) -> np.ndarray:
+    """``(n, 2)`` CRS coordinates in the pixel coordinates of the grid with transform ``pixels``."""
+    return pixel_to_crs(xy, ~pixels)  # (the inverse affine maps CRS -> pixels)
 
 
 def _shape_transform(grid: Grid, labels: SceneLabels, pad: int = 0) -> Affine:
-    """The transform that rasterizes ``labels``' prepared shapes into ``grid`` grown by ``pad`` pixels: the grid's
-    own transform for CRS shapes; for pixel-space shapes (``labels.pixels``) the translation by the grid's
-    pixel offset in the scene, an integer for every window of it (exact, so all windows agree at ties)."""
-    if labels.pixels is None:
-        return (
-            grid[Window(-pad, -pad, grid.width + 2 * pad, grid.height + 2 * pad)].transform if pad else grid.transform
-        )
+    """The transform that rasterizes ``labels``' prepared (scene pixel space) shapes into ``grid``, a window of the
+    scene, grown by ``pad`` pixels: the translation by its pixel offset, an integer for every window (exact)."""
     c, r = ~labels.pixels * (grid.transform.c, grid.transform.f)
     c, r = (round(c), round(r)) if abs(c - round(c)) < 1e-6 and abs(r - round(r)) < 1e-6 else (c, r)
     return Affine.translation(c - pad, r - pad)
@@ -698,7 +683,7 @@ def _unpack_scene_labels(
     valid: np.ndarray,
     instance: np.ndarray,
     cov: Any,
-    pixels: Affine | None = None,
+    pixels: Affine,
 ) -> SceneLabels:
     out = SceneLabels(_unpack(geoms), class_ids, valid, instance, None if cov is None else _unpack(cov), pixels)
     if geoms[0] == "ragged":  # rasterization inputs straight from the arrays

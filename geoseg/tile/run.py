@@ -276,7 +276,7 @@ def _read_inputs(config: TileConfig, scenes: list[SceneInfo], dtype: str) -> _In
     valids = []
     for s in scenes:
         valids.append(labels.validity(s.date, max_age_days=config.max_label_age, undated=config.undated))
-        per_scene.append(SceneLabels.build(labels, s.grid.crs, valids[-1], coverage, s.grid.bounds, s.grid.transform))
+        per_scene.append(SceneLabels.build(labels, s.grid, valids[-1], coverage, s.grid.bounds))
     if all(len(sl.geoms) == 0 for sl in per_scene):
         raise NoOverlapError(_no_overlap_message(config.labels, labels, scenes))
     _warn_label_dates(config, labels, per_scene)
@@ -290,14 +290,7 @@ def _read_inputs(config: TileConfig, scenes: list[SceneInfo], dtype: str) -> _In
     burn = per_scene
     if boundary_width > 0:
         burn = [
-            SceneLabels.build(
-                labels,
-                s.grid.crs,
-                v,
-                coverage,
-                _padded_bounds(s, s.grid.full_window, boundary_width + 2),
-                s.grid.transform,
-            )
+            SceneLabels.build(labels, s.grid, v, coverage, _padded_bounds(s, s.grid.full_window, boundary_width + 2))
             for s, v in zip(scenes, valids, strict=True)
         ]
     return _Inputs(
